@@ -1,0 +1,134 @@
+"""A tiny document model rendered to Markdown and to self-contained HTML.
+
+The report is assembled once as a list of blocks (headings, paragraphs,
+tables, figures, code) and written twice: report.md links the figure files
+next to it; report.html embeds every figure as a base64 data URI and carries
+its own stylesheet, so it can be mailed or archived as one file with no
+external reference.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import os
+from collections.abc import Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    header: Sequence[str]
+    rows: Sequence[Sequence[str]]
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """A figure saved as `<stem>.png` and `<stem>.svg` in the figures folder."""
+
+    png_path: str
+    svg_path: str
+    caption: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Code:
+    text: str
+
+
+Block = Heading | Paragraph | Table | Figure | Code
+
+
+def _markdown_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: Sequence[Block], base_dir: str) -> str:
+    """Markdown text; figure links are relative to `base_dir` (report.md's folder)."""
+    parts = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            parts.append(f"{'#' * block.level} {block.text}")
+        elif isinstance(block, Paragraph):
+            parts.append(block.text)
+        elif isinstance(block, Table):
+            lines = [
+                "| " + " | ".join(_markdown_cell(c) for c in block.header) + " |",
+                "|" + "|".join(" --- " for _ in block.header) + "|",
+            ]
+            lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in block.rows]
+            if block.note:
+                lines += ["", f"*{block.note}*"]
+            parts.append("\n".join(lines))
+        elif isinstance(block, Figure):
+            png = os.path.relpath(block.png_path, base_dir)
+            svg = os.path.relpath(block.svg_path, base_dir)
+            parts.append(f"![{block.caption}]({png})\n\n*{block.caption}* ([SVG]({svg}))")
+        elif isinstance(block, Code):
+            parts.append(f"```\n{block.text}\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f0f0f0; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; }
+figcaption, .note { font-size: 0.9em; color: #444; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+"""
+
+
+def _data_uri(path: str) -> str:
+    with open(path, "rb") as f:
+        encoded = base64.b64encode(f.read()).decode("ascii")
+    return f"data:image/png;base64,{encoded}"
+
+
+def to_html(blocks: Sequence[Block], title: str) -> str:
+    """One self-contained HTML page: figures embedded, no external references."""
+    body = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            level = min(max(block.level, 1), 6)
+            body.append(f"<h{level}>{html.escape(block.text)}</h{level}>")
+        elif isinstance(block, Paragraph):
+            body.append(f"<p>{html.escape(block.text)}</p>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in block.header)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                for row in block.rows
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            if block.note:
+                body.append(f'<p class="note">{html.escape(block.note)}</p>')
+        elif isinstance(block, Figure):
+            caption = html.escape(block.caption)
+            body.append(
+                f'<figure><img src="{_data_uri(block.png_path)}" alt="{caption}">'
+                f"<figcaption>{caption}</figcaption></figure>"
+            )
+        elif isinstance(block, Code):
+            body.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )

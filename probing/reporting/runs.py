@@ -1,0 +1,337 @@
+"""Loading probe results of workdirs into `ProbeRun` objects.
+
+A `ProbeRun` is one workdir x one pooling: the metrics of every (layer, seed,
+split, metric) as dense arrays, the loss curves, and what the legends and
+tables need to name it (model, pooling, task, baseline variant). Only files
+of the contract are read (WORKSPACE.md), through `Workdir`, so workdirs on a
+bucket work like local ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from probing.store.workdir import Workdir, WorkdirError
+
+METRICS_COLUMNS = ("layer", "seed", "split", "metric", "value")
+CURVES_COLUMNS = ("layer", "seed", "epoch", "split", "loss")
+HEADLINE_BY_LABEL_KIND = {"binary": "accuracy", "multilabel": "macro_f1"}
+
+# Baseline variants a run can be, read from its manifest and config; the
+# empty string is an ordinary trained model seeing image and text.
+TRAINED = ""
+UNTRAINED = "untrained"
+TEXT_ONLY = "text only"
+IMAGE_ONLY = "image only"
+_BLIND_VARIANTS = {"text_only": TEXT_ONLY, "image_only": IMAGE_ONLY}
+
+
+class ReportError(ValueError):
+    """The report cannot be built from the given workdirs or selection."""
+
+
+def short_model_name(model_id: str) -> str:
+    """A legend-sized model name: the last component of a hub id or a path."""
+    trimmed = model_id.rstrip("/\\")
+    if trimmed.startswith("tiny:"):
+        return trimmed
+    return os.path.basename(trimmed.replace("\\", "/")) or trimmed
+
+
+@dataclasses.dataclass
+class ProbeRun:
+    """Probe results of one workdir and one pooling.
+
+    Attributes:
+      workdir: the workdir location.
+      pooling: the probes/<pooling> folder the results come from.
+      manifest: manifest.json of the workdir.
+      config: config.json of the workdir ({} when absent).
+      probe_config: probes/<pooling>/probe_config.json ({} when absent).
+      metrics: (split, metric) -> [num_layers, num_seeds] values, NaN where a
+        (layer, seed) has no row in metrics.csv.
+      seeds: the seed ids, in column order of every metrics array.
+      curves: split -> [num_layers, num_seeds, num_epochs] losses (NaN where
+        missing); empty when the workdir has no curves.csv.
+      epochs: the epoch ids, in order of the last axis of every curve array.
+      label: unique display name, set by `load_runs`.
+    """
+
+    workdir: str
+    pooling: str
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    probe_config: dict[str, Any]
+    headline_metric: str
+    metrics: dict[tuple[str, str], np.ndarray]
+    seeds: np.ndarray
+    curves: dict[str, np.ndarray]
+    epochs: np.ndarray
+    label: str = ""
+
+    @property
+    def model_id(self) -> str:
+        return str(self.manifest.get("model", {}).get("id", "unknown model"))
+
+    @property
+    def model_name(self) -> str:
+        """Short model name plus the baseline variant, e.g. "tiny:qwen2_vl (untrained)"."""
+        name = short_model_name(self.model_id)
+        return f"{name} ({self.variant})" if self.variant else name
+
+    @property
+    def task(self) -> str:
+        return str(self.manifest.get("task", "unknown task"))
+
+    @property
+    def label_kind(self) -> str:
+        return str(self.manifest["label_kind"])
+
+    @property
+    def label_names(self) -> list[str]:
+        return [str(name) for name in self.manifest.get("label_names", [])]
+
+    @property
+    def num_layers(self) -> int:
+        """Number of hidden states, L+1 (embedding output included)."""
+        return int(self.manifest["num_layers"])
+
+    @property
+    def variant(self) -> str:
+        """TRAINED, UNTRAINED, TEXT_ONLY or IMAGE_ONLY."""
+        if self.manifest.get("model", {}).get("random_init"):
+            return UNTRAINED
+        task_config = self.config.get("task", {})
+        blind = task_config.get("blind") if isinstance(task_config, dict) else None
+        return _BLIND_VARIANTS.get(str(blind), TRAINED) if blind else TRAINED
+
+    def relative_depth(self, layer: int | np.ndarray) -> float | np.ndarray:
+        """layer / L: 0 is the embedding output, 1 the last hidden state."""
+        return np.asarray(layer) / max(self.num_layers - 1, 1)
+
+    def has(self, split: str, metric: str) -> bool:
+        return (split, metric) in self.metrics
+
+    def values(self, split: str, metric: str) -> np.ndarray:
+        """[num_layers, num_seeds] values of one metric on one split."""
+        try:
+            return self.metrics[(split, metric)]
+        except KeyError:
+            raise ReportError(
+                f"{self.workdir}/probes/{self.pooling}/metrics.csv has no rows for metric "
+                f"{metric!r} on split {split!r}; re-run `python -m probing.train_all_layers "
+                f"--workdir={self.workdir}`"
+            ) from None
+
+    def category_metrics(self, prefix: str, split: str = "test") -> list[str]:
+        """Names of per-category metrics such as "f1/<name>", in label_names order."""
+        present = {metric for (s, metric) in self.metrics if s == split}
+        ordered = [f"{prefix}/{name}" for name in self.label_names]
+        found = [metric for metric in ordered if metric in present]
+        extra = sorted(m for m in present if m.startswith(prefix + "/") and m not in found)
+        return found + extra
+
+
+def _read_csv(workdir: Workdir, name: str, columns: Sequence[str]) -> list[dict[str, str]]:
+    text = workdir.read_bytes(name).decode()
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ReportError(
+            f"{workdir.location}/{name} lacks column(s) {', '.join(missing)}; expected the "
+            f"columns {','.join(columns)} (see WORKSPACE.md)"
+        )
+    return list(reader)
+
+
+def _parse_number(raw: str, name: str, row_number: int, column: str, kind: type) -> Any:
+    try:
+        return kind(float(raw)) if kind is int else kind(raw)
+    except (TypeError, ValueError):
+        raise ReportError(
+            f"{name} row {row_number}: column {column!r} holds {raw!r}, expected a number"
+        ) from None
+
+
+def _load_metrics(
+    workdir: Workdir, pooling: str, num_layers: int
+) -> tuple[dict[tuple[str, str], np.ndarray], np.ndarray]:
+    name = f"probes/{pooling}/metrics.csv"
+    rows = _read_csv(workdir, name, METRICS_COLUMNS)
+    if not rows:
+        raise ReportError(f"{workdir.location}/{name} has no rows")
+    where = f"{workdir.location}/{name}"
+    parsed = [
+        (
+            _parse_number(r["layer"], where, i + 2, "layer", int),
+            _parse_number(r["seed"], where, i + 2, "seed", int),
+            r["split"],
+            r["metric"],
+            _parse_number(r["value"], where, i + 2, "value", float),
+        )
+        for i, r in enumerate(rows)
+    ]
+    seeds = np.array(sorted({seed for _, seed, _, _, _ in parsed}))
+    seed_column = {seed: i for i, seed in enumerate(seeds)}
+    metrics: dict[tuple[str, str], np.ndarray] = {}
+    for layer, seed, split, metric, value in parsed:
+        if not 0 <= layer < num_layers:
+            raise ReportError(
+                f"{where}: layer {layer} is outside 0..{num_layers - 1} "
+                f"(manifest.json says num_layers={num_layers})"
+            )
+        grid = metrics.get((split, metric))
+        if grid is None:
+            grid = metrics[(split, metric)] = np.full((num_layers, len(seeds)), np.nan)
+        grid[layer, seed_column[seed]] = value
+    return metrics, seeds
+
+
+def _load_curves(
+    workdir: Workdir, pooling: str, num_layers: int, seeds: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    name = f"probes/{pooling}/curves.csv"
+    if not workdir.exists(name):
+        return {}, np.zeros(0, dtype=int)
+    rows = _read_csv(workdir, name, CURVES_COLUMNS)
+    where = f"{workdir.location}/{name}"
+    parsed = [
+        (
+            _parse_number(r["layer"], where, i + 2, "layer", int),
+            _parse_number(r["seed"], where, i + 2, "seed", int),
+            _parse_number(r["epoch"], where, i + 2, "epoch", int),
+            r["split"],
+            _parse_number(r["loss"], where, i + 2, "loss", float),
+        )
+        for i, r in enumerate(rows)
+    ]
+    epochs = np.array(sorted({epoch for _, _, epoch, _, _ in parsed}), dtype=int)
+    epoch_index = {epoch: i for i, epoch in enumerate(epochs)}
+    seed_column = {int(seed): i for i, seed in enumerate(seeds)}
+    curves: dict[str, np.ndarray] = {}
+    for layer, seed, epoch, split, loss in parsed:
+        if not 0 <= layer < num_layers or seed not in seed_column:
+            continue  # A curve of a probe with no metrics cannot be placed; ignore it.
+        grid = curves.get(split)
+        if grid is None:
+            grid = curves[split] = np.full((num_layers, len(seeds), len(epochs)), np.nan)
+        grid[layer, seed_column[seed], epoch_index[epoch]] = loss
+    return curves, epochs
+
+
+def _optional_json(workdir: Workdir, name: str) -> dict[str, Any]:
+    return workdir.read_json(name) if workdir.exists(name) else {}
+
+
+def load_workdir_runs(location: str, poolings: Sequence[str] | None = None) -> list[ProbeRun]:
+    """Every probed pooling of one workdir, or of the selected `poolings`.
+
+    Raises:
+      ReportError: the workdir holds no probe results for any selected pooling.
+      WorkdirError: it is not a workdir (no manifest.json).
+    """
+    workdir = Workdir(location)
+    manifest = workdir.manifest()
+    num_layers = int(manifest["num_layers"])
+    config = _optional_json(workdir, "config.json")
+    available = [str(p) for p in manifest.get("poolings", [])]
+    wanted = [p for p in available if poolings is None or p in poolings]
+    runs = []
+    for pooling in wanted:
+        if not workdir.exists(f"probes/{pooling}/metrics.csv"):
+            logging.warning("%s: no probe results for pooling %r; skipped", location, pooling)
+            continue
+        metrics, seeds = _load_metrics(workdir, pooling, num_layers)
+        curves, epochs = _load_curves(workdir, pooling, num_layers, seeds)
+        summary = _optional_json(workdir, f"probes/{pooling}/summary.json")
+        headline = summary.get("headline_metric") or HEADLINE_BY_LABEL_KIND[manifest["label_kind"]]
+        runs.append(
+            ProbeRun(
+                workdir=location,
+                pooling=pooling,
+                manifest=manifest,
+                config=config,
+                probe_config=_optional_json(workdir, f"probes/{pooling}/probe_config.json"),
+                headline_metric=str(headline),
+                metrics=metrics,
+                seeds=seeds,
+                curves=curves,
+                epochs=epochs,
+            )
+        )
+    if not runs:
+        selection = f" for pooling(s) {', '.join(poolings)}" if poolings else ""
+        raise ReportError(
+            f"{location} has no probe results{selection} (no probes/<pooling>/metrics.csv "
+            f"among poolings {available}); produce them with "
+            f"`python -m probing.train_all_layers --workdir={location}`"
+        )
+    return runs
+
+
+def _assign_labels(runs: list[ProbeRun]) -> None:
+    """Gives every run a unique legend label "model · pooling" (+ workdir if needed)."""
+    base = [f"{run.model_name} · {run.pooling}" for run in runs]
+    for run, label in zip(runs, base, strict=True):
+        clashes = base.count(label) > 1
+        suffix = f" [{os.path.basename(run.workdir.rstrip('/'))}]" if clashes else ""
+        run.label = label + suffix
+
+
+def load_runs(
+    workdirs: Sequence[str],
+    poolings: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+) -> list[ProbeRun]:
+    """Probe runs of all `workdirs`, filtered by pooling and task.
+
+    Raises:
+      ReportError: no workdirs were given, one has no probe results, or the
+        selection leaves nothing to report.
+    """
+    if not workdirs:
+        raise ReportError("no workdirs given; pass --workdirs=DIR[,DIR...]")
+    runs: list[ProbeRun] = []
+    for location in workdirs:
+        try:
+            runs.extend(load_workdir_runs(location, poolings))
+        except WorkdirError as error:
+            raise ReportError(str(error)) from error
+    if tasks:
+        runs = [run for run in runs if run.task in tasks]
+    if not runs:
+        raise ReportError(
+            f"the selection (tasks={list(tasks or [])}, poolings={list(poolings or [])}) "
+            f"matches no probe results in {list(workdirs)}; widen --tasks / --poolings"
+        )
+    _assign_labels(runs)
+    return runs
+
+
+def group_by_task(runs: Sequence[ProbeRun]) -> dict[str, list[ProbeRun]]:
+    """Runs per task, in first-seen order; figures that compare runs need one task.
+
+    Raises:
+      ReportError: one task name is used with different label kinds, so its
+        runs do not share a headline metric.
+    """
+    groups: dict[str, list[ProbeRun]] = {}
+    for run in runs:
+        groups.setdefault(run.task, []).append(run)
+    for task, members in groups.items():
+        kinds = {(run.label_kind, run.headline_metric) for run in members}
+        if len(kinds) > 1:
+            where = ", ".join(f"{run.workdir} ({run.label_kind})" for run in members)
+            raise ReportError(
+                f"task {task!r} appears with different label kinds or headline metrics "
+                f"({where}); their results cannot share a figure. Report them separately."
+            )
+    return groups

@@ -1,0 +1,219 @@
+"""Fabricated probed workdirs: the files of WORKSPACE.md, written by hand.
+
+`write_probed_workdir` writes what `probing.report` reads (manifest.json,
+config.json, examples.jsonl and probes/<pooling>/{metrics,curves}.csv,
+summary.json) with plausible per-layer curves that peak at a chosen depth.
+No features and no model are involved, so tests and examples of the report
+stage run in a blink and do not depend on the extraction or training code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from probing.reporting.statistics import mean_and_ci
+from probing.store.workdir import FORMAT_VERSION, SPLIT_NAMES, Workdir
+
+_BINARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+_MULTILABEL_METRICS = ("macro_f1", "micro_f1", "macro_precision", "macro_recall", "accuracy")
+DEFAULT_CATEGORIES = ("circle", "square", "triangle", "star")
+
+
+def _layer_profile(num_layers: int, peak_layer: int, low: float, high: float) -> np.ndarray:
+    """A rise-then-fall curve from `low` at layer 0 to `high` at `peak_layer`."""
+    layers = np.arange(num_layers)
+    rise = np.clip(layers / max(peak_layer, 1), 0.0, 1.0)
+    fall = np.clip((layers - peak_layer) / max(num_layers - 1 - peak_layer, 1), 0.0, 1.0)
+    return low + (high - low) * (rise - 0.35 * fall)
+
+
+def _tidy_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def write_probed_workdir(
+    location: str,
+    *,
+    model_id: str = "tiny:qwen2_vl",
+    task: str = "caption",
+    num_layers: int = 5,
+    num_seeds: int = 3,
+    poolings: Sequence[str] = ("mean",),
+    categories: Sequence[str] = DEFAULT_CATEGORIES,
+    peak_layer: int | None = None,
+    random_init: bool = False,
+    blind: str | None = None,
+    with_controls: bool = True,
+    with_first_tokens: bool = False,
+    num_epochs: int = 4,
+    num_examples: int = 40,
+    seed: int = 0,
+) -> Workdir:
+    """Writes a workdir whose probes/<pooling>/ hold fabricated results.
+
+    Args:
+      location: directory to write (created).
+      model_id: manifest["model"]["id"].
+      task: "caption" gives a binary task; any other name a multilabel one
+        over `categories`.
+      num_layers: hidden states L+1.
+      num_seeds: probe seeds per layer.
+      poolings: probes/<pooling> folders to write.
+      categories: multilabel label names.
+      peak_layer: layer of the best headline metric (default: 2/3 depth).
+      random_init: manifest["model"]["random_init"].
+      blind: config.json["task"]["blind"] ("text_only", "image_only" or None).
+      with_controls: also write control_*, selectivity and majority_* metrics.
+      with_first_tokens: examples.jsonl rows carry "first_token_topk".
+      num_epochs: epochs of the fabricated loss curves.
+      num_examples: rows of examples.jsonl.
+      seed: seed of the noise, so every call with the same arguments writes
+        the same files.
+    """
+    rng = np.random.default_rng(seed)
+    workdir = Workdir(location)
+    binary = task == "caption"
+    label_names = ["matches"] if binary else list(categories)
+    peak = (2 * (num_layers - 1)) // 3 if peak_layer is None else peak_layer
+    high = 0.55 if random_init or blind else 0.9
+    workdir.write_json(
+        "manifest.json",
+        {
+            "format_version": FORMAT_VERSION,
+            "model": {
+                "id": model_id,
+                "revision": "local",
+                "family": model_id.split(":")[-1].split("/")[-1],
+                "random_init": random_init,
+            },
+            "library_versions": {"torch": "2.14.1", "transformers": "5.0.0", "numpy": "2.4"},
+            "dtype": "float32",
+            "feature_dtype": "float32",
+            "num_examples": num_examples,
+            "num_layers": num_layers,
+            "hidden_size": 8,
+            "poolings": list(poolings),
+            "label_kind": "binary" if binary else "multilabel",
+            "label_names": label_names,
+            "task": task,
+            "prompt_template": "This image contains: {caption}.\nIs this right?",
+            "layer_convention": "index 0 is the embedding output; i is decoder layer i",
+            "complete": True,
+            "date": "2025-01-01T00:00:00Z",
+        },
+    )
+    workdir.write_json("config.json", {"task": {"name": task, "blind": blind}})
+    examples = []
+    tokens_positive = ["person", "man", "A", "a", "woman"]
+    tokens_negative = ["A", "a", "the", "and", "dog"]
+    for row in range(num_examples):
+        label = row % 2
+        example: dict[str, Any] = {
+            "row": row,
+            "image_id": row // 2,
+            "prompt": "...",
+            "split": SPLIT_NAMES[row % 3],
+            "label": label,
+        }
+        if with_first_tokens:
+            pool = tokens_positive if label else tokens_negative
+            first = pool[int(rng.integers(len(pool)))]
+            example["first_token_topk"] = [[first, 0.6], ["the", 0.1]]
+        examples.append(example)
+    workdir.write_jsonl("examples.jsonl", examples)
+
+    for pooling_index, pooling in enumerate(poolings):
+        headline_profile = _layer_profile(num_layers, peak, 0.55, high - 0.05 * pooling_index)
+        metric_rows: list[tuple[Any, ...]] = []
+        names = _BINARY_METRICS if binary else _MULTILABEL_METRICS
+        per_category = [] if binary else [f"f1/{c}" for c in categories]
+        for layer in range(num_layers):
+            for seed_id in range(num_seeds):
+                for split in SPLIT_NAMES:
+                    headline = headline_profile[layer] + rng.normal(0, 0.015)
+                    values = {name: headline + rng.normal(0, 0.02) for name in names}
+                    values["accuracy" if binary else "macro_f1"] = headline
+                    for offset, name in enumerate(per_category):
+                        values[name] = headline - 0.05 * offset + rng.normal(0, 0.02)
+                    if with_controls:
+                        control = 0.5 + rng.normal(0, 0.01)
+                        values["control_" + ("accuracy" if binary else "macro_f1")] = control
+                        values["selectivity"] = headline - control
+                        values["majority_accuracy"] = 0.5
+                    values["loss"] = 1.0 - headline
+                    values["best_epoch"] = float(num_epochs - 1)
+                    metric_rows.extend(
+                        (layer, seed_id, split, name, f"{value:.6f}")
+                        for name, value in values.items()
+                    )
+        curve_rows = []
+        for layer in range(num_layers):
+            floor = 1.0 - headline_profile[layer]
+            for seed_id in range(num_seeds):
+                for epoch in range(num_epochs):
+                    train_loss = floor * 0.8 + 0.7 * np.exp(-epoch) + rng.normal(0, 0.005)
+                    val_loss = floor + 0.6 * np.exp(-epoch) + rng.normal(0, 0.005)
+                    curve_rows.append((layer, seed_id, epoch, "train", f"{train_loss:.6f}"))
+                    curve_rows.append((layer, seed_id, epoch, "val", f"{val_loss:.6f}"))
+        folder = f"probes/{pooling}"
+        workdir.write_bytes(
+            f"{folder}/metrics.csv",
+            _tidy_csv(("layer", "seed", "split", "metric", "value"), metric_rows),
+        )
+        workdir.write_bytes(
+            f"{folder}/curves.csv",
+            _tidy_csv(("layer", "seed", "epoch", "split", "loss"), curve_rows),
+        )
+        workdir.write_json(f"{folder}/summary.json", _summary(metric_rows, pooling, binary))
+        workdir.write_json(f"{folder}/probe_config.json", {"num_seeds": num_seeds})
+    return workdir
+
+
+def _summary(rows: Sequence[tuple[Any, ...]], pooling: str, binary: bool) -> dict[str, Any]:
+    """summary.json of the fabricated rows, following WORKSPACE.md."""
+    headline = "accuracy" if binary else "macro_f1"
+    grouped: dict[tuple[int, str, str], list[float]] = {}
+    for layer, _, split, metric, value in rows:
+        grouped.setdefault((layer, split, metric), []).append(float(value))
+    layers = sorted({key[0] for key in grouped})
+    entries = []
+    for layer in layers:
+        entry: dict[str, Any] = {"layer": layer}
+        for split in SPLIT_NAMES:
+            per_metric = {}
+            for (row_layer, row_split, metric), values in grouped.items():
+                if row_layer == layer and row_split == split:
+                    mean, low, high = mean_and_ci(np.array(values))
+                    per_metric[metric] = {
+                        "mean": float(mean),
+                        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                        "ci95": [float(low), float(high)],
+                        "n": len(values),
+                    }
+            entry[split] = per_metric
+        entries.append(entry)
+    best = max(layers, key=lambda layer: entries[layer]["val"][headline]["mean"])
+    return {
+        "pooling": pooling,
+        "label_kind": "binary" if binary else "multilabel",
+        "headline_metric": headline,
+        "num_layers": len(layers),
+        "num_seeds": entries[0]["test"][headline]["n"],
+        "layers": entries,
+        "best_layer": {
+            "layer": best,
+            "metric": headline,
+            "split": "test",
+            "mean": entries[best]["test"][headline]["mean"],
+            "selected_on": "val",
+        },
+    }

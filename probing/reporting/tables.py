@@ -1,0 +1,248 @@
+"""The results table and Tao et al.'s first-generated-token frequency table.
+
+The results table has one row per run (workdir x pooling): the best layer,
+chosen on the val split and scored on the test split, its relative depth, the
+peak with its 95% CI over seeds, the last layer and the drop from the peak,
+the gain over layer 0, the selectivity at the best layer, and a paired
+bootstrap p-value for "the peak layer beats the last layer".
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from probing.reporting.runs import ProbeRun
+from probing.reporting.statistics import mean_and_ci, paired_bootstrap_pvalue
+from probing.store.workdir import Workdir
+
+SELECTION_SPLIT = "val"
+SCORING_SPLIT = "test"
+# The trainer's metrics.csv holds per-seed values, not per-example predictions,
+# so the bootstrap pairs the peak and the last layer by seed.
+PAIRING_UNIT = "seed"
+PAIRING_NOTE = (
+    "p: one-sided paired bootstrap (10,000 resamples) of 'peak layer better than last "
+    "layer' on the test split; the pairing unit is the probe seed, because per-example "
+    "predictions are not stored, so with few seeds the p-value is coarse (its smallest "
+    "value is about (1/seeds)^seeds)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultRow:
+    """One line of the results table; metric values are test-split means over seeds."""
+
+    task: str
+    model: str
+    pooling: str
+    workdir: str
+    metric: str
+    num_layers: int
+    num_seeds: int
+    best_layer: int
+    selected_on: str
+    relative_depth: float
+    peak: float
+    peak_ci_low: float
+    peak_ci_high: float
+    last_layer: int
+    last: float
+    drop_from_peak: float
+    layer0: float
+    gain_over_layer0: float
+    selectivity_at_best: float
+    p_peak_better_than_last: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def result_row(run: ProbeRun) -> ResultRow:
+    """Computes the results-table row of one run from its metrics.csv values."""
+    metric = run.headline_metric
+    test = run.values(SCORING_SPLIT, metric)
+    selected_on = SELECTION_SPLIT if run.has(SELECTION_SPLIT, metric) else SCORING_SPLIT
+    selection_mean, _, _ = mean_and_ci(run.values(selected_on, metric))
+    if np.all(np.isnan(selection_mean)):
+        raise ValueError(f"{run.workdir}: no {selected_on} values of {metric} in any layer")
+    best = int(np.nanargmax(selection_mean))
+    test_mean, test_low, test_high = mean_and_ci(test)
+    probed_layers = np.flatnonzero(~np.isnan(test_mean))
+    last = int(probed_layers[-1])
+    first = int(probed_layers[0])
+    selectivity = math.nan
+    if run.has(SCORING_SPLIT, "selectivity"):
+        selectivity = float(mean_and_ci(run.values(SCORING_SPLIT, "selectivity"))[0][best])
+    p_value = math.nan
+    if best != last:
+        p_value = paired_bootstrap_pvalue(test[best], test[last])
+    return ResultRow(
+        task=run.task,
+        model=run.model_name,
+        pooling=run.pooling,
+        workdir=run.workdir,
+        metric=metric,
+        num_layers=run.num_layers,
+        num_seeds=len(run.seeds),
+        best_layer=best,
+        selected_on=selected_on,
+        relative_depth=float(run.relative_depth(best)),
+        peak=float(test_mean[best]),
+        peak_ci_low=float(test_low[best]),
+        peak_ci_high=float(test_high[best]),
+        last_layer=last,
+        last=float(test_mean[last]),
+        drop_from_peak=float(test_mean[best] - test_mean[last]),
+        layer0=float(test_mean[first]),
+        gain_over_layer0=float(test_mean[best] - test_mean[first]),
+        selectivity_at_best=selectivity,
+        p_peak_better_than_last=p_value,
+    )
+
+
+def results_csv(rows: Sequence[ResultRow]) -> str:
+    """The results table as CSV text, full precision, NaN written as empty."""
+    buffer = io.StringIO()
+    fields = [field.name for field in dataclasses.fields(ResultRow)]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        values = row.as_dict()
+        writer.writerow(
+            {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+        )
+    return buffer.getvalue()
+
+
+def _number(value: float, digits: int = 3, signed: bool = False) -> str:
+    if math.isnan(value):
+        return "—"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+RESULTS_HEADER = (
+    "model · pooling",
+    "metric",
+    "best layer",
+    "rel. depth",
+    "peak [95% CI]",
+    "last layer",
+    "drop",
+    "gain over layer 0",
+    "selectivity",
+    "p (peak > last)",
+)
+
+
+def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
+    """Display cells of the results table (RESULTS_HEADER columns)."""
+    cells = []
+    for row in rows:
+        peak = f"{_number(row.peak)} [{_number(row.peak_ci_low)}, {_number(row.peak_ci_high)}]"
+        p_value = "best is last" if row.best_layer == row.last_layer else ""
+        if not math.isnan(row.p_peak_better_than_last):
+            p_value = _number(row.p_peak_better_than_last, digits=4)
+        cells.append(
+            [
+                f"{row.model} · {row.pooling}",
+                row.metric,
+                f"{row.best_layer} / {row.num_layers - 1}",
+                _number(row.relative_depth, 2),
+                peak,
+                f"{_number(row.last)} (L{row.last_layer})",
+                _number(-row.drop_from_peak, signed=True),
+                _number(row.gain_over_layer0, signed=True),
+                _number(row.selectivity_at_best),
+                p_value,
+            ]
+        )
+    return cells
+
+
+# ------------------------------------------------------------- first tokens
+FIRST_TOKEN_FIELD = "first_token_topk"
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstTokenTable:
+    """Top generated first tokens per group of examples (Tao et al., Table 1).
+
+    Attributes:
+      groups: group name ("positive", "negative" or "all") -> [(token,
+        frequency)] of the `top_k` most frequent first tokens, then
+        ("OTHERS", frequency of all the rest).
+      counts: group name -> number of examples in it.
+    """
+
+    groups: dict[str, list[tuple[str, float]]]
+    counts: dict[str, int]
+
+
+def first_token_table(examples: Sequence[dict[str, Any]], top_k: int = 10) -> FirstTokenTable:
+    """Frequencies of the greedy first generated token, split by example label.
+
+    The greedy token is the first entry of each row's "first_token_topk".
+    Rows with a binary "label" are split into positive and negative examples
+    as in Tao et al.'s Table 1; other rows form one group "all".
+    """
+    tokens_by_group: dict[str, list[str]] = collections.defaultdict(list)
+    for example in examples:
+        topk = example.get(FIRST_TOKEN_FIELD)
+        if not topk:
+            continue
+        token = str(topk[0][0])
+        label = example.get("label")
+        group = {1: "positive", 0: "negative"}.get(label, "all") if label is not None else "all"
+        tokens_by_group[group].append(token)
+    groups: dict[str, list[tuple[str, float]]] = {}
+    counts: dict[str, int] = {}
+    for group in sorted(tokens_by_group, key=("positive", "negative", "all").index):
+        tokens = tokens_by_group[group]
+        counter = collections.Counter(tokens)
+        top = counter.most_common(top_k)
+        frequencies = [(token, count / len(tokens)) for token, count in top]
+        others = len(tokens) - sum(count for _, count in top)
+        frequencies.append(("OTHERS", others / len(tokens)))
+        groups[group] = frequencies
+        counts[group] = len(tokens)
+    return FirstTokenTable(groups=groups, counts=counts)
+
+
+def load_first_token_table(location: str, top_k: int = 10) -> FirstTokenTable | None:
+    """The first-token table of a workdir, or None when it recorded no first tokens."""
+    workdir = Workdir(location)
+    if not workdir.exists("examples.jsonl"):
+        return None
+    table = first_token_table(workdir.read_jsonl("examples.jsonl"), top_k)
+    return table if table.groups else None
+
+
+def first_token_cells(table: FirstTokenTable) -> tuple[list[str], list[list[str]]]:
+    """Header and cells: a (token, frequency) column pair per group, like Table 1."""
+    names = list(table.groups)
+    header = ["rank"]
+    for name in names:
+        header += [f"{name} (n={table.counts[name]})", "freq."]
+    num_ranked = max(len(entries) - 1 for entries in table.groups.values())
+    cells = []
+    for rank in range(num_ranked):
+        line = [str(rank + 1)]
+        for name in names:
+            ranked = table.groups[name][:-1]
+            line += [ranked[rank][0], f"{ranked[rank][1]:.4f}"] if rank < len(ranked) else ["", ""]
+        cells.append(line)
+    # OTHERS (everything below the top k) closes every group on one line.
+    others = [""]
+    for name in names:
+        token, frequency = table.groups[name][-1]
+        others += [token, f"{frequency:.4f}"]
+    cells.append(others)
+    return header, cells

@@ -1,0 +1,1 @@
+"""The workdir: TensorStore arrays and JSON files shared by both stages."""
