@@ -28,8 +28,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.info("Config:\n%s", _CONFIG.value)
     manifest = extract(_CONFIG.value, _WORKDIR.value)
-    print(f"Wrote {manifest['num_examples']} rows x {manifest['num_layers']} layers "
-          f"to {_WORKDIR.value}")
+    print(
+        f"Wrote {manifest['num_examples']} rows x {manifest['num_layers']} layers "
+        f"to {_WORKDIR.value}"
+    )
 
 
 if __name__ == "__main__":

@@ -323,12 +323,14 @@ def generate_synthetic_coco(
                         "id": len(instances) + 1,
                         "image_id": image_id,
                         "category_id": obj.category_index + 1,
-                        "bbox": [round(x0, 2), round(y0, 2), round(max(xs) - x0, 2),
-                                 round(max(ys) - y0, 2)],
-                        "area": round(obj.area, 2),
-                        "segmentation": [
-                            [round(v, 2) for x, y in obj.polygon for v in (x, y)]
+                        "bbox": [
+                            round(x0, 2),
+                            round(y0, 2),
+                            round(max(xs) - x0, 2),
+                            round(max(ys) - y0, 2),
                         ],
+                        "area": round(obj.area, 2),
+                        "segmentation": [[round(v, 2) for x, y in obj.polygon for v in (x, y)]],
                         "iscrowd": 0,
                     }
                 )

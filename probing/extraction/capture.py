@@ -53,7 +53,9 @@ class PooledLayerCapture:
 
     def __enter__(self) -> PooledLayerCapture:
         first = self.decoder_layers[0]
-        self._handles.append(first.register_forward_pre_hook(self._embedding_hook, with_kwargs=True))
+        self._handles.append(
+            first.register_forward_pre_hook(self._embedding_hook, with_kwargs=True)
+        )
         for index, layer in enumerate(self.decoder_layers, start=1):
             self._handles.append(layer.register_forward_hook(self._make_layer_hook(index)))
         return self

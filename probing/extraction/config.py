@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from probing.data import default_data_config
+from probing.tasks import default_data_config, default_task_config
 from probing.models import default_model_config
-from probing.tasks import default_task_config
 
 
 def extract_settings() -> ml_collections.ConfigDict:
@@ -48,3 +47,42 @@ def extraction_config() -> ml_collections.ConfigDict:
     # instead of refusing it (a matching workdir is always resumed).
     config.overwrite = False
     return config
+
+
+def parse_config_arg(arg: str | None, choices: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """Parses a config-file argument like "category,smoke".
+
+    `choices` maps a slot name to its allowed words, the first being the
+    default, e.g. {"task": ("caption", "category"), "smoke": ("", "smoke")}.
+    Each comma-separated word fills the slot that allows it.
+    """
+    picked = {slot: words[0] for slot, words in choices.items()}
+    for word in filter(None, (arg or "").split(",")):
+        slots = [slot for slot, words in choices.items() if word in words]
+        if not slots:
+            allowed = sorted({w for words in choices.values() for w in words if w})
+            raise ValueError(f"config argument {word!r} is not one of {', '.join(allowed)}")
+        picked[slots[0]] = word
+    return picked
+
+
+def make_smoke(config: ml_collections.ConfigDict, family: str) -> None:
+    """Turns a real-model config into its CPU smoke variant, in place.
+
+    The tiny random checkpoint of the same architecture replaces the hub model
+    and a small generated COCO-format dataset replaces COCO; everything else
+    (task, prompt, poolings) is kept, so the smoke run exercises the same code.
+    """
+    config.model.name = f"tiny:{family}"
+    config.model.dtype = "float32"
+    config.model.attn_implementation = None
+    config.model.device = "cpu"
+    config.data.source = "synthetic"
+    config.data.coco_splits = "train2017"
+    config.data.synthetic.num_images = 120
+    config.task.split_sizes = ml_collections.ConfigDict({"train": -1, "val": 20, "test": 20})
+    config.task.hard_negatives.embedding_model = "all-MiniLM-L6-v2"
+    config.task.hard_negatives.device = "cpu"
+    config.extract.batch_size = 16
+    config.extract.feature_dtype = "float32"
+    config.extract.num_workers = 0

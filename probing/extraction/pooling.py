@@ -36,9 +36,7 @@ def parse_pooling(name: str) -> tuple[str, int | None]:
         except ValueError as e:
             raise PoolingError(f"pooling {name!r}: expected index:K with an integer K") from e
     if name not in BASE_POOLINGS:
-        raise PoolingError(
-            f"unknown pooling {name!r}; known: {', '.join(BASE_POOLINGS)}, index:K"
-        )
+        raise PoolingError(f"unknown pooling {name!r}; known: {', '.join(BASE_POOLINGS)}, index:K")
     return name, None
 
 

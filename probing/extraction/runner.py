@@ -18,6 +18,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ from probing.extraction.pooling import validate_poolings
 from probing.progress import Progress
 from probing.store import workdir as store
 
+_WAIT_FOR_RANK0_S = 1800.0
 FEATURE_DTYPES = ("float32", "float16", "bfloat16")
 LAYER_CONVENTION = (
     "index 0 is the input of the first decoder layer (embeddings with image features "
@@ -131,16 +133,12 @@ def _to_storage(values: torch.Tensor, dtype: str) -> np.ndarray:
     return array.astype(dtype)
 
 
-def _move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def _rank_and_world() -> tuple[int, int]:
     """Rank and world size under torchrun (1 process otherwise)."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _write_metadata(wd: store.Workdir, config, table, manifest: dict[str, Any]) -> None:
+def _write_metadata(wd: store.Workdir, config, table) -> None:
     wd.write_json("config.json", _config_json(config))
     wd.write_jsonl("examples.jsonl", table.examples)
     wd.write_json("splits.json", table.splits)
@@ -150,33 +148,48 @@ def _write_metadata(wd: store.Workdir, config, table, manifest: dict[str, Any]) 
         wd.write_array(store.LABEL_MASK, table.label_mask.astype(np.uint8))
     wd.write_array(store.SPLIT, table.split.astype(np.int8))
     wd.write_array(store.GROUP, table.group.astype(np.int64))
-    wd.write_json("manifest.json", manifest)
 
 
-def _prepare_workdir(wd: store.Workdir, config, manifest: dict[str, Any], table, chunk_rows: int):
-    """Creates a fresh store, or checks an existing one for a resume."""
-    num_rows = manifest["num_examples"]
+def _check_resumable(wd: store.Workdir, manifest: dict[str, Any]) -> None:
+    old = wd.read_json("manifest.json")
+    differing = _diff_keys(old.get("fingerprint"), manifest["fingerprint"])
+    if differing:
+        raise ExtractionError(
+            f"workdir {wd.location} holds features of a different run; differing: "
+            f"{', '.join(differing[:12])}. Use another --workdir, or pass "
+            "--config.overwrite=True to replace it."
+        )
+
+
+def _prepare_workdir(
+    wd: store.Workdir, config, manifest: dict[str, Any], table, chunk_rows: int, rank: int
+):
+    """Creates a fresh store (rank 0), or checks an existing one for a resume.
+
+    Other ranks wait for rank 0's manifest.json, which is written last, once
+    every array exists.
+    """
+    if rank != 0:
+        deadline = time.monotonic() + _WAIT_FOR_RANK0_S
+        while not wd.exists("manifest.json"):
+            if time.monotonic() > deadline:
+                raise ExtractionError(f"rank {rank}: rank 0 never created {wd.location}")
+            time.sleep(1.0)
+        _check_resumable(wd, manifest)
+        return wd.open_array(store.WRITTEN)
     if wd.exists("manifest.json") and not config.overwrite:
-        old = wd.read_json("manifest.json")
-        differing = _diff_keys(old.get("fingerprint"), manifest["fingerprint"])
-        if differing:
-            raise ExtractionError(
-                f"workdir {wd.location} holds features of a different run; differing: "
-                f"{', '.join(differing[:12])}. Use another --workdir, or pass "
-                "--config.overwrite=True to replace it."
-            )
+        _check_resumable(wd, manifest)
         logging.info("Resuming extraction in %s", wd.location)
         return wd.open_array(store.WRITTEN)
-    _write_metadata(wd, config, table, manifest)
+    _write_metadata(wd, config, table)
+    num_rows = manifest["num_examples"]
     shape = (num_rows, manifest["num_layers"], manifest["hidden_size"])
     for pooling in manifest["poolings"]:
         wd.create_array(
-            f"features/{pooling}",
-            manifest["feature_dtype"],
-            shape,
-            (chunk_rows, shape[1], shape[2]),
+            f"features/{pooling}", manifest["feature_dtype"], shape, (chunk_rows, *shape[1:])
         )
     written = wd.create_array(store.WRITTEN, "uint8", (num_rows,), (chunk_rows,))
+    wd.write_json("manifest.json", manifest)
     return written
 
 
@@ -193,7 +206,9 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             f"use one of {', '.join(FEATURE_DTYPES)}"
         )
     if extract_cfg.batch_size < 1:
-        raise ExtractionError(f"config.extract.batch_size must be >= 1, got {extract_cfg.batch_size}")
+        raise ExtractionError(
+            f"config.extract.batch_size must be >= 1, got {extract_cfg.batch_size}"
+        )
     table = build_task(config.data, config.task, config.seed)
     poolings = validate_poolings(tuple(extract_cfg.poolings), with_image=table.with_image)
     model, processor, adapter = load_model(config.model)
@@ -226,12 +241,12 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "complete": False,
         "fingerprint": fingerprint(config, processor),
     }
-    written = _prepare_workdir(wd, config, manifest, table, batch_size)
+    rank, world = _rank_and_world()
+    written = _prepare_workdir(wd, config, manifest, table, batch_size, rank)
     arrays = {p: wd.open_array(f"features/{p}") for p in poolings}
 
     # Fixed, chunk-aligned row ranges: ranks (torchrun) take every world-th
     # batch, and a resumed run skips batches that are already durable.
-    rank, world = _rank_and_world()
     done = np.asarray(written.read().result()).astype(bool)
     batches = [
         np.arange(start, min(start + batch_size, num_rows))
@@ -257,12 +272,11 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         num_workers=int(extract_cfg.num_workers),
         collate_fn=lambda item: item,
     )
-    device = next(model.parameters()).device
     progress = Progress("extract", todo_rows, unit="ex", every_s=float(extract_cfg.log_every_s))
     decoder_layers = adapter.decoder_layers(model)
     with PooledLayerCapture(decoder_layers, adapter.final_norm(model), poolings) as capture:
         for rows, images, prompts in loader:
-            batch = _move(adapter.build_batch(images, prompts), device)
+            batch = adapter.to_model(adapter.build_batch(images, prompts))
             attention_mask = adapter.attention_mask(batch)
             image_mask = adapter.image_token_mask(batch) if table.with_image else None
             capture.set_masks(attention_mask, image_mask)
@@ -273,15 +287,18 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             pooled = capture.result()
             start, stop = int(rows[0]), int(rows[-1]) + 1
             for name, values in pooled.items():
-                arrays[name][start:stop].write(_to_storage(values, extract_cfg.feature_dtype)).result()
+                arrays[name][start:stop].write(
+                    _to_storage(values, extract_cfg.feature_dtype)
+                ).result()
             # Only after every pooling is durable is the row marked written.
             written[start:stop].write(np.ones(stop - start, np.uint8)).result()
             progress.update(len(rows), tokens=int(attention_mask.sum()))
 
-    if rank == 0 or world == 1:
-        all_done = bool(np.asarray(written.read().result()).all())
-        manifest["complete"] = all_done
+    # Whichever rank finds every row durable marks the store complete.
+    manifest["complete"] = bool(np.asarray(written.read().result()).all())
+    if manifest["complete"]:
         wd.write_json("manifest.json", manifest)
-    logging.info("Extraction %s: %s", "complete" if manifest["complete"] else "partial", wd.location)
+    logging.info(
+        "Extraction %s: %s", "complete" if manifest["complete"] else "partial", wd.location
+    )
     return manifest
-

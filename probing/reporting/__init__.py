@@ -11,3 +11,8 @@
 * `builder` ties them together in `build_report`;
 * `synthetic` fabricates probed workdirs for tests and examples.
 """
+
+from probing.reporting.builder import build_report
+from probing.reporting.runs import ReportError
+
+__all__ = ["ReportError", "build_report"]

@@ -68,7 +68,9 @@ def to_markdown(blocks: Sequence[Block], base_dir: str) -> str:
                 "| " + " | ".join(_markdown_cell(c) for c in block.header) + " |",
                 "|" + "|".join(" --- " for _ in block.header) + "|",
             ]
-            lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in block.rows]
+            lines += [
+                "| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in block.rows
+            ]
             if block.note:
                 lines += ["", f"*{block.note}*"]
             parts.append("\n".join(lines))
@@ -127,7 +129,7 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
         elif isinstance(block, Code):
             body.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"

@@ -234,6 +234,8 @@ def _optional_json(workdir: Workdir, name: str) -> dict[str, Any]:
 def load_workdir_runs(location: str, poolings: Sequence[str] | None = None) -> list[ProbeRun]:
     """Every probed pooling of one workdir, or of the selected `poolings`.
 
+    Returns [] when `poolings` excludes every pooling of the workdir.
+
     Raises:
       ReportError: the workdir holds no probe results for any selected pooling.
       WorkdirError: it is not a workdir (no manifest.json).
@@ -244,6 +246,10 @@ def load_workdir_runs(location: str, poolings: Sequence[str] | None = None) -> l
     config = _optional_json(workdir, "config.json")
     available = [str(p) for p in manifest.get("poolings", [])]
     wanted = [p for p in available if poolings is None or p in poolings]
+    if not wanted:
+        # Not an error yet: another workdir may hold the selected poolings.
+        logging.warning("%s: none of its poolings %s is selected; skipped", location, available)
+        return []
     runs = []
     for pooling in wanted:
         if not workdir.exists(f"probes/{pooling}/metrics.csv"):
@@ -268,22 +274,25 @@ def load_workdir_runs(location: str, poolings: Sequence[str] | None = None) -> l
             )
         )
     if not runs:
-        selection = f" for pooling(s) {', '.join(poolings)}" if poolings else ""
         raise ReportError(
-            f"{location} has no probe results{selection} (no probes/<pooling>/metrics.csv "
-            f"among poolings {available}); produce them with "
+            f"{location} has no probe results (no probes/<pooling>/metrics.csv for "
+            f"pooling(s) {wanted}); produce them with "
             f"`python -m probing.train_all_layers --workdir={location}`"
         )
     return runs
 
 
 def _assign_labels(runs: list[ProbeRun]) -> None:
-    """Gives every run a unique legend label "model · pooling" (+ workdir if needed)."""
-    base = [f"{run.model_name} · {run.pooling}" for run in runs]
-    for run, label in zip(runs, base, strict=True):
-        clashes = base.count(label) > 1
+    """Gives every run a label "model · pooling", unique within its task.
+
+    Two runs of one task with the same model and pooling (say, two prompts in
+    two workdirs) get the workdir's folder name appended.
+    """
+    base = [(run.task, f"{run.model_name} · {run.pooling}") for run in runs]
+    for run, key in zip(runs, base, strict=True):
+        clashes = base.count(key) > 1
         suffix = f" [{os.path.basename(run.workdir.rstrip('/'))}]" if clashes else ""
-        run.label = label + suffix
+        run.label = key[1] + suffix
 
 
 def load_runs(
@@ -297,6 +306,7 @@ def load_runs(
       ReportError: no workdirs were given, one has no probe results, or the
         selection leaves nothing to report.
     """
+    workdirs = [location for location in workdirs if location.strip()]
     if not workdirs:
         raise ReportError("no workdirs given; pass --workdirs=DIR[,DIR...]")
     runs: list[ProbeRun] = []
@@ -310,7 +320,7 @@ def load_runs(
     if not runs:
         raise ReportError(
             f"the selection (tasks={list(tasks or [])}, poolings={list(poolings or [])}) "
-            f"matches no probe results in {list(workdirs)}; widen --tasks / --poolings"
+            f"matches no probe results in {list(workdirs)}; widen or drop --tasks / --poolings"
         )
     _assign_labels(runs)
     return runs

@@ -64,4 +64,4 @@ def paired_bootstrap_pvalue(
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, differences.size, size=(num_resamples, differences.size))
     resampled_means = differences[picks].mean(axis=1)
-    return float(np.mean(resampled_means <= 0.0))
+    return float((1 + np.sum(resampled_means <= 0.0)) / (1 + num_resamples))

@@ -84,7 +84,7 @@ def write_probed_workdir(
     binary = task == "caption"
     label_names = ["matches"] if binary else list(categories)
     peak = (2 * (num_layers - 1)) // 3 if peak_layer is None else peak_layer
-    high = 0.55 if random_init or blind else 0.9
+    high = 0.6 if random_init else 0.7 if blind else 0.9
     workdir.write_json(
         "manifest.json",
         {

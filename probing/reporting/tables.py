@@ -29,10 +29,11 @@ SCORING_SPLIT = "test"
 # so the bootstrap pairs the peak and the last layer by seed.
 PAIRING_UNIT = "seed"
 PAIRING_NOTE = (
-    "p: one-sided paired bootstrap (10,000 resamples) of 'peak layer better than last "
-    "layer' on the test split; the pairing unit is the probe seed, because per-example "
-    "predictions are not stored, so with few seeds the p-value is coarse (its smallest "
-    "value is about (1/seeds)^seeds)."
+    "Best layer chosen on val, values on test, mean over seeds. last − peak and gain over "
+    "layer 0 are differences of test means. p: one-sided paired bootstrap (10,000 "
+    "resamples, add-one corrected) of 'peak layer better than last layer'; the pairing "
+    "unit is the probe seed, because the trainer stores no per-example predictions, so "
+    "with few seeds p only says whether every seed agrees: read it with the CI."
 )
 
 
@@ -135,7 +136,7 @@ RESULTS_HEADER = (
     "rel. depth",
     "peak [95% CI]",
     "last layer",
-    "drop",
+    "last − peak",
     "gain over layer 0",
     "selectivity",
     "p (peak > last)",

@@ -1,0 +1,184 @@
+"""Loading a frozen VLM, its processor and its adapter from a model config.
+
+``load_model(config)`` accepts a hub id, a local checkpoint directory or
+``"tiny:<family>"`` (a tiny random checkpoint built by
+:func:`probing.models.tiny.build_tiny_checkpoint`) and loads all three through
+``from_pretrained``, the path real checkpoints take. Everything that can fail
+cheaply (name, dtype, device, config.json, family, processor) is checked
+before the weights are read, so a bad config fails in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+import torch
+import transformers
+
+from probing.models.base import PADDING_SIDES, ModelAdapter
+from probing.models.registry import adapter_class_for_model_type
+from probing.models.tiny import build_tiny_checkpoint, tiny_families
+
+TINY_PREFIX = "tiny:"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager", "flash_attention_2")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ModelLoadError(ValueError):
+    """A model config names something that cannot be loaded."""
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """The model section of a run config, with every field explained."""
+    config = ml_collections.ConfigDict()
+    # Hub id ("Qwen/Qwen2-VL-2B-Instruct"), local checkpoint directory, or
+    # "tiny:<family>" for a tiny random checkpoint of that family built locally
+    # (families: probing.models.tiny.tiny_families()).
+    config.name = "tiny:qwen2_vl"
+    # Hub revision (branch, tag or commit) to pin; None = the default branch.
+    # Ignored for local directories and tiny checkpoints.
+    config.revision = ml_collections.config_dict.placeholder(str)
+    # Dtype the model runs in: "float32", "bfloat16" or "float16".
+    config.dtype = "float32"
+    # transformers attention kernel: None (its default), "sdpa", "eager" or
+    # "flash_attention_2" (CUDA and the flash-attn package only).
+    config.attn_implementation = ml_collections.config_dict.placeholder(str)
+    # Run code shipped with the checkpoint. Off: only native transformers
+    # architectures load, and nothing from the hub is executed.
+    config.trust_remote_code = False
+    # Same architecture with fresh random weights instead of the trained ones:
+    # the untrained baseline. Needs only config.json, not the weights.
+    config.random_init = False
+    # Seed of the random weights when random_init is True.
+    config.random_init_seed = 0
+    # "auto" (CUDA if available, else CPU), "cpu" or "cuda" / "cuda:N".
+    config.device = "auto"
+    # Tokenizer padding side for batches: None keeps the processor's own
+    # ("left" for Qwen2-VL-Instruct); "left" or "right" overrides it.
+    config.padding_side = ml_collections.config_dict.placeholder(str)
+    return config
+
+
+def resolve_model_path(name: str) -> str:
+    """The path or hub id ``from_pretrained`` gets for ``name`` (builds tiny checkpoints)."""
+    if not isinstance(name, str) or not name:
+        raise ModelLoadError(f"model.name must be a non-empty string, got {name!r}")
+    if name.startswith(TINY_PREFIX):
+        family = name[len(TINY_PREFIX) :]
+        if family not in tiny_families():
+            raise ModelLoadError(
+                f"model.name {name!r}: no tiny checkpoint for family {family!r}; "
+                f"use one of {', '.join(TINY_PREFIX + f for f in tiny_families())}"
+            )
+        return build_tiny_checkpoint(family)
+    looks_local = name.startswith(("/", "./", "../", "~")) or os.path.exists(name)
+    if looks_local:
+        path = os.path.expanduser(name)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ModelLoadError(
+                f"model.name {name!r} is a local path but {os.path.join(path, 'config.json')} "
+                "does not exist; point it at a directory written by save_pretrained"
+            )
+        return path
+    return name
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"model.device is {device!r} but CUDA is not available")
+        return torch.device(device)
+    raise ModelLoadError(f"model.device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+def _check_choice(field: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ModelLoadError(f"model.{field} must be one of {choices}, got {value!r}")
+
+
+def load_model(
+    model_config: ml_collections.ConfigDict,
+) -> tuple[torch.nn.Module, Any, ModelAdapter]:
+    """Loads a frozen VLM, its processor and the family's adapter.
+
+    Args:
+      model_config: see :func:`default_model_config`.
+
+    Returns:
+      ``(model, processor, adapter)``; the model is in eval mode, on the
+      configured device and dtype, with ``requires_grad`` off everywhere.
+    """
+    _check_choice("dtype", model_config.dtype, tuple(DTYPES))
+    _check_choice("attn_implementation", model_config.attn_implementation, ATTN_IMPLEMENTATIONS)
+    if model_config.padding_side is not None:
+        _check_choice("padding_side", model_config.padding_side, PADDING_SIDES)
+    device = _resolve_device(model_config.device)
+    path = resolve_model_path(model_config.name)
+    hub_kwargs: dict[str, Any] = {"trust_remote_code": bool(model_config.trust_remote_code)}
+    if model_config.revision is not None and path == model_config.name:
+        hub_kwargs["revision"] = model_config.revision
+
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(path, **hub_kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"cannot load config.json of model {model_config.name!r} "
+            f"(revision {model_config.revision!r}): {str(error).rstrip('.')}. Use a local checkpoint "
+            "directory, 'tiny:<family>', or a hub id already in the Hugging Face cache "
+            "(HF_HUB_OFFLINE=1 forbids downloads)."
+        ) from error
+    adapter_class = adapter_class_for_model_type(
+        hf_config.model_type, source=f"config.json of {model_config.name!r}"
+    )
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(path, **hub_kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"cannot load the processor of model {model_config.name!r}: {error}. A checkpoint "
+            "needs its processor files (processor/tokenizer/preprocessor configs) next to "
+            "config.json"
+        ) from error
+
+    model_kwargs: dict[str, Any] = {"dtype": DTYPES[model_config.dtype]}
+    if model_config.attn_implementation is not None:
+        model_kwargs["attn_implementation"] = model_config.attn_implementation
+    if model_config.random_init:
+        # Fork the RNG: the baseline's weights depend only on random_init_seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(model_config.random_init_seed)
+            model = transformers.AutoModelForImageTextToText.from_config(
+                hf_config, trust_remote_code=hub_kwargs["trust_remote_code"], **model_kwargs
+            )
+    else:
+        model = transformers.AutoModelForImageTextToText.from_pretrained(
+            path, **hub_kwargs, **model_kwargs
+        )
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+
+    adapter = adapter_class(model, processor)
+    if model_config.padding_side is not None:
+        adapter.set_padding_side(model_config.padding_side)
+    return model, processor, adapter
+
+
+def model_manifest_entry(
+    model_config: ml_collections.ConfigDict, adapter: ModelAdapter
+) -> dict[str, Any]:
+    """The ``manifest.json`` ``model`` object (WORKSPACE.md) of a loaded model."""
+    return {
+        "id": model_config.name,
+        "revision": model_config.revision,
+        "family": adapter.family,
+        "random_init": bool(model_config.random_init),
+        "padding_side": adapter.padding_side,
+    }

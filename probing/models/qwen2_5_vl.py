@@ -1,0 +1,17 @@
+"""Adapter for Qwen2.5-VL (``Qwen/Qwen2.5-VL-3B-Instruct`` and its siblings).
+
+Same layout and processor contract as Qwen2-VL (processor-side expansion of
+``<|image_pad|>``, decoder at ``model.model.language_model``); only the vision
+tower (window attention, SwiGLU) differs, which the probes never see.
+"""
+
+from __future__ import annotations
+
+from probing.models.base import ModelAdapter
+
+
+class Qwen2_5_VLAdapter(ModelAdapter):
+    """Qwen2.5-VL: decoder at ``model.model.language_model``, processor-side expansion."""
+
+    family = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)

@@ -1,0 +1,207 @@
+"""Classification metrics of probe outputs, named as in WORKSPACE.md.
+
+All functions take logits (a probe's raw outputs; the predicted class is
+logit > 0, i.e. probability > 0.5) and labels in {0, 1}, and return plain
+floats keyed by metric name. Conventions follow scikit-learn's defaults with
+`zero_division=0`: a precision, recall or F1 whose denominator is zero is 0.
+ROC-AUC is the Mann-Whitney statistic with average ranks for ties, NaN when a
+class is absent.
+
+Multilabel metrics count only scored entries (mask == 1). Macro averages run
+over the categories that have at least one scored entry in the split; the
+multilabel `roc_auc` is the macro average over categories that have both
+classes among their scored entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+BINARY_METRICS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "loss",
+)
+MULTILABEL_METRICS = (
+    "macro_f1",
+    "micro_f1",
+    "macro_precision",
+    "macro_recall",
+    "accuracy",
+    "roc_auc",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "loss",
+)
+HEADLINE = {"binary": "accuracy", "multilabel": "macro_f1"}
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    numerator = np.asarray(numerator, np.float64)
+    denominator = np.asarray(denominator, np.float64)
+    return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), 0.0)
+
+
+def binary_cross_entropy(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None):
+    """Mean sigmoid cross-entropy over (scored) entries, computed stably in float64."""
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels, np.float64)
+    mask = np.ones_like(logits) if mask is None else np.asarray(mask, np.float64)
+    # log(1 + exp(-|z|)) + max(z, 0) - z * y, the usual overflow-free form.
+    per_entry = np.logaddexp(0.0, -np.abs(logits)) + np.maximum(logits, 0.0) - logits * labels
+    total = mask.sum()
+    return float((per_entry * mask).sum() / total) if total > 0 else float("nan")
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve; NaN unless both classes occur."""
+    scores = np.asarray(scores, np.float64).ravel()
+    labels = np.asarray(labels).ravel() > 0.5
+    num_pos = int(labels.sum())
+    num_neg = labels.size - num_pos
+    if num_pos == 0 or num_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(scores.size, np.float64)
+    # Average rank (1-based) of each run of tied scores.
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [scores.size]])
+    average_rank = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(average_rank, ends - starts)
+    rank_sum = ranks[labels].sum()
+    return float((rank_sum - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
+
+
+def confusion_counts(
+    predictions: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, axis=None
+) -> dict[str, np.ndarray]:
+    """tp, fp, tn, fn summed over `axis` of the scored entries."""
+    pred = np.asarray(predictions) > 0.5
+    true = np.asarray(labels) > 0.5
+    scored = np.ones(pred.shape, bool) if mask is None else np.asarray(mask) > 0.5
+    return {
+        "tp": np.sum(pred & true & scored, axis=axis),
+        "fp": np.sum(pred & ~true & scored, axis=axis),
+        "tn": np.sum(~pred & ~true & scored, axis=axis),
+        "fn": np.sum(~pred & true & scored, axis=axis),
+    }
+
+
+def _scores_from_counts(tp, fp, fn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    return precision, recall, f1
+
+
+def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """accuracy, precision, recall, f1, roc_auc, tp, fp, tn, fn, loss of [n] logits."""
+    logits = np.asarray(logits, np.float64).ravel()
+    labels = np.asarray(labels, np.float64).ravel()
+    if logits.shape != labels.shape:
+        raise ValueError(f"logits {logits.shape} and labels {labels.shape} differ in shape")
+    counts = confusion_counts(logits > 0, labels)
+    tp, fp, tn, fn = (int(counts[k]) for k in ("tp", "fp", "tn", "fn"))
+    precision, recall, f1 = _scores_from_counts(tp, fp, fn)
+    return {
+        "accuracy": (tp + tn) / max(labels.size, 1),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "roc_auc": roc_auc(logits, labels),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "loss": binary_cross_entropy(logits, labels),
+    }
+
+
+def multilabel_metrics(
+    logits: np.ndarray, labels: np.ndarray, mask: np.ndarray, names: Sequence[str]
+) -> dict[str, float]:
+    """Masked multilabel metrics of [n, K] logits, plus f1/precision/recall per category.
+
+    Categories without any scored entry in these rows get no per-category
+    entry and do not enter the macro averages.
+    """
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels, np.float64)
+    mask = np.asarray(mask, np.float64)
+    if not logits.shape == labels.shape == mask.shape or logits.ndim != 2:
+        raise ValueError(
+            f"logits {logits.shape}, labels {labels.shape} and mask {mask.shape} must all be [n, K]"
+        )
+    if logits.shape[1] != len(names):
+        raise ValueError(f"{logits.shape[1]} logit columns but {len(names)} category names")
+    counts = confusion_counts(logits > 0, labels, mask, axis=0)
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    precision, recall, f1 = _scores_from_counts(tp, fp, fn)
+    present = mask.sum(axis=0) > 0
+    out: dict[str, float] = {}
+    if present.any():
+        out["macro_f1"] = float(f1[present].mean())
+        out["macro_precision"] = float(precision[present].mean())
+        out["macro_recall"] = float(recall[present].mean())
+    else:
+        out.update(macro_f1=float("nan"), macro_precision=float("nan"), macro_recall=float("nan"))
+    total = {k: int(v.sum()) for k, v in counts.items()}
+    out["micro_f1"] = float(_ratio(2 * total["tp"], 2 * total["tp"] + total["fp"] + total["fn"]))
+    out["accuracy"] = float(_ratio(total["tp"] + total["tn"], sum(total.values())))
+    aucs = []
+    for k in np.flatnonzero(present):
+        scored = mask[:, k] > 0.5
+        aucs.append(roc_auc(logits[scored, k], labels[scored, k]))
+    aucs = [a for a in aucs if not np.isnan(a)]
+    out["roc_auc"] = float(np.mean(aucs)) if aucs else float("nan")
+    out.update(total)
+    out["loss"] = binary_cross_entropy(logits, labels, mask)
+    for k in np.flatnonzero(present):
+        out[f"f1/{names[k]}"] = float(f1[k])
+        out[f"precision/{names[k]}"] = float(precision[k])
+        out[f"recall/{names[k]}"] = float(recall[k])
+    return out
+
+
+def compute_metrics(
+    label_kind: str,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    names: Sequence[str],
+) -> dict[str, float]:
+    """Dispatches on label_kind; `logits`, `labels` and `mask` are [n, C]."""
+    if label_kind == "binary":
+        return binary_metrics(logits[:, 0], labels[:, 0])
+    if label_kind == "multilabel":
+        return multilabel_metrics(logits, labels, mask, names)
+    raise ValueError(f"label_kind must be 'binary' or 'multilabel', got {label_kind!r}")
+
+
+def majority_logits(train_labels: np.ndarray, train_mask: np.ndarray, num_rows: int) -> np.ndarray:
+    """[num_rows, C] constant logits of the majority-class baseline fitted on train.
+
+    Each output predicts its train-split prior: the predicted class is the
+    majority class (ties go to the negative class) and the loss is that of the
+    best constant probability. The prior is clipped away from 0 and 1 so the
+    loss stays finite.
+    """
+    positives = (train_labels * train_mask).sum(axis=0)
+    scored = np.maximum(train_mask.sum(axis=0), 1)
+    prior = np.clip(positives / scored, 1e-6, 1 - 1e-6)
+    logit = np.log(prior) - np.log1p(-prior)
+    # An exact 50/50 prior gives logit 0, predicted negative (logit > 0 is positive).
+    return np.broadcast_to(logit, (num_rows, train_labels.shape[1])).astype(np.float64)

@@ -1,0 +1,733 @@
+"""The probe sweep: linear probes for every layer x task x seed x grid point at once.
+
+One Flax `LinearProbe` (dropout -> dense) is trained per probe; the probes'
+parameters carry leading axes [layer, task, seed, grid] and one jitted epoch
+function trains all of them together: `jax.vmap` maps a single probe's Adam(W)
+step over the four axes and `lax.scan` runs the epoch's minibatches. Features
+are always passed to the jitted functions as arguments (a closed-over array
+would be baked into the program as a constant).
+
+Axes:
+  layer  the hidden states probed (layer indices of the workdir);
+  task   0 = the task's labels, 1 = the shuffled-label control (labels
+         permuted within the train split, and within val for its epoch
+         selection, one permutation per seed; scored on the real labels);
+  seed   seed indices s = 0..num_seeds-1;
+  grid   points of the learning-rate x weight-decay x dropout grid.
+
+Determinism. Every random draw of probe (layer l, seed s) depends only on
+(settings.seed, s, l) and the epoch and step: initial weights on
+(seed, s, l), minibatch order on (seed, s, epoch), dropout masks on
+(seed, s, epoch, step), the control permutations on (seed, s, split). So a sweep
+restricted to one layer and seed trains that probe exactly as the full sweep
+does, and layer groups can be streamed one after another with identical
+results.
+
+Dropout. Drawing a threefry mask per (layer, seed) costs far more than the
+probe's own arithmetic on CPU. Two choices remove that cost:
+  1. one mask per (seed, step) is shared by all layers, tasks and grid points
+     (each dropout rate thresholds the same uniform numbers). Every single
+     probe still sees i.i.d. Bernoulli dropout, so each probe's training is
+     distributed exactly as with independent masks; only the noise of
+     different layers within one seed is now correlated, which makes layer
+     comparisons within a seed paired rather than independent.
+  2. the uniform numbers come from a counter-based integer hash (two rounds
+     of the "lowbias32" mixer over the element index, keyed by 64 bits drawn
+     with threefry per (seed, s, epoch, step)), a few integer operations per
+     element instead of threefry's twenty rounds. Its 24-bit uniforms are far
+     finer than any dropout rate needs; it is not a cryptographic generator,
+     which dropout does not need either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from probing.probes.data import TEST, TRAIN, VAL
+
+# Stream ids folded into the root key so that draws made for different
+# purposes never share a key.
+_INIT_STREAM, _SHUFFLE_STREAM, _DROPOUT_STREAM, _CONTROL_STREAM = 0, 1, 2, 3
+TASK_NAMES = ("task", "control")
+SELECTIONS = ("loss", "headline")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """Probe hyperparameters; see configs/probe.py for what each one means."""
+
+    seed: int = 0
+    num_seeds: int = 3
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rates: tuple[float, ...] = (1e-3,)
+    weight_decays: tuple[float, ...] = (0.0,)
+    dropouts: tuple[float, ...] = (0.1,)
+    selection: str = "loss"
+    controls: bool = True
+    layer_group_size: int = 0
+    zero_init: bool = True
+
+    def __post_init__(self):
+        problems = []
+        if self.num_seeds < 1:
+            problems.append(f"num_seeds must be >= 1, got {self.num_seeds}")
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.learning_rates and self.weight_decays and self.dropouts):
+            problems.append("learning_rate, weight_decay and dropout grids must be non-empty")
+        if any(not 0.0 <= p < 1.0 for p in self.dropouts):
+            problems.append(f"dropout must lie in [0, 1), got {self.dropouts}")
+        if any(lr <= 0 for lr in self.learning_rates):
+            problems.append(f"learning rates must be > 0, got {self.learning_rates}")
+        if any(wd < 0 for wd in self.weight_decays):
+            problems.append(f"weight decays must be >= 0, got {self.weight_decays}")
+        if self.selection not in SELECTIONS:
+            problems.append(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.layer_group_size < 0:
+            problems.append(f"layer_group_size must be >= 0, got {self.layer_group_size}")
+        if problems:
+            raise ValueError("probe config: " + "; ".join(problems))
+
+    @classmethod
+    def from_config(cls, config: Any) -> SweepSettings:
+        """Builds settings from configs/probe.py's ConfigDict (grid fields override scalars)."""
+        grid = config.get("grid", {}) or {}
+
+        def axis(name: str) -> tuple[float, ...]:
+            values = tuple(grid.get(name, ()) or ())
+            return tuple(float(v) for v in values) or (float(config[name]),)
+
+        return cls(
+            seed=int(config.seed),
+            num_seeds=int(config.num_seeds),
+            epochs=int(config.epochs),
+            batch_size=int(config.batch_size),
+            learning_rates=axis("learning_rate"),
+            weight_decays=axis("weight_decay"),
+            dropouts=axis("dropout"),
+            selection=str(config.get("selection", "loss")),
+            controls=bool(config.get("controls", True)),
+            layer_group_size=int(config.get("layer_group_size", 0)),
+            zero_init=bool(config.get("zero_init", True)),
+        )
+
+    def grid(self) -> dict[str, np.ndarray]:
+        """The hyperparameter grid as three [G] arrays (learning rate varies slowest)."""
+        points = [
+            (lr, wd, p)
+            for lr in self.learning_rates
+            for wd in self.weight_decays
+            for p in self.dropouts
+        ]
+        columns = np.asarray(points, np.float32).reshape(-1, 3)
+        return {
+            "learning_rate": columns[:, 0],
+            "weight_decay": columns[:, 1],
+            "dropout": columns[:, 2],
+        }
+
+
+# --------------------------------------------------------------------- model
+class LinearProbe(nn.Module):
+    """Dropout followed by a dense layer with `num_outputs` logits.
+
+    The kernel starts at zero: a linear probe's loss is convex, so a random
+    start only adds a seed-dependent optimisation handicap that would blur
+    the seed spread of what the representation encodes. Seeds still differ
+    by minibatch order and dropout. `zero_init=False` gives Flax's default
+    LeCun-normal start (closer to PyTorch's nn.Linear).
+    """
+
+    num_outputs: int
+    zero_init: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        dropout_bits: jax.Array | None = None,
+        dropout_rate: jax.Array | float = 0.0,
+    ) -> jax.Array:
+        if dropout_bits is not None:
+            x = counter_dropout(x, dropout_bits, dropout_rate)
+        kernel_init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
+        return nn.Dense(self.num_outputs, kernel_init=kernel_init, name="dense")(x)
+
+
+def counter_dropout(x: jax.Array, bits: jax.Array, rate: jax.Array | float) -> jax.Array:
+    """Inverted dropout with the mask given as uint32 random bits of x's shape.
+
+    The top 24 bits become a uniform number in [0, 1); an element is kept when
+    it is >= rate, so several rates can share one draw.
+    """
+    uniform = (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+    return jnp.where(uniform >= rate, x / (1.0 - rate), 0.0)
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """The "lowbias32" integer finaliser: a bijection on uint32 with good avalanche."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def hash_bits(key_words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 random bits of `shape` from a counter hash keyed by two uint32 words."""
+    counter = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
+    return _mix32(_mix32(counter + key_words[0]) ^ key_words[1])
+
+
+def _masked_bce(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Sum of sigmoid cross-entropy over scored entries (mask weights each entry)."""
+    return jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels) * mask)
+
+
+def _decay_kernels_only(params: Any) -> Any:
+    # Weight decay on the bias would pull the decision threshold towards 0.5
+    # for unbalanced tasks; decay only the kernel.
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+
+def _optimizer(learning_rate: jax.Array, weight_decay: jax.Array) -> optax.GradientTransformation:
+    # With weight_decay = 0 this is exactly Adam.
+    return optax.adamw(learning_rate, weight_decay=weight_decay, mask=_decay_kernels_only)
+
+
+# ---------------------------------------------------------- vmapped kernels
+def _vmap_probes(fn: Callable, grid_axes, seed_axes, task_axes, layer_axes) -> Callable:
+    """vmaps a single-probe function over grid, then seed, task and layer (outermost)."""
+    fn = jax.vmap(fn, in_axes=grid_axes)
+    fn = jax.vmap(fn, in_axes=seed_axes)
+    fn = jax.vmap(fn, in_axes=task_axes)
+    return jax.vmap(fn, in_axes=layer_axes)
+
+
+def _root_key(seed: int) -> jax.Array:
+    return jax.random.key(seed)
+
+
+def _stream_key(seed: int, stream: int, *indices: jax.Array) -> jax.Array:
+    key = jax.random.fold_in(_root_key(seed), stream)
+    for index in indices:
+        key = jax.random.fold_in(key, index)
+    return key
+
+
+@partial(jax.jit, static_argnames=("seed", "num_tasks", "num_outputs", "dim", "zero_init"))
+def _init_state(layer_ids, seed_ids, hp, *, seed, num_tasks, num_outputs, dim, zero_init):
+    """Initial parameters and optimizer state, [layer, task, seed, grid, ...]."""
+
+    def init_one(layer, seed_index):
+        key = _stream_key(seed, _INIT_STREAM, seed_index, layer)
+        probe = LinearProbe(num_outputs, zero_init=zero_init)
+        return probe.init(key, jnp.zeros((1, dim), jnp.float32))["params"]
+
+    per_layer_seed = jax.vmap(jax.vmap(init_one, (None, 0)), (0, None))(layer_ids, seed_ids)
+    num_grid = hp["learning_rate"].shape[0]
+
+    # The control probe starts from the task probe's weights and all grid
+    # points share them: comparisons between them are paired.
+    def expand(p):
+        shape = (p.shape[0], num_tasks, p.shape[1], num_grid, *p.shape[2:])
+        return jnp.broadcast_to(p[:, None, :, None], shape)
+
+    params = jax.tree.map(expand, per_layer_seed)
+    opt_init = _vmap_probes(
+        lambda p, lr, wd: _optimizer(lr, wd).init(p),
+        grid_axes=(0, 0, 0),
+        seed_axes=(0, None, None),
+        task_axes=(0, None, None),
+        layer_axes=(0, None, None),
+    )
+    opt_state = opt_init(params, hp["learning_rate"], hp["weight_decay"])
+    num_probes = params["dense"]["bias"].shape[:4]
+    return {
+        "params": params,
+        "opt_state": opt_state,
+        "best_params": params,
+        "best_score": jnp.full(num_probes, -jnp.inf, jnp.float32),
+        "best_epoch": jnp.zeros(num_probes, jnp.int32),
+    }
+
+
+def _probe_step(params, opt_state, x, labels, mask, bits, lr, wd, rate, *, num_outputs):
+    """One optimizer step of one probe on one minibatch; returns the summed loss."""
+
+    def loss_fn(p):
+        logits = LinearProbe(num_outputs).apply({"params": p}, x, bits, rate)
+        return _masked_bce(logits, labels, mask) / jnp.maximum(mask.sum(), 1.0)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = _optimizer(lr, wd).update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss * mask.sum()
+
+
+@partial(
+    jax.jit,
+    static_argnames=("seed", "batch_size", "use_dropout", "num_outputs"),
+    donate_argnames=("state",),
+)
+def _train_epoch(
+    state,
+    x_train,
+    y_train,
+    m_train,
+    epoch,
+    seed_ids,
+    hp,
+    *,
+    seed,
+    batch_size,
+    use_dropout,
+    num_outputs,
+):
+    """One epoch of every probe. x_train [L, n, D]; y_train, m_train [T, S, n, C]."""
+    num_train, dim = x_train.shape[1], x_train.shape[2]
+    num_steps = -(-num_train // batch_size)
+    padding = num_steps * batch_size - num_train
+
+    def batches_of_seed(seed_index):
+        order = jax.random.permutation(
+            _stream_key(seed, _SHUFFLE_STREAM, seed_index, epoch), num_train
+        )
+        # The last minibatch is padded with weight-0 copies of row 0, so every
+        # train row is used once per epoch and all steps have one shape.
+        order = jnp.concatenate([order, jnp.zeros(padding, order.dtype)])
+        weight = jnp.concatenate([jnp.ones(num_train), jnp.zeros(padding)])
+        dropout_key = _stream_key(seed, _DROPOUT_STREAM, seed_index, epoch)
+        words = jax.vmap(
+            lambda step: jax.random.bits(jax.random.fold_in(dropout_key, step), (2,), jnp.uint32)
+        )(jnp.arange(num_steps))
+        return (
+            order.reshape(num_steps, batch_size),
+            weight.reshape(num_steps, batch_size).astype(jnp.float32),
+            words,
+        )
+
+    order, weight, words = jax.vmap(batches_of_seed)(seed_ids)  # [S, steps, ...]
+    steps_first = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), (order, weight, words))
+    seed_positions = jnp.arange(seed_ids.shape[0])[:, None]
+
+    step = _vmap_probes(
+        partial(_probe_step, num_outputs=num_outputs),
+        grid_axes=(0, 0, None, None, None, None, 0, 0, 0),
+        seed_axes=(0, 0, 0, 0, 0, 0 if use_dropout else None, None, None, None),
+        task_axes=(0, 0, None, 0, 0, None, None, None, None),
+        layer_axes=(0, 0, 0, None, None, None, None, None, None),
+    )
+
+    def body(carry, batch):
+        params, opt_state = carry
+        rows, row_weight, key_words = batch  # [S, B], [S, B], [S, 2]
+        x = x_train[:, rows]  # [L, S, B, D]
+        labels = y_train[:, seed_positions, rows]  # [T, S, B, C]
+        mask = m_train[:, seed_positions, rows] * row_weight[None, :, :, None]
+        bits = (
+            jax.vmap(lambda w: hash_bits(w, (batch_size, dim)))(key_words) if use_dropout else None
+        )
+        params, opt_state, loss_sum = step(
+            params,
+            opt_state,
+            x,
+            labels,
+            mask,
+            bits,
+            hp["learning_rate"],
+            hp["weight_decay"],
+            hp["dropout"],
+        )
+        scored = mask.sum(axis=(2, 3))[None, :, :, None]  # [1, T, S, 1]
+        return (params, opt_state), (loss_sum, scored)
+
+    (params, opt_state), (loss_sums, scored) = jax.lax.scan(
+        body, (state["params"], state["opt_state"]), steps_first
+    )
+    train_loss = loss_sums.sum(0) / jnp.maximum(scored.sum(0), 1.0)
+    return {**state, "params": params, "opt_state": opt_state}, train_loss
+
+
+def _apply_all(params, x, *, num_outputs):
+    """Logits [L, T, S, G, n, C] of every probe on x [L, n, D] (no dropout)."""
+    apply = _vmap_probes(
+        lambda p, xl: LinearProbe(num_outputs).apply({"params": p}, xl),
+        grid_axes=(0, None),
+        seed_axes=(0, None),
+        task_axes=(0, None),
+        layer_axes=(0, 0),
+    )
+    return apply(params, x)
+
+
+def _selection_score(logits, labels, mask, *, selection, multilabel):
+    """(val loss, score where higher is better) per probe.
+
+    logits [..., n, C]; labels and mask broadcast against them.
+    """
+    mask = jnp.broadcast_to(mask, logits.shape)
+    scored = jnp.maximum(mask.sum(axis=(-2, -1)), 1.0)
+    loss = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels) * mask, axis=(-2, -1))
+    loss = loss / scored
+    if selection == "loss":
+        return loss, -loss
+    predicted = (logits > 0).astype(jnp.float32)
+    if not multilabel:
+        accuracy = jnp.sum((predicted == labels) * mask, axis=(-2, -1)) / scored
+        return loss, accuracy
+    tp = jnp.sum(predicted * labels * mask, axis=-2)
+    fp = jnp.sum(predicted * (1 - labels) * mask, axis=-2)
+    fn = jnp.sum((1 - predicted) * labels * mask, axis=-2)
+    denominator = 2 * tp + fp + fn
+    f1 = jnp.where(denominator > 0, 2 * tp / jnp.maximum(denominator, 1.0), 0.0)
+    present = (mask.sum(axis=-2) > 0).astype(jnp.float32)
+    macro_f1 = jnp.sum(f1 * present, axis=-1) / jnp.maximum(present.sum(axis=-1), 1.0)
+    return loss, macro_f1
+
+
+@partial(
+    jax.jit, static_argnames=("num_outputs", "selection", "multilabel"), donate_argnames=("state",)
+)
+def _select_epoch(state, x_val, y_val, m_val, epoch, *, num_outputs, selection, multilabel):
+    """Scores every probe on val and keeps its parameters if they improved.
+
+    y_val, m_val: [T, S, n, C], the control's val labels shuffled like its train labels.
+    """
+    logits = _apply_all(state["params"], x_val, num_outputs=num_outputs)
+    val_loss, score = _selection_score(
+        logits,
+        y_val[None, :, :, None],
+        m_val[None, :, :, None],
+        selection=selection,
+        multilabel=multilabel,
+    )
+    # Strictly better only: ties keep the earlier epoch.
+    improved = score > state["best_score"]
+
+    def keep(new, old):
+        return jnp.where(improved.reshape(improved.shape + (1,) * (new.ndim - 4)), new, old)
+
+    return {
+        **state,
+        "best_params": jax.tree.map(keep, state["params"], state["best_params"]),
+        "best_score": jnp.where(improved, score, state["best_score"]),
+        "best_epoch": jnp.where(improved, epoch + 1, state["best_epoch"]),
+    }, val_loss
+
+
+@partial(jax.jit, static_argnames=("num_outputs",))
+def _chosen_logits(params, splits, chosen_grid, *, num_outputs):
+    """Logits [L, T, S, n, C] on each x of `splits` of the chosen grid point per layer.
+
+    All splits go through one call so that XLA compiles one program, not one
+    per split size.
+    """
+    picked = jax.tree.map(
+        lambda p: jnp.take_along_axis(
+            p, chosen_grid.reshape((-1, 1, 1, 1) + (1,) * (p.ndim - 4)), axis=3
+        )[:, :, :, 0],
+        params,
+    )
+    apply = jax.vmap(
+        jax.vmap(
+            jax.vmap(lambda p, xl: LinearProbe(num_outputs).apply({"params": p}, xl), (0, None)),
+            (0, None),
+        ),
+        (0, 0),
+    )
+    return [apply(picked, x) for x in splits], picked
+
+
+@jax.jit
+def _standardize(x_train, x_val, x_test):
+    """Per layer and dimension, with train statistics; constant dimensions stay 0."""
+    mean = jnp.mean(x_train, axis=1, keepdims=True)
+    std = jnp.sqrt(jnp.mean(jnp.square(x_train - mean), axis=1, keepdims=True))
+    # A dimension constant on train carries no information; dividing by 1
+    # instead of ~0 keeps its (tiny) val/test deviations from exploding.
+    scale = jnp.where(std > 1e-6, std, 1.0)
+    return (
+        (x_train - mean) / scale,
+        (x_val - mean) / scale,
+        (x_test - mean) / scale,
+        mean[:, 0],
+        scale[:, 0],
+    )
+
+
+# ------------------------------------------------------------------- results
+@dataclasses.dataclass
+class SweepResult:
+    """Everything a sweep produced, as numpy arrays.
+
+    Axes: L layers, T tasks (task, control), S seeds, G grid points, E epochs,
+    D hidden size, C outputs. Parameters are those of each probe's best epoch.
+
+    Attributes:
+      layers: [L] layer indices; seeds: [S] seed indices.
+      grid: hyperparameter name -> [G] values.
+      chosen_grid: [L] grid point chosen per layer (mean val score over seeds
+        of the task probes at their best epochs).
+      kernel: [L, T, S, D, C], bias: [L, T, S, C] of the chosen grid point.
+      best_epoch: [L, T, S, G], 1-based.
+      train_loss, val_loss: [E, L, T, S, G] per-epoch losses.
+      val_score: [L, T, S, G] selection score at the best epoch.
+      mean, scale: [L, D] standardisation (x - mean) / scale applied before the probe.
+      logits: split name -> [L, T, S, n, C] of the chosen grid point.
+    """
+
+    layers: np.ndarray
+    seeds: np.ndarray
+    tasks: tuple[str, ...]
+    grid: dict[str, np.ndarray]
+    chosen_grid: np.ndarray
+    kernel: np.ndarray
+    bias: np.ndarray
+    best_epoch: np.ndarray
+    train_loss: np.ndarray
+    val_loss: np.ndarray
+    val_score: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    logits: dict[str, np.ndarray]
+
+    @staticmethod
+    def concatenate(parts: Sequence[SweepResult]) -> SweepResult:
+        """Joins results of layer groups along the layer axis."""
+        first = parts[0]
+        layer_axis = {"train_loss": 1, "val_loss": 1}
+
+        def join(name):
+            values = [getattr(p, name) for p in parts]
+            if isinstance(values[0], dict):
+                return {k: np.concatenate([v[k] for v in values], axis=0) for k in values[0]}
+            return np.concatenate(values, axis=layer_axis.get(name, 0))
+
+        fields = {f.name: getattr(first, f.name) for f in dataclasses.fields(SweepResult)}
+        for name in fields:
+            if name not in ("seeds", "tasks", "grid"):
+                fields[name] = join(name)
+        return SweepResult(**fields)
+
+
+class Progress:
+    """Logs done / total probe-epochs, rate and ETA across the layer groups of a sweep."""
+
+    def __init__(self, total_probe_epochs: int):
+        self.total = total_probe_epochs
+        self.done = 0
+        self.start = time.perf_counter()
+
+    def update(self, probe_epochs: int, what: str) -> None:
+        self.done += probe_epochs
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / max(elapsed, 1e-9)
+        eta = (self.total - self.done) / max(rate, 1e-9)
+        logging.info(
+            "%s: %d/%d probe-epochs, %.1f probe-epochs/s, elapsed %.1fs, ETA %.1fs",
+            what,
+            self.done,
+            self.total,
+            rate,
+            elapsed,
+            eta,
+        )
+
+
+def _task_targets(labels, mask, rows, seed_ids, settings, split_name):
+    """Labels and mask of `rows` per task and seed, [T, S, n, C].
+
+    The shuffled-label control permutes the label vectors (with their masks)
+    within the split, one permutation per seed and split. Its train labels
+    carry no signal, and its epoch is chosen on equally shuffled val labels so
+    that its selection cannot peek at the real ones.
+    """
+    y, m = labels[rows], mask[rows]
+    per_seed = (len(seed_ids), *y.shape)
+    task_labels, task_masks = [np.broadcast_to(y, per_seed)], [np.broadcast_to(m, per_seed)]
+    if settings.controls:
+        split_code = {"train": TRAIN, "val": VAL}[split_name]
+        perms = [
+            np.asarray(
+                jax.random.permutation(
+                    _stream_key(settings.seed, _CONTROL_STREAM, int(s), split_code), len(y)
+                )
+            )
+            for s in seed_ids
+        ]
+        task_labels.append(np.stack([y[p] for p in perms]))
+        task_masks.append(np.stack([m[p] for p in perms]))
+    return jnp.asarray(np.stack(task_labels)), jnp.asarray(np.stack(task_masks))
+
+
+def run_sweep(
+    features: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    split: np.ndarray,
+    settings: SweepSettings,
+    layer_ids: Sequence[int] | None = None,
+    seed_ids: Sequence[int] | None = None,
+    progress: Progress | None = None,
+) -> SweepResult:
+    """Trains, selects and applies the probes of one group of layers.
+
+    Args:
+      features: float32 [L, N, D], layer-major (see data.load_features).
+      labels, mask: float32 [N, C] targets and scored entries.
+      split: [N] 0 train, 1 val, 2 test.
+      settings: hyperparameters and seeds.
+      layer_ids: the workdir layer index of each features[l] (default 0..L-1);
+        they key the random draws, so a subset reproduces the full sweep.
+      seed_ids: seed indices to train (default 0..num_seeds-1).
+      progress: shared progress logger (one is made when omitted).
+    """
+    features = np.asarray(features, np.float32)
+    num_layers, _, dim = features.shape
+    layer_ids = np.arange(num_layers) if layer_ids is None else np.asarray(layer_ids)
+    seed_ids = np.arange(settings.num_seeds) if seed_ids is None else np.asarray(seed_ids)
+    if layer_ids.shape != (num_layers,):
+        raise ValueError(f"{len(layer_ids)} layer ids for {num_layers} feature layers")
+    labels = np.asarray(labels, np.float32)
+    mask = np.asarray(mask, np.float32)
+    num_outputs = labels.shape[1]
+    multilabel = num_outputs > 1
+    num_tasks = 2 if settings.controls else 1
+    rows = {
+        name: np.flatnonzero(split == code)
+        for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST))
+    }
+    hp = {k: jnp.asarray(v) for k, v in settings.grid().items()}
+    num_grid = int(hp["learning_rate"].shape[0])
+    progress = progress or Progress(
+        num_layers * num_tasks * len(seed_ids) * num_grid * settings.epochs
+    )
+
+    x_train, x_val, x_test, mean, scale = _standardize(
+        features[:, rows["train"]], features[:, rows["val"]], features[:, rows["test"]]
+    )
+    y_train, m_train = _task_targets(labels, mask, rows["train"], seed_ids, settings, "train")
+    y_val, m_val = _task_targets(labels, mask, rows["val"], seed_ids, settings, "val")
+
+    state = _init_state(
+        jnp.asarray(layer_ids, jnp.int32),
+        jnp.asarray(seed_ids, jnp.int32),
+        hp,
+        seed=settings.seed,
+        num_tasks=num_tasks,
+        num_outputs=num_outputs,
+        dim=dim,
+        zero_init=settings.zero_init,
+    )
+    seeds_arg = jnp.asarray(seed_ids, jnp.int32)
+    use_dropout = max(settings.dropouts) > 0
+    train_losses, val_losses = [], []
+    probes_per_epoch = num_layers * num_tasks * len(seed_ids) * num_grid
+    for epoch in range(settings.epochs):
+        state, train_loss = _train_epoch(
+            state,
+            x_train,
+            y_train,
+            m_train,
+            jnp.int32(epoch),
+            seeds_arg,
+            hp,
+            seed=settings.seed,
+            batch_size=settings.batch_size,
+            use_dropout=use_dropout,
+            num_outputs=num_outputs,
+        )
+        state, val_loss = _select_epoch(
+            state,
+            x_val,
+            y_val,
+            m_val,
+            jnp.int32(epoch),
+            num_outputs=num_outputs,
+            selection=settings.selection,
+            multilabel=multilabel,
+        )
+        train_losses.append(np.asarray(train_loss))
+        val_losses.append(np.asarray(val_loss))
+        progress.update(
+            probes_per_epoch,
+            f"layers {int(layer_ids[0])}..{int(layer_ids[-1])} epoch {epoch + 1}/{settings.epochs}",
+        )
+
+    best_score = np.asarray(state["best_score"])
+    # Grid point per layer: best mean over seeds of the task probes' val score.
+    chosen_grid = np.argmax(best_score[:, 0].mean(axis=1), axis=-1).astype(np.int32)
+    chosen = jnp.asarray(chosen_grid)
+    split_logits, picked = _chosen_logits(
+        state["best_params"], (x_train, x_val, x_test), chosen, num_outputs=num_outputs
+    )
+    logits = {name: np.asarray(x) for name, x in zip(("train", "val", "test"), split_logits)}
+    return SweepResult(
+        layers=np.asarray(layer_ids, np.int64),
+        seeds=np.asarray(seed_ids, np.int64),
+        tasks=TASK_NAMES[:num_tasks],
+        grid={k: np.asarray(v) for k, v in hp.items()},
+        chosen_grid=chosen_grid,
+        kernel=np.asarray(picked["dense"]["kernel"]),
+        bias=np.asarray(picked["dense"]["bias"]),
+        best_epoch=np.asarray(state["best_epoch"]),
+        train_loss=np.stack(train_losses),
+        val_loss=np.stack(val_losses),
+        val_score=best_score,
+        mean=np.asarray(mean),
+        scale=np.asarray(scale),
+        logits=logits,
+    )
+
+
+def run_streaming_sweep(
+    load_layers: Callable[[Sequence[int]], np.ndarray],
+    layers: Sequence[int],
+    labels: np.ndarray,
+    mask: np.ndarray,
+    split: np.ndarray,
+    settings: SweepSettings,
+    seed_ids: Sequence[int] | None = None,
+) -> SweepResult:
+    """Runs the sweep over `layers` in groups of settings.layer_group_size (0: all at once).
+
+    `load_layers(group)` returns float32 [len(group), N, D]; only one group is
+    in memory at a time. Results equal those of a single sweep over all layers.
+    """
+    layers = [int(x) for x in layers]
+    group_size = settings.layer_group_size or len(layers)
+    seed_ids = list(range(settings.num_seeds)) if seed_ids is None else list(seed_ids)
+    num_grid = len(settings.grid()["learning_rate"])
+    num_tasks = 2 if settings.controls else 1
+    progress = Progress(len(layers) * num_tasks * len(seed_ids) * num_grid * settings.epochs)
+    parts = []
+    for start in range(0, len(layers), group_size):
+        group = layers[start : start + group_size]
+        parts.append(
+            run_sweep(
+                load_layers(group),
+                labels,
+                mask,
+                split,
+                settings,
+                layer_ids=group,
+                seed_ids=seed_ids,
+                progress=progress,
+            )
+        )
+    return parts[0] if len(parts) == 1 else SweepResult.concatenate(parts)

@@ -1,0 +1,59 @@
+"""Draws the probing report of one or more probed workdirs.
+
+    python -m probing.report --workdirs=runs/demo/qwen_caption,runs/demo/fastvlm_caption \
+        --out=runs/demo/report
+
+Writes report.md, a self-contained report.html, results.csv and figures (PNG
+and SVG) to --out, and prints the path of report.md. Takes seconds; the
+logic lives in `probing.reporting.builder.build_report`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags
+
+from probing.reporting.builder import build_report
+from probing.reporting.runs import ReportError
+
+_WORKDIRS = flags.DEFINE_list(
+    "workdirs", None, "Comma-separated workdirs with probe results (WORKSPACE.md)."
+)
+_OUT = flags.DEFINE_string("out", None, "Output folder of report.md, report.html and figures.")
+_POOLINGS = flags.DEFINE_list("poolings", None, "Only these poolings (default: all probed).")
+_TASKS = flags.DEFINE_list("tasks", None, "Only workdirs of these tasks (default: all).")
+_LAYERS = flags.DEFINE_list(
+    "layers", [], "Extra layers whose loss curves are drawn, besides the best and the worst."
+)
+flags.mark_flags_as_required(["workdirs", "out"])
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        layers = [int(layer) for layer in _LAYERS.value]
+    except ValueError:
+        raise app.UsageError(
+            f"--layers must be comma-separated integers, got {','.join(_LAYERS.value)}"
+        ) from None
+    try:
+        path = build_report(
+            _WORKDIRS.value,
+            _OUT.value,
+            poolings=_POOLINGS.value,
+            tasks=_TASKS.value,
+            layers=layers,
+            command=shlex.join(["python", "-m", "probing.report", *sys.argv[1:]]),
+        )
+    except ReportError as error:
+        # Bad input is the user's to fix: one clear line, no traceback.
+        raise SystemExit(f"probing.report: {error}") from None
+    print(path)
+
+
+if __name__ == "__main__":
+    app.run(main)

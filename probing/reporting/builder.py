@@ -1,0 +1,222 @@
+"""`build_report`: figures, tables, report.md and report.html for workdirs.
+
+Output folder layout::
+
+    <out>/report.md        links figures/*.png
+    <out>/report.html      self-contained, figures embedded
+    <out>/results.csv      the results table at full precision
+    <out>/first_tokens_<workdir>.csv   when a workdir recorded first tokens
+    <out>/figures/*.png, *.svg
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+from absl import logging
+
+from probing.reporting import document, figures, tables
+from probing.reporting.document import Block, Code, Heading, Paragraph, Table
+from probing.reporting.runs import ProbeRun, group_by_task, load_runs
+
+
+def _report_command(workdirs: Sequence[str], out_dir: str, **options: Any) -> str:
+    parts = [
+        "python",
+        "-m",
+        "probing.report",
+        f"--workdirs={','.join(workdirs)}",
+        f"--out={out_dir}",
+    ]
+    for name, value in options.items():
+        if value:
+            parts.append(f"--{name}={','.join(map(str, value))}")
+    return shlex.join(parts)
+
+
+def _recorded_commands(run: ProbeRun) -> list[str]:
+    """Commands the workdir says produced it; the generic forms when it does not."""
+    commands = []
+    for source in (run.manifest, run.config):
+        if source.get("command"):
+            commands.append(str(source["command"]))
+            break
+    else:
+        commands.append(
+            f"python -m probing.extract --config=<config> --workdir={run.workdir}"
+            "   # config not recorded in the workdir"
+        )
+    commands.append(
+        str(run.probe_config["command"])
+        if run.probe_config.get("command")
+        else f"python -m probing.train_all_layers --workdir={run.workdir}"
+    )
+    return commands
+
+
+def _recorded(value: Any) -> str:
+    return "not recorded" if value is None or value == "" else str(value)
+
+
+def _environment_rows(run: ProbeRun) -> list[list[str]]:
+    """Environment of one extraction + probe run, as (field, value) rows."""
+    manifest = run.manifest
+    model = manifest.get("model", {})
+    rows = [
+        ["workdir", run.workdir],
+        ["model id", _recorded(model.get("id"))],
+        ["revision", _recorded(model.get("revision"))],
+        ["family", _recorded(model.get("family"))],
+        ["random init", str(bool(model.get("random_init", False))).lower()],
+        ["task", run.task],
+        ["label kind", run.label_kind],
+        ["prompt template", _recorded(manifest.get("prompt_template"))],
+        ["examples", _recorded(manifest.get("num_examples"))],
+        ["hidden states (L+1)", str(run.num_layers)],
+        ["model dtype", _recorded(manifest.get("dtype"))],
+        ["feature dtype", _recorded(manifest.get("feature_dtype"))],
+    ]
+    for key in ("hardware", "device", "devices"):
+        if manifest.get(key):
+            rows.append([f"extraction {key}", str(manifest[key])])
+    for key in ("backend", "hardware", "devices"):
+        if run.probe_config.get(key):
+            rows.append([f"probe {key}", str(run.probe_config[key])])
+    date = manifest.get("date") or manifest.get("created") or manifest.get("created_at")
+    rows.append(["date", _recorded(date)])
+    for library, version in sorted(manifest.get("library_versions", {}).items()):
+        rows.append([library, str(version)])
+    return rows
+
+
+def _first_token_blocks(runs: Sequence[ProbeRun], out_dir: str) -> list[Block]:
+    blocks: list[Block] = []
+    seen = set()
+    for run in runs:
+        if run.workdir in seen:
+            continue
+        seen.add(run.workdir)
+        table = tables.load_first_token_table(run.workdir)
+        if table is None:
+            continue
+        header, cells = tables.first_token_cells(table)
+        blocks.append(Heading(f"{run.model_name}, task {run.task}", 3))
+        blocks.append(
+            Table(
+                header,
+                cells,
+                note="Greedy first generated token (first entry of first_token_topk) per "
+                "example, as a share of the group; OTHERS sums every token below the top 10.",
+            )
+        )
+        name = figures.file_stem("first_tokens", os.path.basename(run.workdir.rstrip("/")))
+        with open(os.path.join(out_dir, name + ".csv"), "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(cells)
+    if blocks:
+        blocks.insert(0, Heading("First generated tokens (Tao et al., Table 1)"))
+    return blocks
+
+
+def build_report(
+    workdirs: Sequence[str],
+    out_dir: str,
+    *,
+    poolings: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    layers: Sequence[int] = (),
+    command: str | None = None,
+) -> str:
+    """Writes the report of `workdirs` to `out_dir` and returns the path of report.md.
+
+    Args:
+      workdirs: workdir locations with probes/<pooling>/metrics.csv (WORKSPACE.md).
+      out_dir: output folder (created; existing report files are replaced).
+      poolings: only these poolings (default: all probed ones).
+      tasks: only workdirs of these tasks (default: all).
+      layers: extra layers whose loss curves are drawn, besides best and worst.
+      command: the command line to record; default: the equivalent
+        `python -m probing.report` invocation.
+
+    Raises:
+      ReportError: no workdirs, a workdir without probe results, an empty
+        selection, or one task name used with different label kinds.
+    """
+    runs = load_runs(workdirs, poolings, tasks)
+    by_task = group_by_task(runs)
+    os.makedirs(out_dir, exist_ok=True)
+    figures_dir = os.path.join(out_dir, "figures")
+    command = command or _report_command(
+        workdirs, out_dir, poolings=poolings, tasks=tasks, layers=layers
+    )
+    logging.info("report over %d run(s) in %d task(s) -> %s", len(runs), len(by_task), out_dir)
+
+    rows = [tables.result_row(run) for run in runs]
+    with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:
+        f.write(tables.results_csv(rows))
+
+    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    blocks: list[Block] = [
+        Heading("Probing report", 1),
+        Paragraph(
+            f"{len(runs)} probe run(s) (workdir × pooling) from {len(set(workdirs))} "
+            f"workdir(s), tasks: {', '.join(by_task)}. Generated {generated}. Metrics are "
+            "test-split means over probe seeds; the best layer is chosen on the val split. "
+            "Layer 0 is the embedding output; relative depth is layer / last layer."
+        ),
+        Heading("Results"),
+    ]
+    for task in by_task:
+        task_rows = [row for row in rows if row.task == task]
+        blocks.append(Heading(f"Task {task}", 3))
+        blocks.append(
+            Table(tables.RESULTS_HEADER, tables.results_cells(task_rows), tables.PAIRING_NOTE)
+        )
+    blocks.append(Paragraph("Full-precision values: results.csv."))
+
+    for task, members in by_task.items():
+        logging.info("figures of task %s (%d run(s))", task, len(members))
+        blocks.append(Heading(f"Figures: task {task}"))
+        task_figures = [
+            figures.plot_headline_curves(members, figures.run_colours(members), figures_dir, task),
+            figures.plot_prf_heatmaps(members, figures_dir, task),
+            *(figures.plot_category_heatmap(run, figures_dir) for run in members),
+            figures.plot_pooling_comparison(members, figures_dir, task),
+            figures.plot_loss_curves(members, figures_dir, task, layers),
+        ]
+        blocks.extend(figure for figure in task_figures if figure is not None)
+
+    blocks.extend(_first_token_blocks(runs, out_dir))
+
+    blocks.append(Heading("Environment"))
+    seen = set()
+    for run in runs:
+        if run.workdir in seen:
+            continue
+        seen.add(run.workdir)
+        blocks.append(Heading(run.model_name + f", task {run.task}", 3))
+        blocks.append(Table(("field", "value"), _environment_rows(run)))
+
+    blocks.append(Heading("Commands"))
+    command_lines = []
+    seen = set()
+    for run in runs:
+        if run.workdir not in seen:
+            seen.add(run.workdir)
+            command_lines.extend(_recorded_commands(run))
+    command_lines.append(command)
+    blocks.append(Code("\n".join(command_lines)))
+
+    markdown_path = os.path.join(out_dir, "report.md")
+    with open(markdown_path, "w") as f:
+        f.write(document.to_markdown(blocks, out_dir))
+    with open(os.path.join(out_dir, "report.html"), "w") as f:
+        f.write(document.to_html(blocks, title="Probing report"))
+    logging.info("wrote %s", markdown_path)
+    return markdown_path

