@@ -41,8 +41,13 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("tiny_cache"))
+def cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    # Tiny matrices gain nothing from threads, and on a shared machine the
+    # thread pool's contention makes forwards ~20× slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield str(tmp_path_factory.mktemp("tiny_cache"))
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("family", sorted(EXPECTED))

@@ -80,7 +80,9 @@ def test_outputs_have_documented_shapes(binary_sweep):
     assert result.train_loss.shape == (6, 4, 2, 2, 1)
     assert result.best_epoch.min() >= 1 and result.best_epoch.max() <= 6
     # Train loss of the signal layer falls while training.
-    assert result.train_loss[-1, SIGNAL_LAYER, 0].max() < result.train_loss[0, SIGNAL_LAYER, 0].min()
+    assert (
+        result.train_loss[-1, SIGNAL_LAYER, 0].max() < result.train_loss[0, SIGNAL_LAYER, 0].min()
+    )
 
 
 def test_probe_trained_alone_equals_the_same_probe_inside_the_sweep(binary_sweep):
@@ -97,7 +99,9 @@ def test_probe_trained_alone_equals_the_same_probe_inside_the_sweep(binary_sweep
     )
     np.testing.assert_array_equal(alone.kernel[0, :, 0], full.kernel[SIGNAL_LAYER, :, 1])
     np.testing.assert_array_equal(alone.bias[0, :, 0], full.bias[SIGNAL_LAYER, :, 1])
-    np.testing.assert_array_equal(alone.train_loss[:, 0, :, 0], full.train_loss[:, SIGNAL_LAYER, :, 1])
+    np.testing.assert_array_equal(
+        alone.train_loss[:, 0, :, 0], full.train_loss[:, SIGNAL_LAYER, :, 1]
+    )
     np.testing.assert_array_equal(alone.best_epoch[0, :, 0], full.best_epoch[SIGNAL_LAYER, :, 1])
     for split_name in ("train", "val", "test"):
         np.testing.assert_array_equal(

@@ -10,6 +10,13 @@ Layer indexing follows transformers' `hidden_states` convention:
   i      the output of decoder layer i,
   L      the output of the last layer after the model's final norm
          (transformers replaces hidden_states[-1] with last_hidden_state).
+
+Prefix sharing (`probing.extraction.forward`) runs a shared prompt prefix once
+and its continuations against the prefix's KV cache. For that the capture has
+two more modes: `keep_prefix()` keeps the prefix pass's per-layer states
+instead of pooling them, and `set_prefix(rows)` makes the next (continuation)
+pass pool `[prefix states of the row's group, continuation states]`, so every
+pooling sees exactly the tokens an unshared forward would have seen.
 """
 
 from __future__ import annotations
@@ -50,6 +57,11 @@ class PooledLayerCapture:
         self._attention_mask: torch.Tensor | None = None
         self._image_mask: torch.Tensor | None = None
         self._pooled: dict[str, list[torch.Tensor | None]] = {}
+        # Prefix sharing: states of the prefix pass per layer ([G, P, D]) and,
+        # for a continuation pass, the prefix group of each row ([B] long).
+        self._keeping = False
+        self._prefix_states: list[torch.Tensor | None] = []
+        self._prefix_rows: torch.Tensor | None = None
 
     def __enter__(self) -> PooledLayerCapture:
         first = self.decoder_layers[0]
@@ -66,12 +78,42 @@ class PooledLayerCapture:
         self._handles.clear()
 
     def set_masks(self, attention_mask: torch.Tensor, image_mask: torch.Tensor | None) -> None:
-        """Masks for the next forward, aligned with the decoder's sequence."""
+        """Masks for the next forward, aligned with the decoder's sequence.
+
+        In a continuation pass (after `set_prefix`) the masks cover the prefix
+        and the continuation, i.e. the sequence an unshared forward would see.
+        """
         self._attention_mask = attention_mask
         self._image_mask = image_mask
         self._pooled = {name: [None] * self.num_layers for name in self.poolings}
 
+    def keep_prefix(self) -> None:
+        """Makes the next forward keep its per-layer states (a shared prefix pass)."""
+        self._keeping = True
+        self._prefix_states = [None] * self.num_layers
+        self._prefix_rows = None
+
+    def set_prefix(self, rows: torch.Tensor) -> None:
+        """Makes the next forward a continuation of prefix group `rows[b]` for row b."""
+        if self._keeping or any(state is None for state in self._prefix_states):
+            raise RuntimeError("set_prefix needs a finished keep_prefix() forward first")
+        self._prefix_rows = rows
+
+    def clear_prefix(self) -> None:
+        """Frees the kept prefix states; the next forward is an ordinary one."""
+        self._keeping = False
+        self._prefix_states = []
+        self._prefix_rows = None
+
     def _store(self, index: int, states: torch.Tensor) -> None:
+        if self._keeping:
+            self._prefix_states[index] = states
+            if index == self.num_layers - 1:
+                self._keeping = False
+            return
+        if self._prefix_rows is not None:
+            prefix = self._prefix_states[index]
+            states = torch.cat([prefix[self._prefix_rows].to(states.dtype), states], dim=1)
         if self._attention_mask is None:
             raise RuntimeError("PooledLayerCapture.set_masks must be called before the forward")
         if states.shape[:2] != self._attention_mask.shape:

@@ -16,6 +16,8 @@ the real checkpoint:
   a handful of image tokens, and the processor with a chat template that
   renders prompts like the real one.
 
+Families: ``qwen2_vl``, ``qwen2_5_vl`` and ``llava`` pad on the left,
+``fast_vlm`` on the right, so code built on them meets both conventions.
 A config names such a checkpoint ``"tiny:<family>"``. Directories are cached
 under ``$PROBING_CACHE`` (default ``~/.cache/probing``), keyed by family,
 :data:`TINY_VERSION` and the transformers version, and written atomically so
@@ -37,7 +39,7 @@ import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 # Bump whenever a builder below changes what it writes, so stale caches are ignored.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 
 # Seed of every random choice of a build (corpus order, weights): two builds of
 # one family are identical. Deliberately not 0, the default seed of
@@ -191,7 +193,7 @@ def _qwen2_tokenizer(
     from transformers import AddedToken, Qwen2Tokenizer
 
     vocab, merges = _train_byte_level_bpe(vocab_size=1024)
-    # <|endoftext|> first, as in Qwen2's vocabulary; it is also pad and unk.
+    # <|endoftext|> first, as in Qwen2's vocabulary; it is also the pad token.
     tokenizer = Qwen2Tokenizer(
         vocab=vocab, merges=merges, unk_token=None, padding_side=padding_side
     )
@@ -322,6 +324,25 @@ def _build_qwen2_5_vl(out_dir: Path) -> None:
     )
 
 
+def _rescale_conv_tower(tower: torch.nn.Module) -> None:
+    """Re-initialises a random conv vision tower so its output depends on the image.
+
+    transformers initialises every timm conv with N(0, 0.02); through FastViT's
+    dozen stacked convs that shrinks the signal by ~10^-4 per stage, so every
+    image gave the same features (to 1e-20) and the tiny FastVLM was blind.
+    He-normal convs keep the activation scale, and layer scales of 0.1 (timm:
+    1e-5) let the residual blocks contribute.
+    """
+    for module in tower.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    for name, param in tower.named_parameters():
+        if name.endswith("layer_scale.gamma"):
+            torch.nn.init.constant_(param, 0.1)
+
+
 def _build_fast_vlm(out_dir: Path) -> None:
     """Writes a tiny FastVLM (FastVlmForConditionalGeneration) checkpoint to ``out_dir``."""
     from transformers import (
@@ -362,6 +383,7 @@ def _build_fast_vlm(out_dir: Path) -> None:
         tie_word_embeddings=True,
     )
     model = FastVlmForConditionalGeneration(config)
+    _rescale_conv_tower(model.model.vision_tower)
     # FastVLM feeds the vision tower [0, 1] pixels (mean 0, std 1).
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_side},
@@ -457,7 +479,8 @@ def build_tiny_checkpoint(family: str, cache_dir: str | None = None) -> str:
     """Returns the directory of the tiny ``family`` checkpoint, building it if needed.
 
     Args:
-      family: one of :func:`tiny_families` (``"qwen2_vl"``, ``"fast_vlm"``).
+      family: one of :func:`tiny_families` (``"qwen2_vl"``, ``"fast_vlm"``,
+        ``"qwen2_5_vl"``, ``"llava"``).
       cache_dir: where checkpoints are kept; default ``$PROBING_CACHE/tiny`` or
         ``~/.cache/probing/tiny``.
 

@@ -194,11 +194,6 @@ def hash_bits(key_words: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return _mix32(_mix32(counter + key_words[0]) ^ key_words[1])
 
 
-def _masked_bce(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
-    """Sum of sigmoid cross-entropy over scored entries (mask weights each entry)."""
-    return jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels) * mask)
-
-
 def _decay_kernels_only(params: Any) -> Any:
     # Weight decay on the bias would pull the decision threshold towards 0.5
     # for unbalanced tasks; decay only the kernel.
@@ -272,7 +267,8 @@ def _probe_step(params, opt_state, x, labels, mask, bits, lr, wd, rate, *, num_o
 
     def loss_fn(p):
         logits = LinearProbe(num_outputs).apply({"params": p}, x, bits, rate)
-        return _masked_bce(logits, labels, mask) / jnp.maximum(mask.sum(), 1.0)
+        per_entry = optax.sigmoid_binary_cross_entropy(logits, labels)
+        return jnp.vdot(per_entry, mask) / jnp.maximum(mask.sum(), 1.0)
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = _optimizer(lr, wd).update(grads, opt_state, params)
@@ -359,8 +355,9 @@ def _train_epoch(
     (params, opt_state), (loss_sums, scored) = jax.lax.scan(
         body, (state["params"], state["opt_state"]), steps_first
     )
-    train_loss = loss_sums.sum(0) / jnp.maximum(scored.sum(0), 1.0)
-    return {**state, "params": params, "opt_state": opt_state}, train_loss
+    # Per-step sums go back to the host, which adds them up in a fixed order
+    # (see _weighted_sum for why the device does not).
+    return {**state, "params": params, "opt_state": opt_state}, (loss_sums, scored)
 
 
 def _apply_all(params, x, *, num_outputs):
@@ -375,15 +372,31 @@ def _apply_all(params, x, *, num_outputs):
     return apply(params, x)
 
 
+def _weighted_sum(values: jax.Array, weights: jax.Array, num_axes: int) -> jax.Array:
+    """Sum of values * weights over the last `num_axes` axes, as a batched dot.
+
+    A plain jnp.sum over trailing axes is compiled with a summation order that
+    depends on the leading (probe) axes' sizes; a dot with those axes as batch
+    dimensions sums each probe's entries the same way whatever their number,
+    which keeps a probe's numbers independent of the sweep it is part of.
+    """
+    weights = jnp.broadcast_to(weights, values.shape)
+    lead = values.shape[: values.ndim - num_axes]
+    return jnp.einsum(
+        "...k,...k->...", values.reshape(*lead, -1), weights.reshape(*lead, -1), precision="highest"
+    )
+
+
 def _selection_score(logits, labels, mask, *, selection, multilabel):
     """(val loss, score where higher is better) per probe.
 
-    logits [..., n, C]; labels and mask broadcast against them.
+    logits [..., n, C]; labels and mask broadcast against them. Counts are
+    sums of 0/1 values, exact in float32 in any order.
     """
     mask = jnp.broadcast_to(mask, logits.shape)
     scored = jnp.maximum(mask.sum(axis=(-2, -1)), 1.0)
-    loss = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels) * mask, axis=(-2, -1))
-    loss = loss / scored
+    per_entry = optax.sigmoid_binary_cross_entropy(logits, labels)
+    loss = _weighted_sum(per_entry, mask, 2) / scored
     if selection == "loss":
         return loss, -loss
     predicted = (logits > 0).astype(jnp.float32)
@@ -396,7 +409,7 @@ def _selection_score(logits, labels, mask, *, selection, multilabel):
     denominator = 2 * tp + fp + fn
     f1 = jnp.where(denominator > 0, 2 * tp / jnp.maximum(denominator, 1.0), 0.0)
     present = (mask.sum(axis=-2) > 0).astype(jnp.float32)
-    macro_f1 = jnp.sum(f1 * present, axis=-1) / jnp.maximum(present.sum(axis=-1), 1.0)
+    macro_f1 = _weighted_sum(f1, present, 1) / jnp.maximum(present.sum(axis=-1), 1.0)
     return loss, macro_f1
 
 
@@ -434,33 +447,40 @@ def _select_epoch(state, x_val, y_val, m_val, epoch, *, num_outputs, selection, 
 def _chosen_logits(params, splits, chosen_grid, *, num_outputs):
     """Logits [L, T, S, n, C] on each x of `splits` of the chosen grid point per layer.
 
-    All splits go through one call so that XLA compiles one program, not one
-    per split size.
+    Every grid point is applied and the chosen one picked afterwards: picking
+    first could leave a single probe, and XLA compiles an unbatched dot with a
+    different summation order (see run_sweep). All splits go through one call
+    so that XLA compiles one program, not one per split size.
     """
-    picked = jax.tree.map(
-        lambda p: jnp.take_along_axis(
-            p, chosen_grid.reshape((-1, 1, 1, 1) + (1,) * (p.ndim - 4)), axis=3
-        )[:, :, :, 0],
-        params,
-    )
-    apply = jax.vmap(
-        jax.vmap(
-            jax.vmap(lambda p, xl: LinearProbe(num_outputs).apply({"params": p}, xl), (0, None)),
-            (0, None),
-        ),
-        (0, 0),
-    )
-    return [apply(picked, x) for x in splits], picked
+
+    def pick(p):
+        index = chosen_grid.reshape((-1, 1, 1, 1) + (1,) * (p.ndim - 4))
+        return jnp.take_along_axis(p, index, axis=3)[:, :, :, 0]
+
+    logits = [pick(_apply_all(params, x, num_outputs=num_outputs)) for x in splits]
+    return logits, jax.tree.map(pick, params)
+
+
+def _layer_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and scale [D] of one layer's train features [n, D]."""
+    mean = jnp.mean(x, axis=0)
+    std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=0))
+    # A dimension constant on train carries no information; dividing by 1
+    # instead of ~0 keeps its (tiny) val/test deviations from exploding.
+    return mean, jnp.where(std > 1e-6, std, 1.0)
 
 
 @jax.jit
 def _standardize(x_train, x_val, x_test):
-    """Per layer and dimension, with train statistics; constant dimensions stay 0."""
-    mean = jnp.mean(x_train, axis=1, keepdims=True)
-    std = jnp.sqrt(jnp.mean(jnp.square(x_train - mean), axis=1, keepdims=True))
-    # A dimension constant on train carries no information; dividing by 1
-    # instead of ~0 keeps its (tiny) val/test deviations from exploding.
-    scale = jnp.where(std > 1e-6, std, 1.0)
+    """Standardises [L, n, D] features per layer and dimension with train statistics.
+
+    The statistics are computed layer by layer (lax.map) rather than as one
+    reduction over [L, n, D]: XLA orders a batched reduction differently for
+    different L, which would make a layer's numbers depend on how many other
+    layers share the sweep.
+    """
+    mean, scale = jax.lax.map(_layer_statistics, x_train)
+    mean, scale = mean[:, None], scale[:, None]
     return (
         (x_train - mean) / scale,
         (x_val - mean) / scale,
@@ -575,6 +595,22 @@ def _task_targets(labels, mask, rows, seed_ids, settings, split_name):
     return jnp.asarray(np.stack(task_labels)), jnp.asarray(np.stack(task_masks))
 
 
+def _epoch_mean_loss(step_loss_sums: jax.Array, step_scored: jax.Array) -> np.ndarray:
+    """Mean train loss per probe from per-step sums [steps, ...], added in step order.
+
+    An explicit loop, because numpy's own reductions may switch to pairwise
+    summation depending on the array's shape.
+    """
+    loss_sums = np.asarray(step_loss_sums, np.float64)
+    scored = np.asarray(step_scored, np.float64)
+    total_loss = np.zeros(loss_sums.shape[1:])
+    total_scored = np.zeros(scored.shape[1:])
+    for step_loss, step_count in zip(loss_sums, scored, strict=True):
+        total_loss += step_loss
+        total_scored += step_count
+    return (total_loss / np.maximum(total_scored, 1.0)).astype(np.float32)
+
+
 def run_sweep(
     features: np.ndarray,
     labels: np.ndarray,
@@ -614,6 +650,13 @@ def run_sweep(
     }
     hp = {k: jnp.asarray(v) for k, v in settings.grid().items()}
     num_grid = int(hp["learning_rate"].shape[0])
+    # XLA compiles a dot without batch dimensions (one probe) with another
+    # summation order than a batched one, so a lone probe would differ from
+    # itself inside a sweep in the last bits. A sweep of one probe therefore
+    # trains a duplicate grid point alongside and drops it at the end.
+    duplicate_grid = num_layers * num_tasks * len(seed_ids) * num_grid == 1
+    if duplicate_grid:
+        hp = {k: jnp.concatenate([v, v]) for k, v in hp.items()}
     progress = progress or Progress(
         num_layers * num_tasks * len(seed_ids) * num_grid * settings.epochs
     )
@@ -662,32 +705,32 @@ def run_sweep(
             selection=settings.selection,
             multilabel=multilabel,
         )
-        train_losses.append(np.asarray(train_loss))
+        train_losses.append(_epoch_mean_loss(*train_loss))
         val_losses.append(np.asarray(val_loss))
         progress.update(
             probes_per_epoch,
             f"layers {int(layer_ids[0])}..{int(layer_ids[-1])} epoch {epoch + 1}/{settings.epochs}",
         )
 
-    best_score = np.asarray(state["best_score"])
+    best_score = np.asarray(state["best_score"])[..., :num_grid]
     # Grid point per layer: best mean over seeds of the task probes' val score.
     chosen_grid = np.argmax(best_score[:, 0].mean(axis=1), axis=-1).astype(np.int32)
     chosen = jnp.asarray(chosen_grid)
     split_logits, picked = _chosen_logits(
         state["best_params"], (x_train, x_val, x_test), chosen, num_outputs=num_outputs
     )
-    logits = {name: np.asarray(x) for name, x in zip(("train", "val", "test"), split_logits)}
+    logits = {name: np.asarray(x) for name, x in zip(("train", "val", "test"), split_logits, strict=True)}
     return SweepResult(
         layers=np.asarray(layer_ids, np.int64),
         seeds=np.asarray(seed_ids, np.int64),
         tasks=TASK_NAMES[:num_tasks],
-        grid={k: np.asarray(v) for k, v in hp.items()},
+        grid={k: np.asarray(v)[:num_grid] for k, v in hp.items()},
         chosen_grid=chosen_grid,
         kernel=np.asarray(picked["dense"]["kernel"]),
         bias=np.asarray(picked["dense"]["bias"]),
-        best_epoch=np.asarray(state["best_epoch"]),
-        train_loss=np.stack(train_losses),
-        val_loss=np.stack(val_losses),
+        best_epoch=np.asarray(state["best_epoch"])[..., :num_grid],
+        train_loss=np.stack(train_losses)[..., :num_grid],
+        val_loss=np.stack(val_losses)[..., :num_grid],
         val_score=best_score,
         mean=np.asarray(mean),
         scale=np.asarray(scale),

@@ -1,0 +1,143 @@
+"""End to end: every real-model config's smoke variant, extraction → probes → report.
+
+Also checks that the workdir the extractor writes follows WORKSPACE.md to the
+letter, since train_all_layers and the report accept any workdir that does.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from probing.config_files import load_config
+from probing.extraction.runner import extract
+from probing.reporting import build_report
+from probing.store.workdir import Workdir
+from probing.train_all_layers import train_workdir
+
+SMOKE_RUNS = {
+    "qwen2_vl_caption": "configs/qwen.py:smoke",
+    "fast_vlm_category": "configs/fastvlm.py:category,smoke",
+}
+MANIFEST_FIELDS = {
+    "format_version",
+    "model",
+    "library_versions",
+    "dtype",
+    "num_examples",
+    "num_layers",
+    "hidden_size",
+    "poolings",
+    "label_kind",
+    "label_names",
+    "prompt_template",
+    "complete",
+}
+
+
+@pytest.fixture(scope="module")
+def probed_workdirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    probe_config = load_config("configs/probe.py")
+    with probe_config.unlocked():
+        probe_config.num_seeds = 2
+        probe_config.epochs = 3
+    workdirs = {}
+    for name, spec in SMOKE_RUNS.items():
+        workdir = str(root / name)
+        extract(load_config(spec), workdir)
+        train_workdir(workdir, probe_config)
+        workdirs[name] = workdir
+    return workdirs
+
+
+def _check_contract(workdir: str) -> dict:
+    wd = Workdir(workdir)
+    manifest = wd.read_json("manifest.json")
+    assert MANIFEST_FIELDS <= set(manifest), MANIFEST_FIELDS - set(manifest)
+    assert manifest["complete"] is True
+    n, layers, dim = manifest["num_examples"], manifest["num_layers"], manifest["hidden_size"]
+    examples = wd.read_jsonl("examples.jsonl")
+    assert len(examples) == n
+    assert [row["row"] for row in examples] == list(range(n))
+    assert {"image_id", "prompt", "split"} <= set(examples[0])
+
+    written = wd.read_array("arrays/written")
+    assert written.dtype == np.uint8 and written.shape == (n,) and written.all()
+    split = wd.read_array("arrays/split")
+    group = wd.read_array("arrays/group")
+    labels = wd.read_array("arrays/labels")
+    assert split.dtype == np.int8 and set(np.unique(split)) == {0, 1, 2}
+    assert group.dtype == np.int64 and group.shape == (n,)
+    assert labels.dtype == np.int8 and set(np.unique(labels)) <= {0, 1}
+    # Splits are grouped by image: no image id in two splits.
+    for image_id in np.unique(group):
+        assert len(np.unique(split[group == image_id])) == 1
+    if manifest["label_kind"] == "multilabel":
+        mask = wd.read_array("arrays/label_mask")
+        k = len(manifest["label_names"])
+        assert labels.shape == (n, k) and mask.shape == (n, k) and mask.dtype == np.uint8
+    else:
+        assert labels.shape == (n,)
+
+    batch_size = wd.read_json("config.json")["extract"]["batch_size"]
+    for pooling in manifest["poolings"]:
+        arr = wd.open_array(f"features/{pooling}")
+        assert tuple(arr.shape) == (n, layers, dim)
+        chunk = arr.chunk_layout.read_chunk.shape
+        assert tuple(chunk) == (batch_size, layers, dim)
+        features = np.asarray(arr.read().result())
+        assert np.isfinite(features).all()
+        # Different rows give different features (the store is not all zeros).
+        assert np.abs(features[0] - features[-1]).max() > 0
+    return manifest
+
+
+@pytest.mark.parametrize("name", list(SMOKE_RUNS))
+def test_smoke_workdir_follows_contract_and_is_probed(probed_workdirs, name):
+    workdir = probed_workdirs[name]
+    manifest = _check_contract(workdir)
+    for pooling in manifest["poolings"]:
+        probe_dir = os.path.join(workdir, "probes", pooling)
+        with open(os.path.join(probe_dir, "metrics.csv")) as f:
+            rows = list(csv.DictReader(f))
+        assert set(rows[0]) == {"layer", "seed", "split", "metric", "value"}
+        layers = {int(r["layer"]) for r in rows if r["split"] == "test"}
+        assert layers == set(range(manifest["num_layers"]))
+        seeds = {int(r["seed"]) for r in rows if r["seed"] not in ("", "-1")}
+        assert len(seeds) == 2
+        with open(os.path.join(probe_dir, "curves.csv")) as f:
+            assert next(csv.reader(f)) == ["layer", "seed", "epoch", "split", "loss"]
+        with open(os.path.join(probe_dir, "summary.json")) as f:
+            summary = json.load(f)
+        assert len(summary["layers"]) == manifest["num_layers"]
+        assert 0 <= summary["best_layer"]["layer"] < manifest["num_layers"]
+
+
+def test_report_over_smoke_runs(probed_workdirs, tmp_path):
+    report = build_report(list(probed_workdirs.values()), str(tmp_path / "report"))
+    text = open(report).read()
+    assert "tiny:qwen2_vl" in text and "tiny:fast_vlm" in text
+    figures = os.listdir(tmp_path / "report" / "figures")
+    assert any(f.startswith("caption") and f.endswith(".png") for f in figures)
+    assert any(f.startswith("category") and f.endswith(".png") for f in figures)
+
+
+def test_rerun_resumes_without_recomputing(probed_workdirs, caplog):
+    workdir = probed_workdirs["qwen2_vl_caption"]
+    before = Workdir(workdir).read_array("features/mean")
+    with caplog.at_level("INFO"):
+        extract(load_config(SMOKE_RUNS["qwen2_vl_caption"]), workdir)
+    assert "Extracting 0 of" in caplog.text
+    np.testing.assert_array_equal(Workdir(workdir).read_array("features/mean"), before)
+
+
+@pytest.mark.parametrize("arg", ["qwen2_vl,caption", "fast_vlm,category"])
+def test_demo_config_loads(arg):
+    config = load_config(f"configs/demo.py:{arg}")
+    family, task = arg.split(",")
+    assert config.model.name == f"tiny:{family}" and config.task.kind == task
