@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage 1 as a SLURM job array: task i of n processes every n-th batch of
+# Stage 1 as a SLURM job array: task i of n processes every n-th window of
 # rows (the same split torchrun uses), so the array fills one workdir.
 # Submit:  sbatch --array=0-7 launch/extract_slurm.sh configs/qwen.py runs/qwen_caption
 # Resubmitting after failures recomputes only rows not yet written.

@@ -37,8 +37,8 @@ def run_demo(
 ) -> str:
     """Runs extraction, probes and report; returns the path of report.md."""
     from probing.extraction.runner import extract
-    from probing.train_all_layers import train_workdir
     from probing.reporting.builder import build_report
+    from probing.train_all_layers import train_workdir
 
     probe_config = load_config("configs/probe.py")
     with probe_config.unlocked():

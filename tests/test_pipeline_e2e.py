@@ -58,7 +58,7 @@ def probed_workdirs(tmp_path_factory):
 def _check_contract(workdir: str) -> dict:
     wd = Workdir(workdir)
     manifest = wd.read_json("manifest.json")
-    assert MANIFEST_FIELDS <= set(manifest), MANIFEST_FIELDS - set(manifest)
+    assert set(manifest) >= MANIFEST_FIELDS, MANIFEST_FIELDS - set(manifest)
     assert manifest["complete"] is True
     n, layers, dim = manifest["num_examples"], manifest["num_layers"], manifest["hidden_size"]
     examples = wd.read_jsonl("examples.jsonl")
@@ -120,7 +120,8 @@ def test_smoke_workdir_follows_contract_and_is_probed(probed_workdirs, name):
 
 def test_report_over_smoke_runs(probed_workdirs, tmp_path):
     report = build_report(list(probed_workdirs.values()), str(tmp_path / "report"))
-    text = open(report).read()
+    with open(report) as f:
+        text = f.read()
     assert "tiny:qwen2_vl" in text and "tiny:fast_vlm" in text
     figures = os.listdir(tmp_path / "report" / "figures")
     assert any(f.startswith("caption") and f.endswith(".png") for f in figures)

@@ -99,14 +99,15 @@ def test_probe_trained_alone_equals_the_same_probe_inside_the_sweep(binary_sweep
     )
     np.testing.assert_array_equal(alone.kernel[0, :, 0], full.kernel[SIGNAL_LAYER, :, 1])
     np.testing.assert_array_equal(alone.bias[0, :, 0], full.bias[SIGNAL_LAYER, :, 1])
-    np.testing.assert_array_equal(
-        alone.train_loss[:, 0, :, 0], full.train_loss[:, SIGNAL_LAYER, :, 1]
-    )
     np.testing.assert_array_equal(alone.best_epoch[0, :, 0], full.best_epoch[SIGNAL_LAYER, :, 1])
+    np.testing.assert_array_equal(alone.val_loss[:, 0, :, 0], full.val_loss[:, SIGNAL_LAYER, :, 1])
     for split_name in ("train", "val", "test"):
         np.testing.assert_array_equal(
             alone.logits[split_name][0, :, 0], full.logits[split_name][SIGNAL_LAYER, :, 1]
         )
+    np.testing.assert_array_equal(
+        alone.train_loss[:, 0, :, 0], full.train_loss[:, SIGNAL_LAYER, :, 1]
+    )
 
 
 def test_streaming_layer_groups_equals_one_sweep(binary_sweep):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from probing.tasks import default_data_config, default_task_config
 from probing.models import default_model_config
+from probing.tasks import default_data_config, default_task_config
 
 
 def extract_settings() -> ml_collections.ConfigDict:
@@ -26,8 +26,27 @@ def extract_settings() -> ml_collections.ConfigDict:
     # Storage dtype of features/*: float32, float16 or bfloat16. float16 halves
     # the store; probes standardise per layer, so its precision suffices.
     config.feature_dtype = "float32"
-    # DataLoader worker processes that decode images; 0 decodes in-process.
+    # DataLoader worker processes that decode and preprocess images; 0 does it
+    # in-process.
     config.num_workers = 0
+    # Chunks (of batch_size rows) sorted together by prompt length before
+    # being cut into forward batches, which cuts padding. Windows are fixed,
+    # so results do not depend on resumes or ranks; 1 disables bucketing.
+    config.bucket_window = 4
+    # Run the prompt prefix shared by the rows of one image (system turn,
+    # image, common prompt words) once and every row's continuation against
+    # its KV cache: several times fewer tokens with many prompts per image
+    # (Tao et al.: 10 captions per image). Equal to the unshared path within
+    # the batch-invariance tolerance; needs processor-side image expansion.
+    config.prefix_sharing = False
+    # k > 0 records the top-k next tokens and probabilities at the last
+    # prompt position of every row (Tao et al.'s first-token table) in
+    # examples.jsonl as "first_token_topk": [[token, prob], ...].
+    config.first_token_topk = 0
+    # True: rows whose image cannot be decoded or that the processor rejects
+    # are skipped (arrays/rejected = 1, reasons in rejected_rows.jsonl, counted
+    # in manifest num_rejected_rows). False: the first such row stops the run.
+    config.skip_rejected_images = False
     # Seconds between progress lines.
     config.log_every_s = 10.0
     return config

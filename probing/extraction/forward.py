@@ -166,7 +166,7 @@ class PooledForward:
         members = [(groups == g).nonzero().flatten().tolist() for g in range(num_groups)]
         image_id = self.adapter.image_token_id if self.with_image else None
         prefix_lengths = []
-        for g, rows in enumerate(members):
+        for rows in members:
             sequences = [rows_ids[r] for r in rows]
             # Every continuation keeps at least its last token, the one whose
             # state "last" pooling and the first-token record read.
@@ -206,8 +206,11 @@ class PooledForward:
             )
         cont_mask = _pad_stack(
             [
-                torch.ones(len(rows_ids[r]) - prefix_lengths[int(groups[r])], dtype=mask.dtype,
-                           device=mask.device)
+                torch.ones(
+                    len(rows_ids[r]) - prefix_lengths[int(groups[r])],
+                    dtype=mask.dtype,
+                    device=mask.device,
+                )
                 for r in range(len(rows_ids))
             ],
             "right",

@@ -2,14 +2,22 @@
 
 `extract(config, workdir)` builds the task table, loads the model, writes the
 row-aligned arrays and metadata of WORKSPACE.md, then runs the model over the
-rows in batches, pooling every layer inside forward hooks
-(`probing.extraction.capture`) and writing each batch's features before
-marking its rows durable in `arrays/written`.
+rows, pooling every layer inside forward hooks (`probing.extraction.capture`)
+and writing features chunk by chunk before marking rows durable in
+`arrays/written`.
 
-Restarting the same command on a partly written workdir resumes: only rows
-whose `written` flag is 0 are computed again. A workdir written with a
-different configuration (model, revision, prompt, poolings, dtype, library
-versions, ...) is refused unless `config.overwrite` is set.
+Rows are cut into fixed chunks of `extract.batch_size` rows (the chunk size of
+every feature array), and chunks into fixed windows of `extract.bucket_window`
+chunks. A rank owns every world-th window; the rows of a window are sorted by
+token count and re-cut into forward batches (less padding), and the window's
+chunks are written once all its rows are pooled. Windows are fixed, so a
+resumed or a distributed run forms exactly the batches an uninterrupted single
+run forms, and its features are bit-identical.
+
+Restarting the same command on a partly written workdir resumes: only windows
+with unwritten rows are computed again. A workdir written with a different
+configuration (model, revision, prompt, poolings, dtype, library versions, ...)
+is refused unless `config.overwrite` is set.
 """
 
 from __future__ import annotations
@@ -17,19 +25,20 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
+import tensorstore as ts
 import torch
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
 import probing
-from probing.extraction.capture import PooledLayerCapture
+from probing.extraction import environment
+from probing.extraction.forward import PooledForward, check_prefix_sharing_supported
 from probing.extraction.pooling import validate_poolings
 from probing.progress import Progress
 from probing.store import workdir as store
@@ -41,13 +50,26 @@ LAYER_CONVENTION = (
     "inserted); index i >= 1 is the output of decoder layer i; the last index is taken "
     "after the final norm, as transformers' hidden_states"
 )
+# Rows the processor (or the image decoder) rejected, when the config allows
+# skipping them: 1 = rejected, see rejected_rows.jsonl for the reasons.
+REJECTED = "arrays/rejected"
+FIRST_TOKEN_IDS = "arrays/first_token_ids"
+FIRST_TOKEN_PROBS = "arrays/first_token_probs"
+# Settings that change speed but not which rows are computed nor (beyond the
+# batch-invariance tolerance) their values; a resume may change them.
+PERFORMANCE_KNOBS = ("num_workers", "log_every_s", "bucket_window", "prefix_sharing")
 
 
 class ExtractionError(ValueError):
     """Bad extraction input, reported before long work starts."""
 
 
+class _RejectedInput(ValueError):
+    """One row's image or prompt that the image decoder or the processor rejects."""
+
+
 def library_versions() -> dict[str, str]:
+    """Versions of the libraries that determine the features."""
     versions = {"probing": probing.__version__}
     for name in ("torch", "transformers", "tensorstore", "numpy", "pillow", "timm"):
         try:
@@ -62,15 +84,18 @@ def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def fingerprint(config: ml_collections.ConfigDict, processor) -> dict[str, Any]:
-    """Everything that determines the features; a resumed run must match it."""
+    """Everything that determines the features; a resumed run must match it.
+
+    The command line, date and hardware are recorded in manifest.json but
+    are deliberately not part of it: the same run may resume elsewhere.
+    """
     processor_settings = {}
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is not None:
         processor_settings = json.loads(image_processor.to_json_string())
     config_dict = _config_json(config)
     config_dict.pop("overwrite", None)
-    # Performance knobs do not change the numbers; everything else does.
-    for knob in ("num_workers", "log_every_s"):
+    for knob in PERFORMANCE_KNOBS:
         config_dict.get("extract", {}).pop(knob, None)
     digest = hashlib.sha256(json.dumps(processor_settings, sort_keys=True).encode()).hexdigest()
     return {
@@ -92,36 +117,130 @@ def _load_rgb(path: str, image_id: int) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except FileNotFoundError as e:
-        raise ExtractionError(f"image {image_id}: file {path} does not exist") from e
+        raise _RejectedInput(f"image {image_id}: file {path} does not exist") from e
     except (UnidentifiedImageError, OSError) as e:
-        raise ExtractionError(f"image {image_id}: cannot decode {path} ({e})") from e
+        raise _RejectedInput(f"image {image_id}: cannot decode {path} ({e})") from e
+
+
+# ----------------------------------------------------------------------------
+# The work plan: chunks, windows, forward batches.
+
+
+def plan_windows(
+    num_rows: int, batch_size: int, window: int, rank: int, world: int
+) -> list[list[np.ndarray]]:
+    """The bucketing windows of rank `rank`, each a list of chunks (row ranges).
+
+    Chunk c holds rows [c * batch_size, (c + 1) * batch_size); window w holds
+    chunks [w * window, (w + 1) * window); rank r owns the windows with
+    w % world == r. Windows, not chunks, are dealt out, so every rank forms
+    exactly the batches a single process forms.
+    """
+    chunks = [
+        np.arange(start, min(start + batch_size, num_rows))
+        for start in range(0, num_rows, batch_size)
+    ]
+    windows = [chunks[i : i + window] for i in range(0, len(chunks), window)]
+    return [w for index, w in enumerate(windows) if index % world == rank]
+
+
+def forward_batches(
+    window: Sequence[np.ndarray], batch_size: int, token_counts: np.ndarray | None
+) -> list[np.ndarray]:
+    """The rows of a window, sorted by token count (if given), cut into batches."""
+    rows = np.concatenate(list(window))
+    if token_counts is not None:
+        rows = rows[np.argsort(token_counts[rows], kind="stable")]
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
 
 
 class _BatchSource(torch.utils.data.Dataset):
-    """Decodes the images of one batch of rows (runs in DataLoader workers)."""
+    """Decodes and preprocesses one forward batch (runs in DataLoader workers).
 
-    def __init__(self, batches: Sequence[np.ndarray], examples, image_paths, with_image: bool):
-        self.batches = batches
+    Items are (window index, rows, inputs, prefix_inputs, groups, rejected):
+    `inputs` the processor output of the accepted rows, `prefix_inputs` the
+    output for the first row of every image group (prefix sharing only),
+    `groups` each accepted row's group, `rejected` {row, image_id, reason}.
+    """
+
+    def __init__(self, batches, examples, image_paths, adapter, with_image, share, skip):
+        self.batches = batches  # [(window index, rows)]
         self.examples = examples
         self.image_paths = image_paths
+        self.adapter = adapter
         self.with_image = with_image
+        self.share = share
+        self.skip = skip
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, index: int):
-        rows = self.batches[index]
+    def _build(self, rows: Sequence[int], images: dict[int, Image.Image]):
         prompts = [self.examples[r]["prompt"] for r in rows]
-        images = None
+        row_images = None
         if self.with_image:
-            cache: dict[int, Image.Image] = {}
-            images = []
+            row_images = [images[int(self.examples[r]["image_id"])] for r in rows]
+        return self.adapter.build_batch(row_images, prompts)
+
+    def __getitem__(self, index: int):
+        window, rows = self.batches[index]
+        rows = [int(r) for r in rows]
+        rejected: list[dict[str, Any]] = []
+        images: dict[int, Image.Image] = {}
+        if self.with_image:
             for r in rows:
                 image_id = int(self.examples[r]["image_id"])
-                if image_id not in cache:
-                    cache[image_id] = _load_rgb(self.image_paths[image_id], image_id)
-                images.append(cache[image_id])
-        return rows, images, prompts
+                if image_id in images:
+                    continue
+                try:
+                    images[image_id] = _load_rgb(self.image_paths[image_id], image_id)
+                except _RejectedInput as e:
+                    if not self.skip:
+                        raise ExtractionError(
+                            f"row {r}: {e}. Fix or remove the file, or set "
+                            "config.extract.skip_rejected_images=True to skip such rows"
+                        ) from e
+            kept = []
+            for r in rows:
+                image_id = int(self.examples[r]["image_id"])
+                if image_id in images:
+                    kept.append(r)
+                else:
+                    rejected.append({"row": r, "image_id": image_id, "reason": "unreadable"})
+            rows = kept
+        inputs = None
+        if rows:
+            try:
+                inputs = self._build(rows, images)
+            except Exception as batch_error:  # the processor's errors have no common type
+                # Find the culprits one row at a time, then build the rest together.
+                good = []
+                for r in rows:
+                    try:
+                        self._build([r], images)
+                        good.append(r)
+                    except Exception as row_error:
+                        image_id = int(self.examples[r]["image_id"])
+                        if not self.skip:
+                            raise ExtractionError(
+                                f"row {r} (image {image_id}, prompt "
+                                f"{self.examples[r]['prompt']!r}): the processor rejects it: "
+                                f"{row_error}. Set config.extract.skip_rejected_images=True "
+                                "to skip such rows"
+                            ) from row_error
+                        rejected.append({"row": r, "image_id": image_id, "reason": str(row_error)})
+                if len(good) == len(rows):
+                    raise batch_error
+                rows = good
+                inputs = self._build(rows, images) if rows else None
+        prefix_inputs, groups = None, None
+        if self.share and rows:
+            image_of = [int(self.examples[r]["image_id"]) for r in rows]
+            order = list(dict.fromkeys(image_of))
+            groups = torch.tensor([order.index(i) for i in image_of], dtype=torch.long)
+            leaders = [rows[image_of.index(i)] for i in order]
+            prefix_inputs = self._build(leaders, images)
+        return window, np.asarray(rows, dtype=np.int64), inputs, prefix_inputs, groups, rejected
 
 
 def _to_storage(values: torch.Tensor, dtype: str) -> np.ndarray:
@@ -133,9 +252,8 @@ def _to_storage(values: torch.Tensor, dtype: str) -> np.ndarray:
     return array.astype(dtype)
 
 
-def _rank_and_world() -> tuple[int, int]:
-    """Rank and world size under torchrun (1 process otherwise)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+# ----------------------------------------------------------------------------
+# The workdir: creation, resume checks, finalisation.
 
 
 def _write_metadata(wd: store.Workdir, config, table) -> None:
@@ -143,6 +261,8 @@ def _write_metadata(wd: store.Workdir, config, table) -> None:
     wd.write_jsonl("examples.jsonl", table.examples)
     wd.write_json("splits.json", table.splits)
     wd.write_json("task_stats.json", table.stats)
+    if table.skipped:
+        wd.write_jsonl("skipped.jsonl", table.skipped)
     wd.write_array(store.LABELS, table.labels.astype(np.int8))
     if table.label_mask is not None:
         wd.write_array(store.LABEL_MASK, table.label_mask.astype(np.uint8))
@@ -161,26 +281,18 @@ def _check_resumable(wd: store.Workdir, manifest: dict[str, Any]) -> None:
         )
 
 
-def _prepare_workdir(
-    wd: store.Workdir, config, manifest: dict[str, Any], table, chunk_rows: int, rank: int
-):
-    """Creates a fresh store (rank 0), or checks an existing one for a resume.
+def _wipe(wd: store.Workdir) -> None:
+    """Deletes everything in an existing workdir (overwrite), manifest first."""
+    kvstore = ts.KvStore.open(wd.kvstore("")).result()
+    # The manifest goes first, so that no rank can take the old store for ready.
+    kvstore.delete_range(ts.KvStore.KeyRange("manifest.json", "manifest.json\0")).result()
+    kvstore.delete_range(ts.KvStore.KeyRange()).result()
 
-    Other ranks wait for rank 0's manifest.json, which is written last, once
-    every array exists.
-    """
-    if rank != 0:
-        deadline = time.monotonic() + _WAIT_FOR_RANK0_S
-        while not wd.exists("manifest.json"):
-            if time.monotonic() > deadline:
-                raise ExtractionError(f"rank {rank}: rank 0 never created {wd.location}")
-            time.sleep(1.0)
-        _check_resumable(wd, manifest)
-        return wd.open_array(store.WRITTEN)
-    if wd.exists("manifest.json") and not config.overwrite:
-        _check_resumable(wd, manifest)
-        logging.info("Resuming extraction in %s", wd.location)
-        return wd.open_array(store.WRITTEN)
+
+def _create_store(wd: store.Workdir, config, manifest, table, chunk_rows: int) -> None:
+    if wd.exists("manifest.json"):
+        logging.warning("config.overwrite=True: replacing %s", wd.location)
+        _wipe(wd)
     _write_metadata(wd, config, table)
     num_rows = manifest["num_examples"]
     shape = (num_rows, manifest["num_layers"], manifest["hidden_size"])
@@ -188,9 +300,154 @@ def _prepare_workdir(
         wd.create_array(
             f"features/{pooling}", manifest["feature_dtype"], shape, (chunk_rows, *shape[1:])
         )
-    written = wd.create_array(store.WRITTEN, "uint8", (num_rows,), (chunk_rows,))
+    wd.create_array(store.WRITTEN, "uint8", (num_rows,), (chunk_rows,))
+    wd.create_array(REJECTED, "uint8", (num_rows,), (chunk_rows,))
+    k = int(config.extract.first_token_topk)
+    if k > 0:
+        wd.create_array(FIRST_TOKEN_IDS, "int32", (num_rows, k), (chunk_rows, k))
+        wd.create_array(FIRST_TOKEN_PROBS, "float32", (num_rows, k), (chunk_rows, k))
+    # Written last: its presence means every array exists.
     wd.write_json("manifest.json", manifest)
-    return written
+
+
+def _prepare_workdir(
+    wd: store.Workdir,
+    config,
+    manifest: dict[str, Any],
+    table,
+    chunk_rows: int,
+    rank: int,
+    grouped: bool,
+) -> None:
+    """Creates a fresh store (rank 0), or checks an existing one for a resume.
+
+    With a process group the other ranks wait at a barrier; without one (SLURM
+    arrays) they wait for rank 0's manifest.json, which is written last.
+    """
+    fresh = not wd.exists("manifest.json") or bool(config.overwrite)
+    if rank == 0:
+        if fresh:
+            _create_store(wd, config, manifest, table, chunk_rows)
+        else:
+            _check_resumable(wd, manifest)
+            logging.info("Resuming extraction in %s", wd.location)
+    if grouped:
+        environment.barrier()
+    elif rank != 0:
+        deadline = time.monotonic() + _WAIT_FOR_RANK0_S
+        while not wd.exists("manifest.json"):
+            if time.monotonic() > deadline:
+                raise ExtractionError(f"rank {rank}: rank 0 never created {wd.location}")
+            time.sleep(1.0)
+    if rank != 0:
+        _check_resumable(wd, manifest)
+
+
+def _finalize(wd: store.Workdir, manifest: dict[str, Any], tokenizer, rank: int) -> None:
+    """Marks the store complete once every row is written or rejected."""
+    written = wd.read_array(store.WRITTEN).astype(bool)
+    rejected = wd.read_array(REJECTED).astype(bool)
+    manifest["num_rejected_rows"] = int(rejected.sum())
+    manifest["complete"] = bool((written | rejected).all())
+    if not manifest["complete"]:
+        return
+    if wd.array_exists(FIRST_TOKEN_IDS):
+        ids = wd.read_array(FIRST_TOKEN_IDS)
+        probs = wd.read_array(FIRST_TOKEN_PROBS)
+        examples = wd.read_jsonl("examples.jsonl")
+        for row, example in enumerate(examples):
+            if written[row]:
+                example["first_token_topk"] = [
+                    [tokenizer.decode([int(t)]), round(float(p), 6)]
+                    for t, p in zip(ids[row], probs[row], strict=True)
+                ]
+                example["first_token_topk_ids"] = [int(t) for t in ids[row]]
+        wd.write_jsonl("examples.jsonl", examples)
+    wd.write_json("manifest.json", manifest)
+
+
+def _append_rejections(wd: store.Workdir, rank: int, entries: list[dict[str, Any]]) -> None:
+    """Records rejected rows in rejected_rows.jsonl (one file per rank, merged by row)."""
+    if not entries:
+        return
+    name = "rejected_rows.jsonl" if rank == 0 else f"rejected_rows.rank{rank}.jsonl"
+    previous = wd.read_jsonl(name) if wd.exists(name) else []
+    merged = {e["row"]: e for e in (*previous, *entries)}
+    wd.write_jsonl(name, [merged[r] for r in sorted(merged)])
+
+
+# ----------------------------------------------------------------------------
+# Checks before work.
+
+
+def check_extract_settings(extract_cfg: ml_collections.ConfigDict) -> None:
+    """Validates config.extract fields that need no model."""
+    if extract_cfg.feature_dtype not in FEATURE_DTYPES:
+        raise ExtractionError(
+            f"config.extract.feature_dtype={extract_cfg.feature_dtype!r}; "
+            f"use one of {', '.join(FEATURE_DTYPES)}"
+        )
+    for field in ("batch_size", "bucket_window"):
+        if int(extract_cfg[field]) < 1:
+            raise ExtractionError(f"config.extract.{field} must be >= 1, got {extract_cfg[field]}")
+    if int(extract_cfg.first_token_topk) < 0:
+        raise ExtractionError(
+            f"config.extract.first_token_topk must be >= 0, got {extract_cfg.first_token_topk}"
+        )
+
+
+def prompt_token_counts(
+    adapter, examples: Sequence[dict[str, Any]], with_image: bool
+) -> np.ndarray:
+    """Text tokens of every row's chat-rendered prompt (image placeholders unexpanded)."""
+    texts = adapter.render_prompts([e["prompt"] for e in examples], with_image=with_image)
+    encoded = adapter.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return np.asarray([len(ids) for ids in encoded], dtype=np.int64)
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The decoder's maximum sequence length, if its config states one."""
+    value = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def check_context(adapter, table, token_counts: np.ndarray, limit: int | None) -> None:
+    """Fails before any work if the longest prompt (with its image) exceeds the context."""
+    if limit is None or not len(token_counts):
+        return
+    row = int(np.argmax(token_counts))
+    example = table.examples[row]
+    images = None
+    if table.with_image:
+        image_id = int(example["image_id"])
+        try:
+            images = [_load_rgb(table.image_paths[image_id], image_id)]
+        except _RejectedInput:
+            images = None  # reported (or skipped) when its batch runs
+        if images is None:
+            length = int(token_counts[row])
+        else:
+            length = int(adapter.build_batch(images, [example["prompt"]])["input_ids"].shape[1])
+    else:
+        length = int(adapter.build_batch(None, [example["prompt"]])["input_ids"].shape[1])
+    if length > limit:
+        raise ExtractionError(
+            f"row {row} (image {example['image_id']}): its prompt is {length} tokens with the "
+            f"image, longer than the model's context of {limit} (max_position_embeddings). "
+            "Shorten the prompt template or lower the image resolution in the processor."
+        )
+
+
+def _check_batch_length(inputs, rows, limit: int | None) -> None:
+    if limit is not None and inputs["input_ids"].shape[1] > limit:
+        raise ExtractionError(
+            f"rows {rows[0]}..{rows[-1]}: {inputs['input_ids'].shape[1]} tokens exceed the "
+            f"model's context of {limit}; lower the image resolution or shorten the prompt"
+        )
+
+
+# ----------------------------------------------------------------------------
+# The run.
 
 
 def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -200,22 +457,33 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     from probing.tasks import build_task
 
     extract_cfg = config.extract
-    if extract_cfg.feature_dtype not in FEATURE_DTYPES:
-        raise ExtractionError(
-            f"config.extract.feature_dtype={extract_cfg.feature_dtype!r}; "
-            f"use one of {', '.join(FEATURE_DTYPES)}"
-        )
-    if extract_cfg.batch_size < 1:
-        raise ExtractionError(
-            f"config.extract.batch_size must be >= 1, got {extract_cfg.batch_size}"
-        )
+    check_extract_settings(extract_cfg)
+    rank, world = environment.rank_and_world()
+    grouped = environment.init_process_group()
+    try:
+        return _extract(config, workdir, rank, world, grouped, load_model, build_task)
+    finally:
+        if grouped:
+            environment.close_process_group()
+
+
+def _extract(config, workdir, rank, world, grouped, load_model, build_task) -> dict[str, Any]:
+    extract_cfg = config.extract
+    started = environment.utc_now()
     table = build_task(config.data, config.task, config.seed)
     poolings = validate_poolings(tuple(extract_cfg.poolings), with_image=table.with_image)
     model, processor, adapter = load_model(config.model)
+    share = bool(extract_cfg.prefix_sharing)
+    if share:
+        check_prefix_sharing_supported(adapter)
+    token_counts = prompt_token_counts(adapter, table.examples, table.with_image)
+    limit = context_length(model)
+    check_context(adapter, table, token_counts, limit)
 
     wd = store.Workdir(workdir)
     num_rows = len(table.examples)
     batch_size = int(extract_cfg.batch_size)
+    topk = int(extract_cfg.first_token_topk)
     manifest = {
         "format_version": store.FORMAT_VERSION,
         "model": {
@@ -238,66 +506,150 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "with_image": bool(table.with_image),
         "layer_convention": LAYER_CONVENTION,
         "padding_side": adapter.padding_side,
+        "first_token_topk": topk,
         "complete": False,
         "fingerprint": fingerprint(config, processor),
+        # Where and when; not part of the fingerprint (a resume may run elsewhere).
+        "command": environment.command_line(),
+        "hardware": environment.hardware(),
+        "date": started,
     }
-    rank, world = _rank_and_world()
-    written = _prepare_workdir(wd, config, manifest, table, batch_size, rank)
+    _prepare_workdir(wd, config, manifest, table, batch_size, rank, grouped)
     arrays = {p: wd.open_array(f"features/{p}") for p in poolings}
+    written = wd.open_array(store.WRITTEN)
+    rejected_array = wd.open_array(REJECTED)
+    topk_arrays = (
+        (wd.open_array(FIRST_TOKEN_IDS), wd.open_array(FIRST_TOKEN_PROBS)) if topk else None
+    )
 
-    # Fixed, chunk-aligned row ranges: ranks (torchrun) take every world-th
-    # batch, and a resumed run skips batches that are already durable.
     done = np.asarray(written.read().result()).astype(bool)
-    batches = [
-        np.arange(start, min(start + batch_size, num_rows))
-        for index, start in enumerate(range(0, num_rows, batch_size))
-        if index % world == rank and not done[start : start + batch_size].all()
+    done |= np.asarray(rejected_array.read().result()).astype(bool)
+    windows = [
+        w
+        for w in plan_windows(num_rows, batch_size, int(extract_cfg.bucket_window), rank, world)
+        if not all(done[c].all() for c in w)
     ]
-    todo_rows = int(sum(len(b) for b in batches))
+    # Rows of one image must stay together for prefix sharing (they are
+    # consecutive in the task table); otherwise sort by length to cut padding.
+    sort_key = None if share else token_counts
+    batches = [
+        (i, rows)
+        for i, w in enumerate(windows)
+        for rows in forward_batches(w, batch_size, sort_key)
+    ]
+    todo_rows = int(sum(len(rows) for _, rows in batches))
     logging.info(
-        "Extracting %d of %d rows (%d already written) in %d batches, %d layers x %d dims, "
-        "poolings %s -> %s",
+        "Rank %d/%d: extracting %d of %d rows (%d already written) in %d batches "
+        "(%d windows), %d layers x %d dims, poolings %s -> %s",
+        rank,
+        world,
         todo_rows,
         num_rows,
         int(done.sum()),
         len(batches),
+        len(windows),
         manifest["num_layers"],
         manifest["hidden_size"],
         ",".join(poolings),
         wd.location,
     )
+    device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(
-        _BatchSource(batches, table.examples, table.image_paths, table.with_image),
+        _BatchSource(
+            batches,
+            table.examples,
+            table.image_paths,
+            adapter,
+            table.with_image,
+            share,
+            bool(extract_cfg.skip_rejected_images),
+        ),
         batch_size=None,
         num_workers=int(extract_cfg.num_workers),
         collate_fn=lambda item: item,
+        # Page-locked host buffers make the host→GPU copies asynchronous.
+        pin_memory=device.type == "cuda",
     )
     progress = Progress("extract", todo_rows, unit="ex", every_s=float(extract_cfg.log_every_s))
-    decoder_layers = adapter.decoder_layers(model)
-    with PooledLayerCapture(decoder_layers, adapter.final_norm(model), poolings) as capture:
-        for rows, images, prompts in loader:
-            batch = adapter.to_model(adapter.build_batch(images, prompts))
-            attention_mask = adapter.attention_mask(batch)
-            image_mask = adapter.image_token_mask(batch) if table.with_image else None
-            capture.set_masks(attention_mask, image_mask)
-            with torch.inference_mode():
-                # Only the last position's logits are ever needed (first-token
-                # records); the LM head over every position is skipped.
-                model(**batch, use_cache=False, logits_to_keep=1)
-            pooled = capture.result()
-            start, stop = int(rows[0]), int(rows[-1]) + 1
-            for name, values in pooled.items():
-                arrays[name][start:stop].write(
-                    _to_storage(values, extract_cfg.feature_dtype)
-                ).result()
-            # Only after every pooling is durable is the row marked written.
-            written[start:stop].write(np.ones(stop - start, np.uint8)).result()
-            progress.update(len(rows), tokens=int(attention_mask.sum()))
+    pending: dict[int, dict[str, Any]] = {}
+    rejections: list[dict[str, Any]] = []
 
-    # Whichever rank finds every row durable marks the store complete.
-    manifest["complete"] = bool(np.asarray(written.read().result()).all())
-    if manifest["complete"]:
-        wd.write_json("manifest.json", manifest)
+    def flush(window: int) -> None:
+        """Writes a finished window's chunks, then marks its rows durable."""
+        buffer = pending.pop(window)
+        for chunk in windows[window]:
+            start, stop = int(chunk[0]), int(chunk[-1]) + 1
+            at = np.searchsorted(buffer["rows"], chunk)
+            ok = buffer["ok"][at]
+            for name, array in arrays.items():
+                array[start:stop].write(buffer[name][at]).result()
+            if topk_arrays is not None:
+                topk_arrays[0][start:stop].write(buffer["topk_ids"][at]).result()
+                topk_arrays[1][start:stop].write(buffer["topk_probs"][at]).result()
+            rejected_array[start:stop].write((~ok).astype(np.uint8)).result()
+            # Only after every pooling is durable is a row marked written.
+            written[start:stop].write(ok.astype(np.uint8)).result()
+
+    storage_dtype = _to_storage(torch.zeros(1), extract_cfg.feature_dtype).dtype
+
+    def buffer_for(window: int) -> dict[str, Any]:
+        """Host buffers of one window, in sorted row order."""
+        if window not in pending:
+            rows = np.sort(np.concatenate(windows[window]))
+            shape = (len(rows), manifest["num_layers"], manifest["hidden_size"])
+            buf: dict[str, Any] = {"rows": rows, "left": len(rows), "ok": np.zeros(len(rows), bool)}
+            for name in poolings:
+                buf[name] = np.zeros(shape, storage_dtype)
+            if topk:
+                buf["topk_ids"] = np.zeros((len(rows), topk), np.int32)
+                buf["topk_probs"] = np.zeros((len(rows), topk), np.float32)
+            pending[window] = buf
+        return pending[window]
+
+    with PooledForward(model, adapter, poolings, table.with_image, topk) as runner:
+        for window, rows, inputs, prefix_inputs, groups, rejected in loader:
+            buf = buffer_for(window)
+            at = np.searchsorted(buf["rows"], rows)
+            rejections.extend(rejected)
+            tokens = 0
+            if len(rows):
+                _check_batch_length(inputs, rows, limit)
+                inputs = adapter.to_model(inputs)
+                if share:
+                    result = runner.run_shared(
+                        inputs, adapter.to_model(prefix_inputs), groups.to(device)
+                    )
+                else:
+                    result = runner.run(inputs)
+                for name, values in result.pooled.items():
+                    buf[name][at] = _to_storage(values, extract_cfg.feature_dtype)
+                if topk:
+                    buf["topk_ids"][at] = result.topk_ids.cpu().numpy()
+                    buf["topk_probs"][at] = result.topk_probs.cpu().numpy()
+                buf["ok"][at] = True
+                tokens = result.tokens
+            count = len(rows) + len(rejected)
+            buf["left"] -= count
+            if buf["left"] == 0:
+                flush(window)
+            progress.update(count, tokens=tokens)
+
+    if rejections:
+        logging.warning(
+            "Rank %d: skipped %d rejected row(s) (config.extract.skip_rejected_images), e.g. "
+            "row %d: %s",
+            rank,
+            len(rejections),
+            rejections[0]["row"],
+            rejections[0]["reason"],
+        )
+        _append_rejections(wd, rank, rejections)
+    if grouped:
+        environment.barrier()
+    # With a process group rank 0 finalises after everyone; without one
+    # (SLURM arrays), whichever rank finds every row done does.
+    if rank == 0 or not grouped:
+        _finalize(wd, manifest, adapter.tokenizer, rank)
     logging.info(
         "Extraction %s: %s", "complete" if manifest["complete"] else "partial", wd.location
     )

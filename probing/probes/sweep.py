@@ -267,12 +267,12 @@ def _probe_step(params, opt_state, x, labels, mask, bits, lr, wd, rate, *, num_o
 
     def loss_fn(p):
         logits = LinearProbe(num_outputs).apply({"params": p}, x, bits, rate)
-        per_entry = optax.sigmoid_binary_cross_entropy(logits, labels)
-        return jnp.vdot(per_entry, mask) / jnp.maximum(mask.sum(), 1.0)
+        loss_sum = jnp.vdot(optax.sigmoid_binary_cross_entropy(logits, labels), mask)
+        return loss_sum / jnp.maximum(mask.sum(), 1.0), loss_sum
 
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    (_, loss_sum), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = _optimizer(lr, wd).update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss * mask.sum()
+    return optax.apply_updates(params, updates), opt_state, loss_sum
 
 
 @partial(
@@ -447,10 +447,10 @@ def _select_epoch(state, x_val, y_val, m_val, epoch, *, num_outputs, selection, 
 def _chosen_logits(params, splits, chosen_grid, *, num_outputs):
     """Logits [L, T, S, n, C] on each x of `splits` of the chosen grid point per layer.
 
-    Every grid point is applied and the chosen one picked afterwards: picking
-    first could leave a single probe, and XLA compiles an unbatched dot with a
-    different summation order (see run_sweep). All splits go through one call
-    so that XLA compiles one program, not one per split size.
+    Every grid point is applied and the chosen one picked afterwards, so the
+    probes are evaluated by the same vmapped program that selected them. All
+    splits go through one call so that XLA compiles one program, not one per
+    split size.
     """
 
     def pick(p):
@@ -650,17 +650,18 @@ def run_sweep(
     }
     hp = {k: jnp.asarray(v) for k, v in settings.grid().items()}
     num_grid = int(hp["learning_rate"].shape[0])
-    # XLA compiles a dot without batch dimensions (one probe) with another
-    # summation order than a batched one, so a lone probe would differ from
-    # itself inside a sweep in the last bits. A sweep of one probe therefore
-    # trains a duplicate grid point alongside and drops it at the end.
-    duplicate_grid = num_layers * num_tasks * len(seed_ids) * num_grid == 1
-    if duplicate_grid:
-        hp = {k: jnp.concatenate([v, v]) for k, v in hp.items()}
+    # XLA compiles the reductions of a sweep whose layer axis has size 1 with
+    # another summation order, so a lone layer would differ from itself inside
+    # a bigger sweep in the last bits. A one-layer sweep therefore trains a
+    # copy of its layer alongside and drops it at the end.
+    duplicate_layer = num_layers == 1
     progress = progress or Progress(
         num_layers * num_tasks * len(seed_ids) * num_grid * settings.epochs
     )
 
+    if duplicate_layer:
+        features = np.concatenate([features, features])
+        layer_ids = np.concatenate([layer_ids, layer_ids])
     x_train, x_val, x_test, mean, scale = _standardize(
         features[:, rows["train"]], features[:, rows["val"]], features[:, rows["test"]]
     )
@@ -712,29 +713,34 @@ def run_sweep(
             f"layers {int(layer_ids[0])}..{int(layer_ids[-1])} epoch {epoch + 1}/{settings.epochs}",
         )
 
-    best_score = np.asarray(state["best_score"])[..., :num_grid]
+    best_score = np.asarray(state["best_score"])
     # Grid point per layer: best mean over seeds of the task probes' val score.
     chosen_grid = np.argmax(best_score[:, 0].mean(axis=1), axis=-1).astype(np.int32)
-    chosen = jnp.asarray(chosen_grid)
     split_logits, picked = _chosen_logits(
-        state["best_params"], (x_train, x_val, x_test), chosen, num_outputs=num_outputs
+        state["best_params"],
+        (x_train, x_val, x_test),
+        jnp.asarray(chosen_grid),
+        num_outputs=num_outputs,
     )
-    logits = {name: np.asarray(x) for name, x in zip(("train", "val", "test"), split_logits, strict=True)}
+    kept = slice(0, 1) if duplicate_layer else slice(None)
     return SweepResult(
-        layers=np.asarray(layer_ids, np.int64),
+        layers=np.asarray(layer_ids[kept], np.int64),
         seeds=np.asarray(seed_ids, np.int64),
         tasks=TASK_NAMES[:num_tasks],
-        grid={k: np.asarray(v)[:num_grid] for k, v in hp.items()},
-        chosen_grid=chosen_grid,
-        kernel=np.asarray(picked["dense"]["kernel"]),
-        bias=np.asarray(picked["dense"]["bias"]),
-        best_epoch=np.asarray(state["best_epoch"])[..., :num_grid],
-        train_loss=np.stack(train_losses)[..., :num_grid],
-        val_loss=np.stack(val_losses)[..., :num_grid],
-        val_score=best_score,
-        mean=np.asarray(mean),
-        scale=np.asarray(scale),
-        logits=logits,
+        grid={k: np.asarray(v) for k, v in hp.items()},
+        chosen_grid=chosen_grid[kept],
+        kernel=np.asarray(picked["dense"]["kernel"])[kept],
+        bias=np.asarray(picked["dense"]["bias"])[kept],
+        best_epoch=np.asarray(state["best_epoch"])[kept],
+        train_loss=np.stack(train_losses)[:, kept],
+        val_loss=np.stack(val_losses)[:, kept],
+        val_score=best_score[kept],
+        mean=np.asarray(mean)[kept],
+        scale=np.asarray(scale)[kept],
+        logits={
+            name: np.asarray(x)[kept]
+            for name, x in zip(("train", "val", "test"), split_logits, strict=True)
+        },
     )
 
 

@@ -5,10 +5,11 @@ For every image, `positives_per_image` of its captions are positives (label
 same task split, so no caption text crosses the train/test boundary.
 
 * ``random``: drawn uniformly from the split's other captions.
-* ``hard`` (Tao et al.): among `num_candidates` captions sampled from other
-  images of the split, the one most similar to the positive by sentence
-  embedding, skipping candidates above `similarity_ceiling` (likely
-  paraphrases, i.e. true captions).
+* ``hard`` (Tao et al.): among `num_candidates` captions sampled from the
+  split (one sample per image, shared by its positives; the image's own
+  captions are dropped from it), the one most similar to the positive by
+  sentence embedding, skipping candidates above `similarity_ceiling`
+  (likely paraphrases, i.e. true captions).
 
 Either way a candidate whose text equals one of the image's own captions
 (case and final period ignored) is never a negative. When no candidate
@@ -106,26 +107,33 @@ class _CaptionPool:
         everything = everything[self.usable(everything, image_id, own_text_ids)]
         return int(rng.choice(everything)) if everything.size else None
 
-    def hard_negative(
+    def hard_negatives(
         self,
         rng: np.random.Generator,
         image_id: int,
         own_text_ids: np.ndarray,
-        positive_vector: np.ndarray,
+        positive_vectors: np.ndarray,
         num_candidates: int,
         ceiling: float,
-    ) -> int | None:
-        """The most similar of `num_candidates` sampled usable captions below `ceiling`."""
+    ) -> list[int | None]:
+        """Per positive, the most similar usable caption below `ceiling`.
+
+        One sample of `num_candidates` captions serves all positives of the
+        image, so the candidate vectors are gathered once and scored in one
+        matrix product.
+        """
         assert self.vectors is not None
         size = min(num_candidates, len(self.texts))
         sample = rng.choice(len(self.texts), size=size, replace=False)
         sample = sample[self.usable(sample, image_id, own_text_ids)]
         if not sample.size:
-            return None
-        similarity = self.vectors[sample] @ positive_vector
-        similarity = np.where(similarity > ceiling, -np.inf, similarity)
-        best = int(np.argmax(similarity))
-        return int(sample[best]) if np.isfinite(similarity[best]) else None
+            return [None] * len(positive_vectors)
+        similarity = self.vectors[sample] @ positive_vectors.T  # [candidates, positives]
+        similarity[similarity > ceiling] = -np.inf
+        best = np.argmax(similarity, axis=0)
+        return [
+            int(sample[b]) if np.isfinite(similarity[b, p]) else None for p, b in enumerate(best)
+        ]
 
 
 def build_caption_rows(
@@ -174,18 +182,18 @@ def build_caption_rows(
             short_images += len(own) < k
             positives = [own[j] for j in sorted(chosen.tolist())]
             negative_rng = np.random.default_rng([seed, NEGATIVE_STREAM, image_id])
-            for positive in positives:
-                negative_index = None
-                if task.negatives == "hard":
-                    negative_index = pool.hard_negative(
-                        negative_rng,
-                        image_id,
-                        own_text_ids,
-                        vectors[text_index[positive]],
-                        int(task.hard_negatives.num_candidates),
-                        float(task.hard_negatives.similarity_ceiling),
-                    )
-                    fallbacks += negative_index is None
+            hard: list[int | None] = [None] * len(positives)
+            if task.negatives == "hard":
+                hard = pool.hard_negatives(
+                    negative_rng,
+                    image_id,
+                    own_text_ids,
+                    vectors[[text_index[p] for p in positives]],
+                    int(task.hard_negatives.num_candidates),
+                    float(task.hard_negatives.similarity_ceiling),
+                )
+                fallbacks += sum(h is None for h in hard)
+            for positive, negative_index in zip(positives, hard, strict=True):
                 if negative_index is None:
                     negative_index = pool.random_negative(negative_rng, image_id, own_text_ids)
                 if negative_index is None:
