@@ -37,7 +37,7 @@ def test_missing_annotation_file_names_the_file(tmp_path):
     config = load_config("configs/qwen.py")
     with config.unlocked():
         config.data.coco_root = str(tmp_path / "coco")
-    with pytest.raises(Exception, match="train2017.json"):
+    with pytest.raises(Exception, match=r"train2017\.json"):
         extract(config, str(tmp_path / "workdir"))
 
 
@@ -51,7 +51,7 @@ def test_unloadable_model_names_it(tmp_path):
 
 def test_directory_that_is_not_a_workdir(tmp_path):
     probe_config = load_config("configs/probe.py")
-    with pytest.raises(WorkdirError, match="manifest.json"):
+    with pytest.raises(WorkdirError, match=r"manifest\.json"):
         train_workdir(str(tmp_path), probe_config)
 
 

@@ -16,8 +16,9 @@ in one of several colours, of varying size and position, possibly
 overlapping, on a plain background with a few distractor strokes. Categories
 are drawn with a skewed frequency, like COCO's, so they overlap between
 images. Each of the five captions mentions only a random subset of the
-objects, with varying wording, colour, size and position words, so a
-caption never implies all of an image's category labels and captions of
+objects (the smallest object of some images is in none), with varying
+wording, colour, size and position words, so captions do not imply all of
+an image's category labels and captions of
 different images can be close paraphrases (hard negatives exist).
 
 Generation is deterministic: image `i` of a split depends only on
@@ -39,7 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # Bump whenever the drawn content changes, so cached datasets are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 PARAMS_FILE = "synthetic_coco.json"
 
 # (name, supercategory) in COCO category-id order (ids start at 1).
@@ -89,7 +90,9 @@ _CAPTION_TEMPLATES: tuple[str, ...] = (
     "Someone drew {list}.",
     "{List}, drawn on {bg}.",
     "A simple drawing with {list} in it.",
-    "We can see {list} here.",
+    "We can see {list} against a {bg} backdrop.",
+    "{List} on {bg}.",
+    "On a {bg} background: {list}.",
 )
 
 
@@ -182,7 +185,7 @@ def _describe(obj: _DrawnObject, width: int, height: int, rng: np.random.Generat
             words.append("small")
         elif relative > 0.25:
             words.append("large")
-    if rng.random() < 0.75:
+    if rng.random() < 0.9:
         words.append(obj.colour)
     words.append(CATEGORY_NAMES[obj.category_index])
     phrase = " ".join(words)
@@ -265,9 +268,14 @@ def _captions(
     """Five captions, each mentioning a random non-empty subset of the objects."""
     captions: list[str] = []
     templates = rng.permutation(len(_CAPTION_TEMPLATES))
+    mentionable = list(range(len(objects)))
+    # Like COCO annotators, captions often ignore the smallest object
+    # entirely, so its category label is in no caption of the image.
+    if len(objects) > 1 and rng.random() < 0.4:
+        mentionable.remove(min(mentionable, key=lambda i: objects[i].area))
     for k in range(5):
-        size = int(rng.integers(1, len(objects) + 1))
-        chosen = sorted(rng.choice(len(objects), size=size, replace=False).tolist())
+        size = int(rng.integers(1, len(mentionable) + 1))
+        chosen = sorted(rng.choice(mentionable, size=size, replace=False).tolist())
         phrases = [_describe(objects[i], width, height, rng) for i in chosen]
         listed = _join_phrases(phrases)
         template = _CAPTION_TEMPLATES[int(templates[k])]

@@ -220,7 +220,7 @@ class PooledForward:
         image_mask = (
             self.adapter.image_token_mask({"input_ids": full_ids}) if self.with_image else None
         )
-        prefix_width, cont_width = prefix_mask.shape[1], cont_mask.shape[1]
+        cont_width = cont_mask.shape[1]
 
         with torch.inference_mode():
             self.capture.keep_prefix()
@@ -229,11 +229,13 @@ class PooledForward:
             cache.reorder_cache(groups)
             extra: dict[str, Any] = {}
             if _is_mrope(self.model):
-                # Text continues after the prefix's last multimodal position:
-                # absolute position + the per-row offset the prefill computed.
+                # Multimodal rope counts real tokens only (left padding of the
+                # prefix does not count): position = real index + the group's
+                # offset computed by the prefill.
                 deltas = self.model.model.rope_deltas[groups].to(ids.device)
-                steps = torch.arange(prefix_width, prefix_width + cont_width, device=ids.device)
-                extra["position_ids"] = (steps[None, :] + deltas).unsqueeze(0).expand(3, -1, -1)
+                real_prefix = torch.tensor(prefix_lengths, device=ids.device)[groups]
+                steps = real_prefix[:, None] + torch.arange(cont_width, device=ids.device)
+                extra["position_ids"] = (steps + deltas).unsqueeze(0).expand(3, -1, -1)
             self.capture.set_prefix(groups)
             self.capture.set_masks(full_mask, image_mask)
             self.model(

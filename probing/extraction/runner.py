@@ -57,7 +57,13 @@ FIRST_TOKEN_IDS = "arrays/first_token_ids"
 FIRST_TOKEN_PROBS = "arrays/first_token_probs"
 # Settings that change speed but not which rows are computed nor (beyond the
 # batch-invariance tolerance) their values; a resume may change them.
-PERFORMANCE_KNOBS = ("num_workers", "log_every_s", "bucket_window", "prefix_sharing")
+PERFORMANCE_KNOBS = (
+    "num_workers",
+    "torch_threads",
+    "log_every_s",
+    "bucket_window",
+    "prefix_sharing",
+)
 
 
 class ExtractionError(ValueError):
@@ -453,16 +459,23 @@ def _check_batch_length(inputs, rows, limit: int | None) -> None:
 def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs stage 1 for one model × task × prompt; returns the manifest."""
     # Imported here so that `--help` and config errors do not pay for them.
-    from probing.models import load_model
+    from probing.models import load_model, resolve_model_path
     from probing.tasks import build_task
 
     extract_cfg = config.extract
     check_extract_settings(extract_cfg)
+    # A local checkpoint path that does not exist fails here, before the task
+    # is built (hard negatives can take minutes on real COCO).
+    resolve_model_path(config.model.name)
+    threads = torch.get_num_threads()
+    if extract_cfg.torch_threads > 0:
+        torch.set_num_threads(int(extract_cfg.torch_threads))
     rank, world = environment.rank_and_world()
     grouped = environment.init_process_group()
     try:
         return _extract(config, workdir, rank, world, grouped, load_model, build_task)
     finally:
+        torch.set_num_threads(threads)
         if grouped:
             environment.close_process_group()
 
@@ -539,10 +552,8 @@ def _extract(config, workdir, rank, world, grouped, load_model, build_task) -> d
     ]
     todo_rows = int(sum(len(rows) for _, rows in batches))
     logging.info(
-        "Rank %d/%d: extracting %d of %d rows (%d already written) in %d batches "
-        "(%d windows), %d layers x %d dims, poolings %s -> %s",
-        rank,
-        world,
+        "Extracting %d of %d rows (%d already written) in %d batches (%d windows), "
+        "%d layers x %d dims, poolings %s -> %s (rank %d/%d)",
         todo_rows,
         num_rows,
         int(done.sum()),
@@ -552,6 +563,8 @@ def _extract(config, workdir, rank, world, grouped, load_model, build_task) -> d
         manifest["hidden_size"],
         ",".join(poolings),
         wd.location,
+        rank,
+        world,
     )
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(

@@ -19,7 +19,7 @@ the real checkpoint:
 Families: ``qwen2_vl``, ``qwen2_5_vl`` and ``llava`` pad on the left,
 ``fast_vlm`` on the right, so code built on them meets both conventions.
 A config names such a checkpoint ``"tiny:<family>"``. Directories are cached
-under ``$PROBING_CACHE`` (default ``~/.cache/probing``), keyed by family,
+under ``$PROBING_CACHE_DIR`` (default ``~/.cache/probing``), keyed by family,
 :data:`TINY_VERSION` and the transformers version, and written atomically so
 concurrent builders never see a half-written checkpoint.
 """
@@ -471,7 +471,7 @@ def tiny_families() -> tuple[str, ...]:
 
 
 def _default_cache_dir() -> Path:
-    root = os.environ.get("PROBING_CACHE") or os.path.join(Path.home(), ".cache", "probing")
+    root = os.environ.get("PROBING_CACHE_DIR") or os.path.join(Path.home(), ".cache", "probing")
     return Path(root) / "tiny"
 
 
@@ -481,7 +481,7 @@ def build_tiny_checkpoint(family: str, cache_dir: str | None = None) -> str:
     Args:
       family: one of :func:`tiny_families` (``"qwen2_vl"``, ``"fast_vlm"``,
         ``"qwen2_5_vl"``, ``"llava"``).
-      cache_dir: where checkpoints are kept; default ``$PROBING_CACHE/tiny`` or
+      cache_dir: where checkpoints are kept; default ``$PROBING_CACHE_DIR/tiny`` or
         ``~/.cache/probing/tiny``.
 
     Returns:

@@ -21,7 +21,11 @@ Determinism. Every random draw of probe (layer l, seed s) depends only on
 (seed, s, epoch, step), the control permutations on (seed, s, split). So a sweep
 restricted to one layer and seed trains that probe exactly as the full sweep
 does, and layer groups can be streamed one after another with identical
-results.
+results. Bitwise equality (tested on CPU) also needs the arithmetic to be
+independent of how many probes share the program: standardisation statistics
+are computed layer by layer, per-probe loss sums are batched dots, train-loss
+sums are added on the host in step order, and a one-layer sweep trains a copy
+of its layer alongside (XLA compiles a size-1 layer axis differently).
 
 Dropout. Drawing a threefry mask per (layer, seed) costs far more than the
 probe's own arithmetic on CPU. Two choices remove that cost:
@@ -43,9 +47,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import flax.linen as nn
@@ -53,9 +56,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from probing.probes.data import TEST, TRAIN, VAL
+from probing.progress import Progress
 
 # Stream ids folded into the root key so that draws made for different
 # purposes never share a key.
@@ -79,6 +84,7 @@ class SweepSettings:
     controls: bool = True
     layer_group_size: int = 0
     zero_init: bool = True
+    devices: int = 0
 
     def __post_init__(self):
         problems = []
@@ -100,6 +106,8 @@ class SweepSettings:
             problems.append(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.layer_group_size < 0:
             problems.append(f"layer_group_size must be >= 0, got {self.layer_group_size}")
+        if self.devices < 0:
+            problems.append(f"devices must be >= 0 (0 = all), got {self.devices}")
         if problems:
             raise ValueError("probe config: " + "; ".join(problems))
 
@@ -124,6 +132,7 @@ class SweepSettings:
             controls=bool(config.get("controls", True)),
             layer_group_size=int(config.get("layer_group_size", 0)),
             zero_init=bool(config.get("zero_init", True)),
+            devices=int(config.get("devices", 0)),
         )
 
     def grid(self) -> dict[str, np.ndarray]:
@@ -225,7 +234,6 @@ def _stream_key(seed: int, stream: int, *indices: jax.Array) -> jax.Array:
     return key
 
 
-@partial(jax.jit, static_argnames=("seed", "num_tasks", "num_outputs", "dim", "zero_init"))
 def _init_state(layer_ids, seed_ids, hp, *, seed, num_tasks, num_outputs, dim, zero_init):
     """Initial parameters and optimizer state, [layer, task, seed, grid, ...]."""
 
@@ -275,11 +283,6 @@ def _probe_step(params, opt_state, x, labels, mask, bits, lr, wd, rate, *, num_o
     return optax.apply_updates(params, updates), opt_state, loss_sum
 
 
-@partial(
-    jax.jit,
-    static_argnames=("seed", "batch_size", "use_dropout", "num_outputs"),
-    donate_argnames=("state",),
-)
 def _train_epoch(
     state,
     x_train,
@@ -413,9 +416,6 @@ def _selection_score(logits, labels, mask, *, selection, multilabel):
     return loss, macro_f1
 
 
-@partial(
-    jax.jit, static_argnames=("num_outputs", "selection", "multilabel"), donate_argnames=("state",)
-)
 def _select_epoch(state, x_val, y_val, m_val, epoch, *, num_outputs, selection, multilabel):
     """Scores every probe on val and keeps its parameters if they improved.
 
@@ -443,7 +443,6 @@ def _select_epoch(state, x_val, y_val, m_val, epoch, *, num_outputs, selection, 
     }, val_loss
 
 
-@partial(jax.jit, static_argnames=("num_outputs",))
 def _chosen_logits(params, splits, chosen_grid, *, num_outputs):
     """Logits [L, T, S, n, C] on each x of `splits` of the chosen grid point per layer.
 
@@ -470,7 +469,6 @@ def _layer_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mean, jnp.where(std > 1e-6, std, 1.0)
 
 
-@jax.jit
 def _standardize(x_train, x_val, x_test):
     """Standardises [L, n, D] features per layer and dimension with train statistics.
 
@@ -488,6 +486,80 @@ def _standardize(x_train, x_val, x_test):
         mean[:, 0],
         scale[:, 0],
     )
+
+
+# ------------------------------------------------------------------- devices
+# Name of the mesh axis the probes are sharded over.
+PROBE_AXIS = "probes"
+_BY_LAYER = PartitionSpec(PROBE_AXIS)
+_REPLICATED = PartitionSpec()
+_LOSS_BY_LAYER = PartitionSpec(None, PROBE_AXIS)  # [steps, L, ...]
+
+
+def probe_mesh(devices: int = 0) -> Mesh | None:
+    """The 1-D device mesh the sweep's layer axis is sharded over; None for one device.
+
+    Args:
+      devices: how many of `jax.devices()` to use; 0 = all of them (after
+        `jax.distributed.initialize()` that is every device of every host).
+        With one device the sweep runs the plain single-device program.
+
+    Raises:
+      ValueError: more devices asked for than JAX sees, or a negative count.
+    """
+    available = jax.devices()
+    if devices < 0 or devices > len(available):
+        raise ValueError(
+            f"probe config: devices = {devices}, but JAX sees {len(available)} "
+            f"{available[0].platform} device(s); use 0 (all) or 1..{len(available)}"
+        )
+    chosen = available[: devices or len(available)]
+    return None if len(chosen) == 1 else Mesh(np.asarray(chosen), (PROBE_AXIS,))
+
+
+@cache
+def _program(
+    impl: Callable,
+    mesh: Mesh | None,
+    in_specs: tuple,
+    out_specs: Any,
+    donate: tuple[int, ...],
+    static: tuple[tuple[str, Any], ...],
+) -> Callable:
+    """The jitted (and, with a mesh, shard_mapped) form of one sweep kernel.
+
+    Every kernel maps each probe independently, so sharding the layer axis
+    needs no communication: with shard_map each device runs the very program
+    a single device runs, on its own layers. The streaming guarantee (a probe's
+    numbers do not depend on which other layers share the program) then makes
+    the sharded sweep equal the single-device one. Cached, so each distinct
+    program is traced and compiled once per process.
+    """
+    fn = partial(impl, **dict(static))
+    if mesh is not None:
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+    return jax.jit(fn, donate_argnums=donate)
+
+
+def _place(value: Any, mesh: Mesh | None, spec: PartitionSpec) -> jax.Array:
+    """Puts a host array (or scalar) on the device(s): sharded by `spec` over `mesh`.
+
+    make_array_from_callback also works when the mesh spans several hosts:
+    each process supplies the shards of its own devices from its copy.
+    """
+    if mesh is None:
+        return jnp.asarray(value)
+    host = np.asarray(value)
+    return jax.make_array_from_callback(
+        host.shape, NamedSharding(mesh, spec), lambda index: host[index]
+    )
+
+
+def _to_host(value: jax.Array) -> np.ndarray:
+    """A device array as numpy, gathered from every host when the mesh spans several."""
+    if value.is_fully_addressable:
+        return np.asarray(value)
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
 
 
 # ------------------------------------------------------------------- results
@@ -545,30 +617,6 @@ class SweepResult:
         return SweepResult(**fields)
 
 
-class Progress:
-    """Logs done / total probe-epochs, rate and ETA across the layer groups of a sweep."""
-
-    def __init__(self, total_probe_epochs: int):
-        self.total = total_probe_epochs
-        self.done = 0
-        self.start = time.perf_counter()
-
-    def update(self, probe_epochs: int, what: str) -> None:
-        self.done += probe_epochs
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / max(elapsed, 1e-9)
-        eta = (self.total - self.done) / max(rate, 1e-9)
-        logging.info(
-            "%s: %d/%d probe-epochs, %.1f probe-epochs/s, elapsed %.1fs, ETA %.1fs",
-            what,
-            self.done,
-            self.total,
-            rate,
-            elapsed,
-            eta,
-        )
-
-
 def _task_targets(labels, mask, rows, seed_ids, settings, split_name):
     """Labels and mask of `rows` per task and seed, [T, S, n, C].
 
@@ -593,6 +641,11 @@ def _task_targets(labels, mask, rows, seed_ids, settings, split_name):
         task_labels.append(np.stack([y[p] for p in perms]))
         task_masks.append(np.stack([m[p] for p in perms]))
     return jnp.asarray(np.stack(task_labels)), jnp.asarray(np.stack(task_masks))
+
+
+def _sweep_progress(total_probe_epochs: int) -> Progress:
+    """A progress line per epoch: probe-epochs done / total, rate, ETA."""
+    return Progress("probe sweep", total_probe_epochs, unit="probe-epochs")
 
 
 def _epoch_mean_loss(step_loss_sums: jax.Array, step_scored: jax.Array) -> np.ndarray:
@@ -620,6 +673,7 @@ def run_sweep(
     layer_ids: Sequence[int] | None = None,
     seed_ids: Sequence[int] | None = None,
     progress: Progress | None = None,
+    mesh: Mesh | None = None,
 ) -> SweepResult:
     """Trains, selects and applies the probes of one group of layers.
 
@@ -632,6 +686,8 @@ def run_sweep(
         they key the random draws, so a subset reproduces the full sweep.
       seed_ids: seed indices to train (default 0..num_seeds-1).
       progress: shared progress logger (one is made when omitted).
+      mesh: devices to shard the layer axis over (see probe_mesh); None runs
+        the single-device program. Results are the same either way.
     """
     features = np.asarray(features, np.float32)
     num_layers, _, dim = features.shape
@@ -648,97 +704,115 @@ def run_sweep(
         name: np.flatnonzero(split == code)
         for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST))
     }
-    hp = {k: jnp.asarray(v) for k, v in settings.grid().items()}
-    num_grid = int(hp["learning_rate"].shape[0])
-    # XLA compiles the reductions of a sweep whose layer axis has size 1 with
-    # another summation order, so a lone layer would differ from itself inside
-    # a bigger sweep in the last bits. A one-layer sweep therefore trains a
-    # copy of its layer alongside and drops it at the end.
-    duplicate_layer = num_layers == 1
-    progress = progress or Progress(
+    grid = settings.grid()
+    num_grid = len(grid["learning_rate"])
+    progress = progress or _sweep_progress(
         num_layers * num_tasks * len(seed_ids) * num_grid * settings.epochs
     )
 
-    if duplicate_layer:
-        features = np.concatenate([features, features])
-        layer_ids = np.concatenate([layer_ids, layer_ids])
-    x_train, x_val, x_test, mean, scale = _standardize(
-        features[:, rows["train"]], features[:, rows["val"]], features[:, rows["test"]]
+    # The layer axis is padded with copies of the last layer, dropped at the
+    # end: to a multiple of the device count so that it shards evenly, and to
+    # at least two layers per device, because XLA compiles a size-1 layer axis
+    # with another summation order and a lone layer would then differ from
+    # itself inside a bigger sweep in the last bits.
+    num_devices = 1 if mesh is None else mesh.size
+    padded = max(2 * num_devices, -(-num_layers // num_devices) * num_devices)
+    layer_index = np.concatenate(
+        [np.arange(num_layers), np.full(padded - num_layers, num_layers - 1)]
     )
-    y_train, m_train = _task_targets(labels, mask, rows["train"], seed_ids, settings, "train")
-    y_val, m_val = _task_targets(labels, mask, rows["val"], seed_ids, settings, "val")
+    layer_ids = layer_ids[layer_index]
 
-    state = _init_state(
-        jnp.asarray(layer_ids, jnp.int32),
-        jnp.asarray(seed_ids, jnp.int32),
-        hp,
+    def by_layer(value):
+        return _place(value, mesh, _BY_LAYER)
+
+    def replicated(value):
+        return _place(value, mesh, _REPLICATED)
+
+    def program(impl, in_specs, out_specs, donate=(), **static):
+        return _program(impl, mesh, in_specs, out_specs, donate, tuple(sorted(static.items())))
+
+    standardize = program(_standardize, (_BY_LAYER,) * 3, _BY_LAYER)
+    x_train, x_val, x_test, mean, scale = standardize(
+        *(by_layer(features[np.ix_(layer_index, rows[name])]) for name in ("train", "val", "test"))
+    )
+    y_train, m_train = map(
+        replicated, _task_targets(labels, mask, rows["train"], seed_ids, settings, "train")
+    )
+    y_val, m_val = map(
+        replicated, _task_targets(labels, mask, rows["val"], seed_ids, settings, "val")
+    )
+    hp = {name: replicated(values) for name, values in grid.items()}
+    seeds_arg = replicated(np.asarray(seed_ids, np.int32))
+
+    init_state = program(
+        _init_state,
+        (_BY_LAYER, _REPLICATED, _REPLICATED),
+        _BY_LAYER,
         seed=settings.seed,
         num_tasks=num_tasks,
         num_outputs=num_outputs,
         dim=dim,
         zero_init=settings.zero_init,
     )
-    seeds_arg = jnp.asarray(seed_ids, jnp.int32)
-    use_dropout = max(settings.dropouts) > 0
+    train_epoch = program(
+        _train_epoch,
+        (_BY_LAYER, _BY_LAYER) + (_REPLICATED,) * 5,
+        (_BY_LAYER, (_LOSS_BY_LAYER, _REPLICATED)),
+        donate=(0,),
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        use_dropout=max(settings.dropouts) > 0,
+        num_outputs=num_outputs,
+    )
+    select_epoch = program(
+        _select_epoch,
+        (_BY_LAYER, _BY_LAYER) + (_REPLICATED,) * 3,
+        (_BY_LAYER, _BY_LAYER),
+        donate=(0,),
+        num_outputs=num_outputs,
+        selection=settings.selection,
+        multilabel=multilabel,
+    )
+    chosen_logits = program(
+        _chosen_logits, (_BY_LAYER,) * 3, (_BY_LAYER, _BY_LAYER), num_outputs=num_outputs
+    )
+
+    state = init_state(by_layer(np.asarray(layer_ids, np.int32)), seeds_arg, hp)
     train_losses, val_losses = [], []
     probes_per_epoch = num_layers * num_tasks * len(seed_ids) * num_grid
     for epoch in range(settings.epochs):
-        state, train_loss = _train_epoch(
-            state,
-            x_train,
-            y_train,
-            m_train,
-            jnp.int32(epoch),
-            seeds_arg,
-            hp,
-            seed=settings.seed,
-            batch_size=settings.batch_size,
-            use_dropout=use_dropout,
-            num_outputs=num_outputs,
+        epoch_arg = replicated(np.int32(epoch))
+        state, (loss_sums, scored) = train_epoch(
+            state, x_train, y_train, m_train, epoch_arg, seeds_arg, hp
         )
-        state, val_loss = _select_epoch(
-            state,
-            x_val,
-            y_val,
-            m_val,
-            jnp.int32(epoch),
-            num_outputs=num_outputs,
-            selection=settings.selection,
-            multilabel=multilabel,
-        )
-        train_losses.append(_epoch_mean_loss(*train_loss))
-        val_losses.append(np.asarray(val_loss))
-        progress.update(
-            probes_per_epoch,
-            f"layers {int(layer_ids[0])}..{int(layer_ids[-1])} epoch {epoch + 1}/{settings.epochs}",
-        )
+        state, val_loss = select_epoch(state, x_val, y_val, m_val, epoch_arg)
+        train_losses.append(_epoch_mean_loss(_to_host(loss_sums), _to_host(scored)))
+        val_losses.append(_to_host(val_loss))
+        progress.update(probes_per_epoch, force=True)
 
-    best_score = np.asarray(state["best_score"])
+    best_score = _to_host(state["best_score"])
     # Grid point per layer: best mean over seeds of the task probes' val score.
     chosen_grid = np.argmax(best_score[:, 0].mean(axis=1), axis=-1).astype(np.int32)
-    split_logits, picked = _chosen_logits(
-        state["best_params"],
-        (x_train, x_val, x_test),
-        jnp.asarray(chosen_grid),
-        num_outputs=num_outputs,
+    split_logits, picked = chosen_logits(
+        state["best_params"], (x_train, x_val, x_test), by_layer(chosen_grid)
     )
-    kept = slice(0, 1) if duplicate_layer else slice(None)
+    kept = slice(0, num_layers)
     return SweepResult(
         layers=np.asarray(layer_ids[kept], np.int64),
         seeds=np.asarray(seed_ids, np.int64),
         tasks=TASK_NAMES[:num_tasks],
-        grid={k: np.asarray(v) for k, v in hp.items()},
+        grid={k: np.asarray(v) for k, v in grid.items()},
         chosen_grid=chosen_grid[kept],
-        kernel=np.asarray(picked["dense"]["kernel"])[kept],
-        bias=np.asarray(picked["dense"]["bias"])[kept],
-        best_epoch=np.asarray(state["best_epoch"])[kept],
+        kernel=_to_host(picked["dense"]["kernel"])[kept],
+        bias=_to_host(picked["dense"]["bias"])[kept],
+        best_epoch=_to_host(state["best_epoch"])[kept],
         train_loss=np.stack(train_losses)[:, kept],
         val_loss=np.stack(val_losses)[:, kept],
         val_score=best_score[kept],
-        mean=np.asarray(mean)[kept],
-        scale=np.asarray(scale)[kept],
+        mean=_to_host(mean)[kept],
+        scale=_to_host(scale)[kept],
         logits={
-            name: np.asarray(x)[kept]
+            name: _to_host(x)[kept]
             for name, x in zip(("train", "val", "test"), split_logits, strict=True)
         },
     )
@@ -756,14 +830,17 @@ def run_streaming_sweep(
     """Runs the sweep over `layers` in groups of settings.layer_group_size (0: all at once).
 
     `load_layers(group)` returns float32 [len(group), N, D]; only one group is
-    in memory at a time. Results equal those of a single sweep over all layers.
+    in memory at a time. Each group is sharded over settings.devices devices
+    (probe_mesh). Results equal those of a single sweep over all layers on
+    one device.
     """
+    mesh = probe_mesh(settings.devices)
     layers = [int(x) for x in layers]
     group_size = settings.layer_group_size or len(layers)
     seed_ids = list(range(settings.num_seeds)) if seed_ids is None else list(seed_ids)
     num_grid = len(settings.grid()["learning_rate"])
     num_tasks = 2 if settings.controls else 1
-    progress = Progress(len(layers) * num_tasks * len(seed_ids) * num_grid * settings.epochs)
+    progress = _sweep_progress(len(layers) * num_tasks * len(seed_ids) * num_grid * settings.epochs)
     parts = []
     for start in range(0, len(layers), group_size):
         group = layers[start : start + group_size]
@@ -777,6 +854,7 @@ def run_streaming_sweep(
                 layer_ids=group,
                 seed_ids=seed_ids,
                 progress=progress,
+                mesh=mesh,
             )
         )
     return parts[0] if len(parts) == 1 else SweepResult.concatenate(parts)

@@ -8,8 +8,9 @@ same task split, so no caption text crosses the train/test boundary.
 * ``hard`` (Tao et al.): among `num_candidates` captions sampled from the
   split (one sample per image, shared by its positives; the image's own
   captions are dropped from it), the one most similar to the positive by
-  sentence embedding, skipping candidates above `similarity_ceiling`
-  (likely paraphrases, i.e. true captions).
+  sentence embedding, skipping candidates more similar than
+  `similarity_ceiling` to any of the image's own captions (likely
+  paraphrases of a true caption, hence true themselves).
 
 Either way a candidate whose text equals one of the image's own captions
 (case and final period ignored) is never a negative. When no candidate
@@ -113,27 +114,28 @@ class _CaptionPool:
         image_id: int,
         own_text_ids: np.ndarray,
         positive_vectors: np.ndarray,
+        own_vectors: np.ndarray,
         num_candidates: int,
         ceiling: float,
     ) -> list[int | None]:
-        """Per positive, the most similar usable caption below `ceiling`.
+        """Per positive, the most similar usable candidate caption.
 
         One sample of `num_candidates` captions serves all positives of the
         image, so the candidate vectors are gathered once and scored in one
-        matrix product.
+        matrix product. A candidate more similar than `ceiling` to ANY of the
+        image's own captions is dropped: it likely paraphrases a true caption.
         """
         assert self.vectors is not None
         size = min(num_candidates, len(self.texts))
         sample = rng.choice(len(self.texts), size=size, replace=False)
         sample = sample[self.usable(sample, image_id, own_text_ids)]
+        candidates = self.vectors[sample]
+        sample = sample[(candidates @ own_vectors.T).max(axis=1, initial=-1.0) <= ceiling]
         if not sample.size:
             return [None] * len(positive_vectors)
         similarity = self.vectors[sample] @ positive_vectors.T  # [candidates, positives]
-        similarity[similarity > ceiling] = -np.inf
         best = np.argmax(similarity, axis=0)
-        return [
-            int(sample[b]) if np.isfinite(similarity[b, p]) else None for p, b in enumerate(best)
-        ]
+        return [int(sample[b]) for b in best]
 
 
 def build_caption_rows(
@@ -189,6 +191,7 @@ def build_caption_rows(
                     image_id,
                     own_text_ids,
                     vectors[[text_index[p] for p in positives]],
+                    vectors[[text_index[t] for t in own]],
                     int(task.hard_negatives.num_candidates),
                     float(task.hard_negatives.similarity_ceiling),
                 )

@@ -1,0 +1,333 @@
+"""Stage-1 throughput: the hooked, pooled forward against the naive one, side by side.
+
+  python benchmarks/extract_throughput.py --size=tiny                 # < 1 min on CPU
+  python benchmarks/extract_throughput.py --size=full --family=qwen2_vl \
+      --dtype=bfloat16 --batch_size=32 --num_batches=8                # a GPU
+
+Both paths get the very same preprocessed batches (preprocessing is not
+timed): COCO-sized 640×480 images and caption-entailment prompts.
+
+* naive:  `model(**inputs, output_hidden_states=True)` per batch, then every
+  layer pooled from the returned hidden states (all L+1 full tensors and the
+  LM head over every position materialised), what the 2025 study did;
+* engine: `probing.extraction.forward.PooledForward.run`, pooling inside
+  forward hooks, LM head on one position;
+* engine+prefix: `PooledForward.run_shared` with --prompts_per_image prompts
+  of one image per group, the image and common prompt words run once.
+
+Printed per path: examples/s, tokens/s, peak memory, MFU (CUDA only: FLOPs ≈
+2 × decoder matmul parameters × tokens, against the GPU's dense bf16 peak), and the ratios.
+`--size=full` builds Qwen2-VL-2B or FastVLM-0.5B at their real sizes with
+random weights (speed does not depend on the weights) from the numbers below;
+the tokenizer of the tiny checkpoint stands in for the real one (token ids
+only have to exist in the embedding table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import sys
+import time
+
+import torch
+from absl import app, flags
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from probing.extraction.forward import PooledForward
+from probing.extraction.pooling import pool_states
+from probing.models import build_tiny_checkpoint, default_model_config, load_model
+from probing.models.registry import adapter_class_for_model_type
+
+_SIZE = flags.DEFINE_enum("size", "tiny", ["tiny", "full"], "Tiny test checkpoint or full size.")
+_FAMILY = flags.DEFINE_enum("family", "qwen2_vl", ["qwen2_vl", "fast_vlm"], "Model family.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", None, ["float32", "bfloat16", "float16"], "Default: bfloat16 on CUDA, else float32."
+)
+_DEVICE = flags.DEFINE_string("device", "auto", "auto, cpu or cuda[:N].")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Rows per forward.")
+_NUM_BATCHES = flags.DEFINE_integer("num_batches", 4, "Timed batches per path.")
+_PROMPTS_PER_IMAGE = flags.DEFINE_integer(
+    "prompts_per_image", 10, "Prompts sharing one image in the prefix-sharing path (Tao: 10)."
+)
+_POOLINGS = flags.DEFINE_list("poolings", ["mean", "last"], "Poolings computed by both paths.")
+_ATTN = flags.DEFINE_string("attn_implementation", None, "sdpa, eager, flash_attention_2.")
+
+# Qwen2-VL-2B-Instruct, from its config.json / preprocessor_config.json on the
+# hub (Qwen/Qwen2-VL-2B-Instruct): 28 layers of width 1536, GQA 12/2 heads,
+# a 32-block 1280-wide ViT with 14-pixel patches merged 2×2.
+QWEN2_VL_2B_TEXT = {
+    "vocab_size": 151936,
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+}
+QWEN2_VL_2B_VISION = {
+    "depth": 32,
+    "embed_dim": 1280,
+    "hidden_size": 1536,
+    "mlp_ratio": 4,
+    "num_heads": 16,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+}
+QWEN2_VL_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+# FastVLM-0.5B (apple/FastVLM-0.5B, converted to transformers' fast_vlm): a
+# Qwen2-0.5B decoder (24 layers of width 896, GQA 14/2) behind FastViT-HD
+# ("fastvit_mci3", 64× downsampling, 3072 output channels) at 1024 px: 256
+# image tokens.
+FAST_VLM_05B_TEXT = {
+    "model_type": "qwen2",
+    "vocab_size": 151936,
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+}
+FAST_VLM_IMAGE_SIDE = 1024
+# Dense bf16 peak FLOP/s by GPU name fragment, for the MFU estimate.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+CAPTIONS = (
+    "A man riding a wave on top of a surfboard.",
+    "Two dogs playing with a frisbee in a grassy park on a sunny day.",
+    "A plate of food.",
+    "A red double decker bus driving down a city street next to tall buildings.",
+    "A cat sleeping on a laptop keyboard.",
+)
+
+
+def _full_model(family: str, dtype: torch.dtype):
+    """A full-size random-init model and a processor for it (tiny tokenizer)."""
+    import transformers
+
+    tiny = build_tiny_checkpoint(family)
+    processor = transformers.AutoProcessor.from_pretrained(tiny)
+    tokenizer = processor.tokenizer
+    ids = tokenizer.convert_tokens_to_ids
+    if family == "qwen2_vl":
+        config = transformers.Qwen2VLConfig(
+            text_config=QWEN2_VL_2B_TEXT,
+            vision_config=QWEN2_VL_2B_VISION,
+            image_token_id=ids("<|image_pad|>"),
+            video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"),
+            vision_end_token_id=ids("<|vision_end|>"),
+            tie_word_embeddings=True,
+        )
+        processor.image_processor = transformers.Qwen2VLImageProcessor(size=QWEN2_VL_PIXELS)
+    else:
+        tokens = (FAST_VLM_IMAGE_SIDE // 64) ** 2
+        config = transformers.FastVlmConfig(
+            text_config=FAST_VLM_05B_TEXT,
+            vision_config={
+                "model_type": "timm_wrapper",
+                "architecture": "fastvit_mci3",
+                "do_pooling": False,
+                "global_pool": "avg",
+                "hidden_size": 3072,
+                "model_args": {"inference_mode": True},
+            },
+            image_token_index=ids("<image>"),
+            image_seq_length=tokens,
+            tie_word_embeddings=True,
+        )
+        side = {"height": FAST_VLM_IMAGE_SIDE, "width": FAST_VLM_IMAGE_SIDE}
+        processor.image_processor.size = {"shortest_edge": FAST_VLM_IMAGE_SIDE}
+        processor.image_processor.crop_size = side
+    model = transformers.AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    model.eval().requires_grad_(False)
+    adapter = adapter_class_for_model_type(config.model_type)(model, processor)
+    return model, adapter
+
+
+def _images(count: int) -> list[Image.Image]:
+    """COCO-sized 640×480 images with a few shapes drawn on them."""
+    images = []
+    for i in range(count):
+        image = Image.new("RGB", (640, 480), (30 * i % 255, 90, 160))
+        draw = ImageDraw.Draw(image)
+        draw.ellipse((40 + 7 * i % 200, 60, 300, 320), fill=(200, 40, 40))
+        draw.rectangle((350, 100 + 5 * i % 250, 600, 400), fill=(40, 200, 90))
+        images.append(image)
+    return images
+
+
+def _prompt(caption: str) -> str:
+    return f'This image describes "{caption}". Is it right? Answer:'
+
+
+@dataclasses.dataclass
+class Timing:
+    name: str
+    examples: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    peak_bytes: int = 0
+
+    def line(self, flops_per_token: float, peak_flops: float | None) -> str:
+        rate = self.examples / self.seconds
+        parts = [
+            f"{self.name:14s}",
+            f"{rate:9.2f} ex/s",
+            f"{self.tokens / self.seconds:11.0f} tokens/s",
+            f"peak mem {self.peak_bytes / 2**30:6.2f} GiB",
+        ]
+        if peak_flops:
+            mfu = flops_per_token * self.tokens / self.seconds / peak_flops
+            parts.append(f"MFU {100 * mfu:5.1f}%")
+        return " | ".join(parts)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    # ru_maxrss: kilobytes on Linux, process lifetime peak (an upper bound).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _time(name, batches, step, device) -> Timing:
+    step(batches[0])  # warm-up: kernels, caches, allocator
+    _sync(device)
+    _reset_peak(device)
+    timing = Timing(name)
+    start = time.perf_counter()
+    for batch in batches:
+        examples, tokens = step(batch)
+        timing.examples += examples
+        timing.tokens += tokens
+    _sync(device)
+    timing.seconds = time.perf_counter() - start
+    timing.peak_bytes = _peak(device)
+    return timing
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    device_name = _DEVICE.value
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    dtype_name = _DTYPE.value or ("bfloat16" if device.type == "cuda" else "float32")
+    dtype = getattr(torch, dtype_name)
+    torch.manual_seed(0)
+    if _SIZE.value == "tiny":
+        config = default_model_config()
+        config.name = f"tiny:{_FAMILY.value}"
+        config.device, config.dtype = device_name, dtype_name
+        config.attn_implementation = _ATTN.value
+        model, _, adapter = load_model(config)
+    else:
+        model, adapter = _full_model(_FAMILY.value, dtype)
+        model.to(device)
+    poolings = tuple(_POOLINGS.value)
+    batch_size, per_image = _BATCH.value, _PROMPTS_PER_IMAGE.value
+
+    # One image per row for the plain paths; per_image rows per image for sharing.
+    plain_batches, shared_batches = [], []
+    images = _images(batch_size * _NUM_BATCHES.value)
+    for b in range(_NUM_BATCHES.value):
+        rows = range(b * batch_size, (b + 1) * batch_size)
+        prompts = [_prompt(CAPTIONS[r % len(CAPTIONS)]) for r in rows]
+        batch = adapter.build_batch([images[r] for r in rows], prompts)
+        plain_batches.append(adapter.to_model(batch))
+        groups = max(1, batch_size // per_image)
+        group_images = images[b * groups : (b + 1) * groups]
+        row_images = [image for image in group_images for _ in range(per_image)]
+        # Distinct captions per image (suffix i), as Tao's 5 positives + 5 negatives.
+        row_prompts = [
+            _prompt(f"{CAPTIONS[i % len(CAPTIONS)]} ({i})") for i in range(per_image)
+        ] * groups
+        shared = adapter.build_batch(row_images, row_prompts)
+        leaders = adapter.build_batch(group_images, row_prompts[::per_image])
+        group_of = torch.arange(groups).repeat_interleave(per_image).to(device)
+        shared_batches.append((adapter.to_model(shared), adapter.to_model(leaders), group_of))
+
+    def naive(inputs):
+        with torch.inference_mode():
+            out = model(**inputs, output_hidden_states=True)
+            mask = adapter.attention_mask(inputs)
+            image_mask = adapter.image_token_mask(inputs)
+            pooled = [pool_states(h, mask, image_mask, poolings) for h in out.hidden_states]
+            for name in poolings:
+                torch.stack([p[name] for p in pooled], dim=1).cpu()
+        return mask.shape[0], int(mask.sum())
+
+    # The naive path runs without our hooks installed.
+    naive_timing = _time("naive", plain_batches, naive, device)
+    with PooledForward(model, adapter, poolings, with_image=True) as engine:
+
+        def hooked(inputs):
+            result = engine.run(inputs)
+            for values in result.pooled.values():
+                values.cpu()
+            return len(next(iter(result.pooled.values()))), result.tokens
+
+        def unshared(batch):
+            return hooked(batch[0])
+
+        def shared(batch):
+            inputs, leaders, groups = batch
+            result = engine.run_shared(inputs, leaders, groups)
+            for values in result.pooled.values():
+                values.cpu()
+            return len(groups), result.tokens
+
+        timings = [
+            naive_timing,
+            _time("engine", plain_batches, hooked, device),
+            _time("engine/10ppi", shared_batches, unshared, device),
+            _time("engine+prefix", shared_batches, shared, device),
+        ]
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if gpu and k in gpu), None)
+    # Matmul parameters of the decoder: the embedding table is a lookup, and
+    # the LM head runs on one position per row (the vision tower is left out).
+    decoder = adapter.language_model(model)
+    embedding = decoder.get_input_embeddings().weight.numel()
+    flops_per_token = 2.0 * (sum(p.numel() for p in decoder.parameters()) - embedding)
+    text = model.config.get_text_config()
+    print(
+        f"{_SIZE.value} {_FAMILY.value}: {text.num_hidden_layers} layers x {text.hidden_size}, "
+        f"{dtype_name} on {gpu or 'CPU'}, batch {batch_size}, {_NUM_BATCHES.value} batches, "
+        f"poolings {','.join(poolings)}, {per_image} prompts per image for prefix sharing"
+    )
+    for timing in timings:
+        print(timing.line(flops_per_token, peak_flops))
+    by_name = {t.name: t.examples / t.seconds for t in timings}
+    print(f"engine / naive:                 {by_name['engine'] / by_name['naive']:.2f}x ex/s")
+    print(
+        f"prefix sharing / unshared:      "
+        f"{by_name['engine+prefix'] / by_name['engine/10ppi']:.2f}x prompts/s"
+    )
+    if not peak_flops:
+        print("MFU: not estimated (CPU or a GPU without a known peak)")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,164 @@
+"""Probe sweep vs a PyTorch per-layer loop vs scikit-learn, side by side in one run.
+
+  python benchmarks/probe_sweep.py --size=small      # < 1 minute on 2 cores
+  python benchmarks/probe_sweep.py --size=full       # N=40,000, 29 layers, D=1,536, 5 seeds
+  python benchmarks/probe_sweep.py --size=full --torch_layers=2   # time 2 layers, extrapolate
+
+All three train on the same planted-signal features (signal in one layer)
+with the same hyperparameters: dropout -> linear probe, Adam, sigmoid
+cross-entropy, standardised features. The JAX sweep runs without controls
+and without a grid so that it does the same work as the baselines; its time
+includes compilation. The PyTorch loop trains one probe per (layer, seed) in
+Python like the 2025 study; scikit-learn fits LogisticRegression per layer
+(one seed: it is deterministic). Printed: wall time, probe-examples per second
+(examples x layers x seeds x epochs), the ratios, and test accuracy per layer,
+which must agree within about a point. The last line is the ratio to PyTorch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from probing.probes.sweep import SweepSettings, run_sweep
+from probing.probes.synthetic import planted_arrays
+
+SIZES = {
+    # name: (examples, layers, hidden size, seeds, epochs)
+    "small": (4000, 6, 128, 2, 10),
+    "full": (40000, 29, 1536, 5, 10),
+}
+_SIZE = flags.DEFINE_enum("size", "small", list(SIZES), "Problem size.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Minibatch size of all probes.")
+_TORCH_LAYERS = flags.DEFINE_integer(
+    "torch_layers", 0, "Time the PyTorch loop on this many layers and extrapolate (0: all)."
+)
+_SKIP_SKLEARN = flags.DEFINE_bool("skip_sklearn", False, "Leave out scikit-learn.")
+LEARNING_RATE, DROPOUT, SIGNAL_LAYER = 1e-3, 0.1, 3
+
+
+def _standardize(features, train):
+    mean = features[:, train].mean(axis=1, keepdims=True)
+    std = features[:, train].std(axis=1, keepdims=True)
+    return (features - mean) / np.where(std > 1e-6, std, 1.0)
+
+
+def torch_loop(features, labels, split, layers, seeds, epochs, batch_size):
+    """The 2025 study's approach: one PyTorch probe per (layer, seed), trained in Python."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    train, test = split == 0, split == 2
+    accuracy = np.zeros((len(layers), len(seeds)))
+    y_train = torch.from_numpy(labels[train].astype(np.float32))
+    for li, layer in enumerate(layers):
+        x_train = torch.from_numpy(features[layer, train])
+        x_test = torch.from_numpy(features[layer, test])
+        for si, seed in enumerate(seeds):
+            torch.manual_seed(seed)
+            probe = torch.nn.Sequential(
+                torch.nn.Dropout(DROPOUT), torch.nn.Linear(features.shape[2], 1)
+            )
+            # Zero start, as the sweep's default (configs/probe.py: zero_init).
+            torch.nn.init.zeros_(probe[1].weight)
+            optimizer = torch.optim.Adam(probe.parameters(), lr=LEARNING_RATE)
+            loss_fn = torch.nn.BCEWithLogitsLoss()
+            for _ in range(epochs):
+                probe.train()
+                for batch in torch.randperm(len(x_train)).split(batch_size):
+                    optimizer.zero_grad()
+                    loss = loss_fn(probe(x_train[batch])[:, 0], y_train[batch])
+                    loss.backward()
+                    optimizer.step()
+            probe.eval()
+            with torch.no_grad():
+                predicted = (probe(x_test)[:, 0] > 0).numpy()
+            accuracy[li, si] = (predicted == labels[test]).mean()
+    return accuracy
+
+
+def sklearn_per_layer(features, labels, split):
+    from sklearn.linear_model import LogisticRegression
+
+    train, test = split == 0, split == 2
+    accuracy = []
+    for layer in range(features.shape[0]):
+        model = LogisticRegression(max_iter=200).fit(features[layer, train], labels[train])
+        accuracy.append(model.score(features[layer, test], labels[test]))
+    return np.asarray(accuracy)
+
+
+def main(argv):
+    del argv
+    num_examples, num_layers, dim, num_seeds, epochs = SIZES[_SIZE.value]
+    batch_size = _BATCH.value
+    arrays = planted_arrays(num_examples, num_layers, dim, [SIGNAL_LAYER], strength=3.0)
+    features = np.ascontiguousarray(np.moveaxis(arrays["features"], 1, 0))
+    del arrays["features"]
+    labels, split = arrays["labels"].astype(np.float32), arrays["split"]
+    work = num_examples * num_layers * num_seeds * epochs
+    print(
+        f"size={_SIZE.value}: N={num_examples} layers={num_layers} D={dim} seeds={num_seeds} "
+        f"epochs={epochs} batch={batch_size} dropout={DROPOUT} lr={LEARNING_RATE}"
+    )
+
+    settings = SweepSettings(
+        num_seeds=num_seeds,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rates=(LEARNING_RATE,),
+        dropouts=(DROPOUT,),
+        controls=False,
+    )
+    start = time.perf_counter()
+    result = run_sweep(
+        features, labels[:, None], np.ones((num_examples, 1), np.float32), split, settings
+    )
+    jax_seconds = time.perf_counter() - start
+    test_labels = labels[split == 2]
+    jax_accuracy = ((result.logits["test"][:, 0, :, :, 0] > 0) == test_labels).mean(axis=-1)
+    print(f"jax sweep:     {jax_seconds:8.2f} s  {work / jax_seconds:12.3g} probe-examples/s")
+
+    standardized = _standardize(features, split == 0).astype(np.float32)
+    torch_layers = list(range(_TORCH_LAYERS.value or num_layers))
+    if SIGNAL_LAYER not in torch_layers:
+        torch_layers[-1] = SIGNAL_LAYER
+    start = time.perf_counter()
+    torch_accuracy = torch_loop(
+        standardized, labels, split, torch_layers, range(num_seeds), epochs, batch_size
+    )
+    torch_seconds = (time.perf_counter() - start) * num_layers / len(torch_layers)
+    note = "" if len(torch_layers) == num_layers else f" (extrapolated from {len(torch_layers)})"
+    print(
+        f"pytorch loop:  {torch_seconds:8.2f} s  {work / torch_seconds:12.3g} probe-examples/s{note}"
+    )
+
+    sklearn_accuracy = None
+    if not _SKIP_SKLEARN.value:
+        start = time.perf_counter()
+        sklearn_accuracy = sklearn_per_layer(standardized, labels, split)
+        sklearn_seconds = time.perf_counter() - start
+        print(f"sklearn:       {sklearn_seconds:8.2f} s  (one fit per layer, no seeds/epochs)")
+
+    print("test accuracy per layer (mean over seeds): layer jax pytorch sklearn")
+    for li, layer in enumerate(range(num_layers)):
+        torch_value = (
+            f"{torch_accuracy[torch_layers.index(layer)].mean():.4f}"
+            if layer in torch_layers
+            else "   -  "
+        )
+        sk_value = f"{sklearn_accuracy[li]:.4f}" if sklearn_accuracy is not None else "-"
+        print(f"  {layer:3d} {jax_accuracy[li].mean():.4f} {torch_value} {sk_value}")
+    if sklearn_accuracy is not None:
+        print(f"ratio to sklearn: {sklearn_seconds / jax_seconds:.2f}x")
+    print(f"ratio to pytorch: {torch_seconds / jax_seconds:.2f}x")
+
+
+if __name__ == "__main__":
+    app.run(main)
