@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
+from probing.cli import run_main
 from probing.config_files import load_config
 
 _OUT = flags.DEFINE_string("out", "runs/demo", "Directory for the workdirs and the report.")
@@ -62,4 +63,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main, "probing.demo")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from probing.cli import run_main
 from probing.extraction.runner import extract
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -35,4 +36,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main, "probing.extract")
