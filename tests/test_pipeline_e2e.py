@@ -22,6 +22,8 @@ from probing.train_all_layers import train_workdir
 SMOKE_RUNS = {
     "qwen2_vl_caption": "configs/qwen.py:smoke",
     "fast_vlm_category": "configs/fastvlm.py:category,smoke",
+    # Tao et al.'s construction: all categories, WithCat prompts, prefix sharing.
+    "qwen2_vl_category_tao_withcat": "configs/qwen.py:category,tao,withcat,smoke",
 }
 MANIFEST_FIELDS = {
     "format_version",

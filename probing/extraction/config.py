@@ -110,3 +110,45 @@ def make_smoke(config: ml_collections.ConfigDict, family: str) -> None:
     config.extract.feature_dtype = "float32"
     config.extract.num_workers = 0
     config.extract.torch_threads = 1
+
+
+# The two published constructions, as config arguments ("study2025", "tao").
+PAPER_SETUPS = ("study2025", "tao")
+
+
+def apply_paper_setup(config: ml_collections.ConfigDict, setup: str, withcat: bool) -> None:
+    """Sets the task fields of one paper's construction, in place.
+
+    study2025 (the 2025 Qwen2-VL / FastVLM study): one positive and one random
+      negative caption per image with "This image contains: {caption}.\\nIs this
+      right?"; 3 candidate categories per image (balanced) with the NoCat
+      object prompt; mean pooling. Its category labels came from caption words
+      and its splits were not grouped; ours come from instance annotations and
+      are grouped by image, so only the construction is reproduced, not the leak.
+    tao (Tao et al. 2024): all 5 captions as positives, one hard negative each
+      (most similar of 5,000 sampled captions by all-mpnet-base-v2), the
+      prompt 'This image describes "{caption}". Is it right? Answer:'; all 80
+      categories as binary tasks scored by macro-F1 with the NoCat or (withcat)
+      WithCat object prompt; last-token features.
+    """
+    task = config.task
+    if setup == "study2025":
+        task.positives_per_image = 1
+        task.negatives = "random"
+        task.prompt = "study2025_caption" if task.kind == "caption" else "tao_objects"
+        task.category_form = "candidates"
+        task.candidates_per_image = 3
+        config.extract.poolings = ("mean", "last")
+    elif setup == "tao":
+        task.positives_per_image = 5
+        task.negatives = "hard"
+        task.hard_negatives.num_candidates = 5000
+        task.hard_negatives.embedding_model = "all-mpnet-base-v2"
+        task.prompt = "tao_caption" if task.kind == "caption" else "tao_objects"
+        task.category_form = "all"
+        # Tao's 10 prompts per image share the image prefix: run it once.
+        config.extract.prefix_sharing = True
+        config.extract.poolings = ("last", "mean")
+    else:
+        raise ValueError(f"unknown paper setup {setup!r}; use one of {', '.join(PAPER_SETUPS)}")
+    task.category_prompt = "withcat" if withcat else "nocat"

@@ -185,7 +185,8 @@ def counter_dropout(x: jax.Array, bits: jax.Array, rate: jax.Array | float) -> j
     it is >= rate, so several rates can share one draw.
     """
     uniform = (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
-    return jnp.where(uniform >= rate, x / (1.0 - rate), 0.0)
+    # x * (1 / keep), not x / keep: see _standardize on XLA's rewriting of divisions.
+    return jnp.where(uniform >= rate, x * (1.0 / (1.0 - rate)), 0.0)
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -478,13 +479,17 @@ def _standardize(x_train, x_val, x_test):
     layers share the sweep.
     """
     mean, scale = jax.lax.map(_layer_statistics, x_train)
-    mean, scale = mean[:, None], scale[:, None]
+    # Multiplying by the reciprocal, written out: XLA's simplifier turns a
+    # division by a broadcast into exactly this in some programs and not in
+    # others (a sharded one), and the two differ in the last bit.
+    inverse = 1.0 / scale[:, None]
+    mean_rows = mean[:, None]
     return (
-        (x_train - mean) / scale,
-        (x_val - mean) / scale,
-        (x_test - mean) / scale,
-        mean[:, 0],
-        scale[:, 0],
+        (x_train - mean_rows) * inverse,
+        (x_val - mean_rows) * inverse,
+        (x_test - mean_rows) * inverse,
+        mean,
+        scale,
     )
 
 
