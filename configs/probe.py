@@ -60,4 +60,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.zero_init = True
     # Layer indices to probe; empty = all L+1 hidden states.
     config.layers = ()
+    # Devices the layer axis is sharded over (a jax.sharding Mesh): 0 = all devices
+    # JAX sees, N = the first N, 1 = the plain single-device program. Results are
+    # bitwise identical for any count (tests/test_probes_devices.py).
+    config.devices = 0
+    # Call jax.distributed.initialize() first, for one process per host on a TPU
+    # VM slice or a multi-node GPU job (launch/train_tpu_vm.sh); `devices` then
+    # counts the devices of all hosts.
+    config.distributed = False
     return config

@@ -5,8 +5,14 @@
 
 Reads any workdir that follows WORKSPACE.md, trains the sweep of
 probing.probes.sweep for each pooling and writes probes/<pooling>/
-(metrics.csv, curves.csv, summary.json, probe_config.json, weights.npz).
-All inputs are validated before anything is compiled or trained.
+(metrics.csv, curves.csv, summary.json, probe_config.json, weights.npz,
+predictions.npz). All inputs are validated before anything is compiled or
+trained.
+
+Devices: the sweep's layer axis is sharded over `config.devices` devices (0 =
+all JAX sees). On several hosts (a TPU VM slice, a multi-node GPU job) run the
+same command on every host with `--config.distributed=True`; see
+launch/train_tpu_vm.sh. Every host reads the workdir, only process 0 writes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -75,7 +82,9 @@ def train_pooling(workdir: str | Workdir, config: Any, pooling: str) -> dict[str
         label_data.split,
         settings,
     )
-    summary = write_results(workdir, pooling, result, label_data, settings)
+    summary = write_results(
+        workdir, pooling, result, label_data, settings, write=jax.process_index() == 0
+    )
     best = summary["best_layer"]
     logging.info(
         "%s: %d layers x %d seeds in %.1fs; best layer %d (%s on test %.4f, chosen on val); "
@@ -119,7 +128,19 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = _CONFIG.value
+    if config.get("distributed", False):
+        # Must precede any other JAX call; coordinator address, process count
+        # and id come from the environment (TPU VM, SLURM, or JAX_* variables).
+        jax.distributed.initialize()
     logging.info("probe config:\n%s", config)
+    logging.info(
+        "JAX: process %d of %d, %d local / %d global %s device(s)",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.default_backend(),
+    )
     train_workdir(_WORKDIR.value, config, _POOLING.value)
 
 

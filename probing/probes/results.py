@@ -5,6 +5,7 @@
   summary.json       mean / std / 95% CI over seeds per layer, split and metric
   probe_config.json  the settings used, the grid and what was chosen per layer
   weights.npz        the trained probes and the standardisation
+  predictions.npz    per test example: row, image id, logits of the chosen probes
 
 Rows of metrics.csv: the task probe's metrics under their plain names; with
 controls, `control_<metric>` for the shuffled-label probe and `selectivity`
@@ -33,6 +34,7 @@ CURVES_CSV = "curves.csv"
 SUMMARY_JSON = "summary.json"
 PROBE_CONFIG_JSON = "probe_config.json"
 WEIGHTS_NPZ = "weights.npz"
+PREDICTIONS_NPZ = "predictions.npz"
 
 
 def probes_dir(pooling: str) -> str:
@@ -181,6 +183,47 @@ def weights_bytes(result: SweepResult, label_data: LabelData) -> bytes:
     return buffer.getvalue()
 
 
+def predictions_bytes(result: SweepResult, label_data: LabelData) -> bytes:
+    """predictions.npz: the test-split outputs of the chosen probes, per example.
+
+    With these, `stats.image_bootstrap` compares two layers, or the same layer
+    of two models probed on the same images, resampling test images. Keys:
+      rows [n]: workdir row index of each test row, in row order;
+      group [n]: its image id (arrays/group; the row index when the workdir
+        has no group array, i.e. one image per row);
+      layers [L], seeds [S]; label_kind; label_names [C];
+      labels int8 [n] (binary) or [n, K], mask uint8 [n, K] (multilabel only);
+      logits float32 [L, S, n] (binary) or [L, S, n, K]: task probes at the
+        chosen grid point and best epoch, the logits metrics.csv was scored on;
+      control_logits, same shape, when the shuffled-label control ran.
+    """
+    test = label_data.split_rows(SPLIT_NAMES.index("test"))
+    rows = label_data.rows[test]
+    groups = rows if label_data.groups is None else label_data.groups[test]
+    multilabel = label_data.label_kind == "multilabel"
+
+    def squeeze(logits: np.ndarray) -> np.ndarray:
+        return np.asarray(logits if multilabel else logits[..., 0], np.float32)
+
+    arrays = {
+        "rows": rows.astype(np.int64),
+        "group": np.asarray(groups, np.int64),
+        "layers": result.layers,
+        "seeds": result.seeds,
+        "label_kind": np.asarray(label_data.label_kind),
+        "label_names": np.asarray(label_data.label_names),
+        "labels": squeeze(label_data.labels[test]).astype(np.int8),
+        "logits": squeeze(result.logits["test"][:, 0]),
+    }
+    if multilabel:
+        arrays["mask"] = label_data.mask[test].astype(np.uint8)
+    if "control" in result.tasks:
+        arrays["control_logits"] = squeeze(result.logits["test"][:, 1])
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
 def probe_config(settings: SweepSettings, result: SweepResult, label_data: LabelData) -> dict:
     """probe_config.json: the settings, grid, chosen points and split sizes."""
     return {
@@ -207,11 +250,18 @@ def write_results(
     result: SweepResult,
     label_data: LabelData,
     settings: SweepSettings,
+    write: bool = True,
 ) -> dict[str, Any]:
-    """Writes every file of probes/<pooling>/ and returns the summary."""
+    """Writes every file of probes/<pooling>/ and returns the summary.
+
+    `write=False` only computes the summary: on several hosts every process
+    holds the same results and one of them writes.
+    """
     directory = probes_dir(pooling)
     table = metric_table(result, label_data)
     summary = summarize(table, result, label_data, pooling)
+    if not write:
+        return summary
     workdir.write_bytes(
         f"{directory}/{METRICS_CSV}",
         _csv_bytes(("layer", "seed", "split", "metric", "value"), table),
@@ -225,6 +275,7 @@ def write_results(
         f"{directory}/{PROBE_CONFIG_JSON}", _json_safe(probe_config(settings, result, label_data))
     )
     workdir.write_bytes(f"{directory}/{WEIGHTS_NPZ}", weights_bytes(result, label_data))
+    workdir.write_bytes(f"{directory}/{PREDICTIONS_NPZ}", predictions_bytes(result, label_data))
     return summary
 
 

@@ -276,7 +276,7 @@ def _probe_step(params, opt_state, x, labels, mask, bits, lr, wd, rate, *, num_o
 
     def loss_fn(p):
         logits = LinearProbe(num_outputs).apply({"params": p}, x, bits, rate)
-        loss_sum = jnp.vdot(optax.sigmoid_binary_cross_entropy(logits, labels), mask)
+        loss_sum = _weighted_sum(optax.sigmoid_binary_cross_entropy(logits, labels), mask, 2)
         return loss_sum / jnp.maximum(mask.sum(), 1.0), loss_sum
 
     (_, loss_sum), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -377,18 +377,26 @@ def _apply_all(params, x, *, num_outputs):
 
 
 def _weighted_sum(values: jax.Array, weights: jax.Array, num_axes: int) -> jax.Array:
-    """Sum of values * weights over the last `num_axes` axes, as a batched dot.
+    """Sum of values * weights over the last `num_axes` axes, in a fixed pairwise order.
 
-    A plain jnp.sum over trailing axes is compiled with a summation order that
-    depends on the leading (probe) axes' sizes; a dot with those axes as batch
-    dimensions sums each probe's entries the same way whatever their number,
-    which keeps a probe's numbers independent of the sweep it is part of.
+    XLA picks the summation order of a reduction (and of a small batched dot)
+    from the shapes of the whole program, so a plain jnp.sum or dot makes a
+    probe's loss depend on how many other probes share the sweep, or on how
+    the sweep is sharded. Here the entries, zero-padded to a power of two, are
+    added in halves with elementwise adds, which XLA never reorders: every
+    probe's sum is computed the same way in any sweep. Gradients are
+    unaffected (the gradient of a sum is the same in any order).
     """
-    weights = jnp.broadcast_to(weights, values.shape)
-    lead = values.shape[: values.ndim - num_axes]
-    return jnp.einsum(
-        "...k,...k->...", values.reshape(*lead, -1), weights.reshape(*lead, -1), precision="highest"
-    )
+    products = values * weights
+    lead = products.shape[: products.ndim - num_axes]
+    flat = products.reshape(*lead, -1)
+    size = flat.shape[-1]
+    width = 1 << max(size - 1, 0).bit_length()
+    flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, width - size)])
+    while flat.shape[-1] > 1:
+        halves = flat.reshape(*lead, 2, flat.shape[-1] // 2)
+        flat = halves[..., 0, :] + halves[..., 1, :]
+    return flat[..., 0]
 
 
 def _selection_score(logits, labels, mask, *, selection, multilabel):

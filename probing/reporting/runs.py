@@ -63,6 +63,9 @@ class ProbeRun:
         missing); empty when the workdir has no curves.csv.
       epochs: the epoch ids, in order of the last axis of every curve array.
       label: unique display name, set by `load_runs`.
+      predictions: the arrays of probes/<pooling>/predictions.npz (per test
+        example logits of every layer and seed, image ids, labels), or None
+        for workdirs trained before the trainer wrote it.
     """
 
     workdir: str
@@ -76,6 +79,7 @@ class ProbeRun:
     curves: dict[str, np.ndarray]
     epochs: np.ndarray
     label: str = ""
+    predictions: dict[str, np.ndarray] | None = None
 
     @property
     def model_id(self) -> str:
@@ -227,6 +231,27 @@ def _load_curves(
     return curves, epochs
 
 
+def _load_predictions(workdir: Workdir, pooling: str) -> dict[str, np.ndarray] | None:
+    name = f"probes/{pooling}/predictions.npz"
+    if not workdir.exists(name):
+        return None
+    try:
+        with np.load(io.BytesIO(workdir.read_bytes(name))) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError) as error:
+        raise ReportError(
+            f"{workdir.location}/{name} is not a readable .npz file ({error}); delete it or "
+            f"re-run `python -m probing.train_all_layers --workdir={workdir.location}`"
+        ) from error
+    missing = [k for k in ("layers", "group", "labels", "logits") if k not in arrays]
+    if missing:
+        raise ReportError(
+            f"{workdir.location}/{name} lacks {', '.join(missing)} (see WORKSPACE.md); "
+            f"re-run `python -m probing.train_all_layers --workdir={workdir.location}`"
+        )
+    return arrays
+
+
 def _optional_json(workdir: Workdir, name: str) -> dict[str, Any]:
     return workdir.read_json(name) if workdir.exists(name) else {}
 
@@ -271,6 +296,7 @@ def load_workdir_runs(location: str, poolings: Sequence[str] | None = None) -> l
                 seeds=seeds,
                 curves=curves,
                 epochs=epochs,
+                predictions=_load_predictions(workdir, pooling),
             )
         )
     if not runs:

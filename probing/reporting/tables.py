@@ -4,7 +4,9 @@ The results table has one row per run (workdir x pooling): the best layer,
 chosen on the val split and scored on the test split, its relative depth, the
 peak with its 95% CI over seeds, the last layer and the drop from the peak,
 the gain over layer 0, the selectivity at the best layer, and a paired
-bootstrap p-value for "the peak layer beats the last layer".
+bootstrap p-value for "the peak layer beats the last layer". The bootstrap
+resamples test images when the trainer saved per-example predictions
+(probes/<pooling>/predictions.npz) and probe seeds otherwise.
 """
 
 from __future__ import annotations
@@ -19,21 +21,27 @@ from typing import Any
 
 import numpy as np
 
+from probing.probes.stats import image_bootstrap
 from probing.reporting.runs import ProbeRun
 from probing.reporting.statistics import mean_and_ci, paired_bootstrap_pvalue
 from probing.store.workdir import Workdir
 
 SELECTION_SPLIT = "val"
 SCORING_SPLIT = "test"
-# The trainer's metrics.csv holds per-seed values, not per-example predictions,
-# so the bootstrap pairs the peak and the last layer by seed.
-PAIRING_UNIT = "seed"
+# What the bootstrap of "peak better than last" resamples: test images when
+# per-example predictions exist, probe seeds (metrics.csv only) otherwise.
+IMAGE_UNIT = "image"
+SEED_UNIT = "seed"
+BOOTSTRAP_RESAMPLES = 10_000
 PAIRING_NOTE = (
     "Best layer chosen on val, values on test, mean over seeds. last − peak and gain over "
     "layer 0 are differences of test means. p: one-sided paired bootstrap (10,000 "
-    "resamples, add-one corrected) of 'peak layer better than last layer'; the pairing "
-    "unit is the probe seed, because the trainer stores no per-example predictions, so "
-    "with few seeds p only says whether every seed agrees: read it with the CI."
+    "resamples, add-one corrected) of 'peak layer better than last layer'. p (image): test "
+    "images are resampled with all their rows, and on each resample the headline metric "
+    "of the peak and the last layer is recomputed from the saved test predictions and "
+    "averaged over seeds. p (seed), for workdirs without predictions.npz: the probe seeds "
+    "are resampled, so with few seeds p only says whether every seed agrees: read it with "
+    "the CI."
 )
 
 
@@ -61,6 +69,7 @@ class ResultRow:
     gain_over_layer0: float
     selectivity_at_best: float
     p_peak_better_than_last: float
+    p_unit: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,9 +91,15 @@ def result_row(run: ProbeRun) -> ResultRow:
     selectivity = math.nan
     if run.has(SCORING_SPLIT, "selectivity"):
         selectivity = float(mean_and_ci(run.values(SCORING_SPLIT, "selectivity"))[0][best])
-    p_value = math.nan
+    p_value, p_unit = math.nan, ""
     if best != last:
-        p_value = paired_bootstrap_pvalue(test[best], test[last])
+        p_value = _image_bootstrap_pvalue(run, best, last)
+        p_unit = IMAGE_UNIT
+        if math.isnan(p_value):
+            p_value = paired_bootstrap_pvalue(
+                test[best], test[last], num_resamples=BOOTSTRAP_RESAMPLES
+            )
+            p_unit = SEED_UNIT
     return ResultRow(
         task=run.task,
         model=run.model_name,
@@ -106,7 +121,29 @@ def result_row(run: ProbeRun) -> ResultRow:
         gain_over_layer0=float(test_mean[best] - test_mean[first]),
         selectivity_at_best=selectivity,
         p_peak_better_than_last=p_value,
+        p_unit=p_unit,
     )
+
+
+def _image_bootstrap_pvalue(run: ProbeRun, better: int, worse: int) -> float:
+    """p of "layer `better` beats layer `worse`" resampling test images; NaN without predictions."""
+    predictions = run.predictions
+    if predictions is None:
+        return math.nan
+    position = {int(layer): i for i, layer in enumerate(predictions["layers"])}
+    if better not in position or worse not in position:
+        return math.nan
+    logits = predictions["logits"]
+    result = image_bootstrap(
+        logits[position[better]],
+        logits[position[worse]],
+        predictions["labels"],
+        predictions["group"],
+        run.label_kind,
+        mask=predictions.get("mask"),
+        num_resamples=BOOTSTRAP_RESAMPLES,
+    )
+    return result["p_a_better"]
 
 
 def results_csv(rows: Sequence[ResultRow]) -> str:
@@ -150,7 +187,7 @@ def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
         peak = f"{_number(row.peak)} [{_number(row.peak_ci_low)}, {_number(row.peak_ci_high)}]"
         p_value = "best is last" if row.best_layer == row.last_layer else ""
         if not math.isnan(row.p_peak_better_than_last):
-            p_value = _number(row.p_peak_better_than_last, digits=4)
+            p_value = f"{_number(row.p_peak_better_than_last, digits=4)} ({row.p_unit})"
         cells.append(
             [
                 f"{row.model} · {row.pooling}",
