@@ -27,50 +27,10 @@ shares each image's prefix across them. This is an estimate, not yet
 measured on a GPU.
 """
 
-from probing.extraction.config import (
-    PAPER_SETUPS,
-    apply_paper_setup,
-    extraction_config,
-    make_smoke,
-    parse_config_arg,
-)
+from probing.extraction.config import coco_study_config
 
 
 def get_config(arg=None):
-    args = parse_config_arg(
-        arg,
-        {
-            "task": ("caption", "category"),
-            "setup": PAPER_SETUPS,
-            "prompt": ("nocat", "withcat"),
-            "smoke": ("", "smoke"),
-        },
-    )
-    config = extraction_config()
     # FastVLM-0.5B converted to transformers' native fast_vlm format (Apple's
     # apple/FastVLM-0.5B repository needs trust_remote_code and is not this class).
-    config.model.name = "KamilaMila/FastVLM-0.5B"
-    # Pin a hub commit for reproducibility; "main" is recorded as given.
-    config.model.revision = "main"
-    config.model.dtype = "bfloat16"
-    config.model.attn_implementation = "sdpa"
-
-    config.data.source = "coco"
-    # Set on the command line: --config.data.coco_root=/path/to/coco
-    config.data.coco_root = "data/coco"
-    config.data.coco_splits = "train2017"
-    # The 2025 study: 20,000 train / 2,000 eval images; we add a test split so
-    # that the layer chosen on val is scored on unseen images.
-    config.task.split_sizes.train = 20000
-    config.task.split_sizes.val = 2000
-    config.task.split_sizes.test = 2000
-    config.task.kind = args["task"]
-    # Labels always come from instance annotations (never caption words).
-    apply_paper_setup(config, args["setup"], withcat=args["prompt"] == "withcat")
-
-    config.extract.batch_size = 16
-    config.extract.feature_dtype = "float16"
-    config.extract.num_workers = 8
-    if args["smoke"]:
-        make_smoke(config, "fast_vlm")
-    return config
+    return coco_study_config(arg, model_name="KamilaMila/FastVLM-0.5B", family="fast_vlm")

@@ -152,3 +152,45 @@ def apply_paper_setup(config: ml_collections.ConfigDict, setup: str, withcat: bo
     else:
         raise ValueError(f"unknown paper setup {setup!r}; use one of {', '.join(PAPER_SETUPS)}")
     task.category_prompt = "withcat" if withcat else "nocat"
+
+
+def coco_study_config(arg: str | None, model_name: str, family: str) -> ml_collections.ConfigDict:
+    """A real-model COCO run of `model_name` (hub id or local directory).
+
+    `arg` is the config-file argument (task, paper setup, nocat/withcat,
+    smoke; see configs/qwen.py); `family` names the tiny checkpoint that the
+    smoke variant swaps in for the same architecture.
+    """
+    args = parse_config_arg(
+        arg,
+        {
+            "task": ("caption", "category"),
+            "setup": PAPER_SETUPS,
+            "prompt": ("nocat", "withcat"),
+            "smoke": ("", "smoke"),
+        },
+    )
+    config = extraction_config()
+    config.model.name = model_name
+    # Pin a hub commit for reproducibility; "main" is recorded as given.
+    config.model.revision = "main"
+    config.model.dtype = "bfloat16"
+    config.model.attn_implementation = "sdpa"
+    config.data.source = "coco"
+    # Set on the command line: --config.data.coco_root=/path/to/coco
+    config.data.coco_root = "data/coco"
+    config.data.coco_splits = "train2017"
+    # The 2025 study: 20,000 train / 2,000 eval images; we add a test split so
+    # that the layer chosen on val is scored on unseen images.
+    config.task.split_sizes.train = 20000
+    config.task.split_sizes.val = 2000
+    config.task.split_sizes.test = 2000
+    config.task.kind = args["task"]
+    # Labels always come from instance annotations (never caption words).
+    apply_paper_setup(config, args["setup"], withcat=args["prompt"] == "withcat")
+    config.extract.batch_size = 16
+    config.extract.feature_dtype = "float16"
+    config.extract.num_workers = 8
+    if args["smoke"]:
+        make_smoke(config, family)
+    return config
