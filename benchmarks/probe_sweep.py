@@ -13,6 +13,11 @@ Python like the 2025 study; scikit-learn fits LogisticRegression per layer
 (one seed: it is deterministic). Printed: wall time, probe-examples per second
 (examples x layers x seeds x epochs), the ratios, and test accuracy per layer,
 which must agree within about a point. The last line is the ratio to PyTorch.
+
+With --torch_layers=K both baselines run on K layers (the signal layer among
+them) and their time is scaled to all layers: their cost is linear in the
+number of layers. Rows are ordered by split and features generated layer-major
+so that the full size (7 GB of float32 features) is held once.
 """
 
 from __future__ import annotations
@@ -37,16 +42,19 @@ SIZES = {
 _SIZE = flags.DEFINE_enum("size", "small", list(SIZES), "Problem size.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Minibatch size of all probes.")
 _TORCH_LAYERS = flags.DEFINE_integer(
-    "torch_layers", 0, "Time the PyTorch loop on this many layers and extrapolate (0: all)."
+    "torch_layers",
+    0,
+    "Time PyTorch and scikit-learn on this many layers and extrapolate (0: all).",
 )
 _SKIP_SKLEARN = flags.DEFINE_bool("skip_sklearn", False, "Leave out scikit-learn.")
 LEARNING_RATE, DROPOUT, SIGNAL_LAYER = 1e-3, 0.1, 3
 
 
 def _standardize(features, train):
+    """Per-layer train statistics, applied to [layers, N, D] features."""
     mean = features[:, train].mean(axis=1, keepdims=True)
     std = features[:, train].std(axis=1, keepdims=True)
-    return (features - mean) / np.where(std > 1e-6, std, 1.0)
+    return ((features - mean) / np.where(std > 1e-6, std, 1.0)).astype(np.float32)
 
 
 def torch_loop(features, labels, split, layers, seeds, epochs, batch_size):
@@ -57,9 +65,9 @@ def torch_loop(features, labels, split, layers, seeds, epochs, batch_size):
     train, test = split == 0, split == 2
     accuracy = np.zeros((len(layers), len(seeds)))
     y_train = torch.from_numpy(labels[train].astype(np.float32))
-    for li, layer in enumerate(layers):
-        x_train = torch.from_numpy(features[layer, train])
-        x_test = torch.from_numpy(features[layer, test])
+    for li in range(len(layers)):
+        x_train = torch.from_numpy(features[li, train])
+        x_test = torch.from_numpy(features[li, test])
         for si, seed in enumerate(seeds):
             torch.manual_seed(seed)
             probe = torch.nn.Sequential(
@@ -88,7 +96,7 @@ def sklearn_per_layer(features, labels, split):
 
     train, test = split == 0, split == 2
     accuracy = []
-    for layer in range(features.shape[0]):
+    for layer in range(features.shape[0]):  # features holds only the layers to fit
         model = LogisticRegression(max_iter=200).fit(features[layer, train], labels[train])
         accuracy.append(model.score(features[layer, test], labels[test]))
     return np.asarray(accuracy)
@@ -98,10 +106,15 @@ def main(argv):
     del argv
     num_examples, num_layers, dim, num_seeds, epochs = SIZES[_SIZE.value]
     batch_size = _BATCH.value
-    arrays = planted_arrays(num_examples, num_layers, dim, [SIGNAL_LAYER], strength=3.0)
-    features = np.ascontiguousarray(np.moveaxis(arrays["features"], 1, 0))
-    del arrays["features"]
-    labels, split = arrays["labels"].astype(np.float32), arrays["split"]
+    arrays = planted_arrays(
+        num_examples, num_layers, dim, [SIGNAL_LAYER], strength=3.0, layer_major=True
+    )
+    # Rows ordered by split: the sweep then moves each split to the device as a view.
+    order = np.argsort(arrays["split"], kind="stable")
+    features = arrays.pop("features")
+    for layer in range(num_layers):
+        features[layer] = features[layer, order]
+    labels, split = arrays["labels"][order].astype(np.float32), arrays["split"][order]
     work = num_examples * num_layers * num_seeds * epochs
     print(
         f"size={_SIZE.value}: N={num_examples} layers={num_layers} D={dim} seeds={num_seeds} "
@@ -125,15 +138,16 @@ def main(argv):
     jax_accuracy = ((result.logits["test"][:, 0, :, :, 0] > 0) == test_labels).mean(axis=-1)
     print(f"jax sweep:     {jax_seconds:8.2f} s  {work / jax_seconds:12.3g} probe-examples/s")
 
-    standardized = _standardize(features, split == 0).astype(np.float32)
     torch_layers = list(range(_TORCH_LAYERS.value or num_layers))
     if SIGNAL_LAYER not in torch_layers:
         torch_layers[-1] = SIGNAL_LAYER
+    standardized = _standardize(features[torch_layers], split == 0)
+    scale_up = num_layers / len(torch_layers)
     start = time.perf_counter()
     torch_accuracy = torch_loop(
         standardized, labels, split, torch_layers, range(num_seeds), epochs, batch_size
     )
-    torch_seconds = (time.perf_counter() - start) * num_layers / len(torch_layers)
+    torch_seconds = (time.perf_counter() - start) * scale_up
     note = "" if len(torch_layers) == num_layers else f" (extrapolated from {len(torch_layers)})"
     print(
         f"pytorch loop:  {torch_seconds:8.2f} s  {work / torch_seconds:12.3g} probe-examples/s{note}"
@@ -143,8 +157,10 @@ def main(argv):
     if not _SKIP_SKLEARN.value:
         start = time.perf_counter()
         sklearn_accuracy = sklearn_per_layer(standardized, labels, split)
-        sklearn_seconds = time.perf_counter() - start
-        print(f"sklearn:       {sklearn_seconds:8.2f} s  (one fit per layer, no seeds/epochs)")
+        sklearn_seconds = (time.perf_counter() - start) * scale_up
+        print(
+            f"sklearn:       {sklearn_seconds:8.2f} s  (one fit per layer, no seeds/epochs){note}"
+        )
 
     print("test accuracy per layer (mean over seeds): layer jax pytorch sklearn")
     for li, layer in enumerate(range(num_layers)):
@@ -153,7 +169,11 @@ def main(argv):
             if layer in torch_layers
             else "   -  "
         )
-        sk_value = f"{sklearn_accuracy[li]:.4f}" if sklearn_accuracy is not None else "-"
+        sk_value = (
+            f"{sklearn_accuracy[torch_layers.index(layer)]:.4f}"
+            if sklearn_accuracy is not None and layer in torch_layers
+            else "   -  "
+        )
         print(f"  {layer:3d} {jax_accuracy[li].mean():.4f} {torch_value} {sk_value}")
     if sklearn_accuracy is not None:
         print(f"ratio to sklearn: {sklearn_seconds / jax_seconds:.2f}x")

@@ -144,6 +144,9 @@ def test_features_do_not_depend_on_the_rest_of_the_batch(loaded, side) -> None:
 
 def test_prefix_sharing_equals_unshared(loaded) -> None:
     model, adapter = loaded
+    if adapter.prefix_sharing_unsupported:
+        # Such families are refused by check_prefix_sharing_supported instead.
+        pytest.skip(f"{adapter.family}: {adapter.prefix_sharing_unsupported}")
     red, green = _images()[:2]
     # Two images with three continuations each (as Tao et al.'s captions),
     # rows of one image consecutive, continuations of different lengths.

@@ -10,34 +10,88 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from probing.models import tiny
+from probing.models.registry import adapter_class_for_model_type
 
-# family -> (model class, processor class, image processor class, image placeholder)
-EXPECTED = {
-    "qwen2_vl": (
-        "Qwen2VLForConditionalGeneration",
-        "Qwen2VLProcessor",
-        "Qwen2VLImageProcessor",
-        "<|image_pad|>",
-    ),
-    "fast_vlm": (
-        "FastVlmForConditionalGeneration",
-        "LlavaProcessor",
-        "CLIPImageProcessor",
-        "<image>",
-    ),
-    "qwen2_5_vl": (
-        "Qwen2_5_VLForConditionalGeneration",
-        "Qwen2_5_VLProcessor",
-        "Qwen2VLImageProcessor",
-        "<|image_pad|>",
-    ),
-    "llava": (
-        "LlavaForConditionalGeneration",
-        "LlavaProcessor",
-        "CLIPImageProcessor",
-        "<image>",
-    ),
+_QWEN2_TOKENS = {
+    "word": ["Ġdog"],  # byte-level BPE: " dog" is one token with its space
+    "pad": "<|endoftext|>",
+    "eos": "<|im_end|>",
+    "specials": ("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
+    "generation_prompt": "<|im_start|>assistant\n",
 }
+_GEMMA_TOKENS = {
+    "word": ["▁dog"],  # SentencePiece-style: the space becomes "▁"
+    "pad": "<pad>",
+    "eos": "<eos>",
+    "specials": ("<bos>", "<eos>", "<pad>"),
+}
+
+# family -> what its checkpoint must load as. "placeholder" is what the chat
+# template writes for an image, "image_token" the token config.image_token_id
+# names (the processor expands the placeholder into those); a
+# "generation_prompt" of None means the family has no chat template.
+EXPECTED = {
+    "qwen2_vl": {
+        "classes": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", "Qwen2VLImageProcessor"),
+        "placeholder": "<|image_pad|>",
+        **_QWEN2_TOKENS,
+    },
+    "fast_vlm": {
+        "classes": ("FastVlmForConditionalGeneration", "LlavaProcessor", "CLIPImageProcessor"),
+        "placeholder": "<image>",
+        **_QWEN2_TOKENS,
+    },
+    "qwen2_5_vl": {
+        "classes": (
+            "Qwen2_5_VLForConditionalGeneration",
+            "Qwen2_5_VLProcessor",
+            "Qwen2VLImageProcessor",
+        ),
+        "placeholder": "<|image_pad|>",
+        **_QWEN2_TOKENS,
+    },
+    "llava": {
+        "classes": ("LlavaForConditionalGeneration", "LlavaProcessor", "CLIPImageProcessor"),
+        "placeholder": "<image>",
+        **_QWEN2_TOKENS,
+    },
+    "idefics3": {
+        "classes": (
+            "Idefics3ForConditionalGeneration",
+            "Idefics3Processor",
+            "Idefics3ImageProcessor",
+        ),
+        "placeholder": "<image>",
+        **_QWEN2_TOKENS,
+        "eos": "<end_of_utterance>",
+        "specials": ("<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>"),
+        "generation_prompt": "<end_of_utterance>\nAssistant:",
+    },
+    "paligemma": {
+        "classes": (
+            "PaliGemmaForConditionalGeneration",
+            "PaliGemmaProcessor",
+            "SiglipImageProcessor",
+        ),
+        "tokenizer": "GemmaTokenizer",
+        "placeholder": "<image>",
+        **_GEMMA_TOKENS,
+        "generation_prompt": None,
+    },
+    "gemma3": {
+        "classes": ("Gemma3ForConditionalGeneration", "Gemma3Processor", "Gemma3ImageProcessor"),
+        "tokenizer": "GemmaTokenizer",
+        "placeholder": "<start_of_image>",
+        "image_token": "<image_soft_token>",
+        **_GEMMA_TOKENS,
+        "specials": ("<bos>", "<start_of_turn>", "<end_of_turn>", "<end_of_image>"),
+        "generation_prompt": "<end_of_turn>\n<start_of_turn>model\n",
+    },
+}
+
+
+def test_every_tiny_family_is_checked_here() -> None:
+    assert sorted(EXPECTED) == sorted(tiny.tiny_families())
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +107,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize("family", sorted(EXPECTED))
 def test_checkpoint_loads_through_auto_classes(family: str, cache_dir: str) -> None:
     path = tiny.build_tiny_checkpoint(family, cache_dir)
-    model_class, processor_class, image_processor_class, placeholder = EXPECTED[family]
+    expected = EXPECTED[family]
+    model_class, processor_class, image_processor_class = expected["classes"]
 
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path)
@@ -61,29 +116,37 @@ def test_checkpoint_loads_through_auto_classes(family: str, cache_dir: str) -> N
     assert type(model).__name__ == model_class
     assert type(processor).__name__ == processor_class
     assert type(processor.image_processor).__name__ == image_processor_class
-    # The Qwen2 BPE pipeline (llava's auto mapping loads it as the generic backend).
-    assert processor.tokenizer.tokenize(" dog") == ["Ġdog"]
+    if "tokenizer" in expected:
+        assert type(processor.tokenizer).__name__ == expected["tokenizer"]
+    # The family's tokenizer pipeline (llava's auto mapping loads the Qwen2
+    # BPE as the generic backend, so the pipeline is what is checked).
+    assert processor.tokenizer.tokenize(" dog") == expected["word"]
     # Small enough for fast tests: a few decoder layers, narrow hidden states.
     text_config = model.config.get_text_config()
     assert 2 <= text_config.num_hidden_layers <= 4
     assert 32 <= text_config.hidden_size <= 64
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
 
-    # Special tokens are single tokens and the chat template places the image.
+    # Special tokens are single tokens.
     tokenizer = processor.tokenizer
-    for token in (placeholder, "<|im_start|>", "<|im_end|>", "<|endoftext|>"):
+    image_token = expected.get("image_token", expected["placeholder"])
+    for token in {expected["placeholder"], image_token, *expected["specials"]}:
         assert tokenizer.tokenize(token) == [token]
-    assert tokenizer.pad_token == "<|endoftext|>"
-    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.pad_token == expected["pad"]
+    assert tokenizer.eos_token == expected["eos"]
+    # The config's image token is the tokenizer's.
+    assert tokenizer.convert_tokens_to_ids(image_token) == model.config.image_token_id
+
+    # The chat template places the image and ends with the generation prompt.
+    if expected["generation_prompt"] is None:
+        assert not processor.chat_template
+        return
     conversation = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "A red dog."}]}
     ]
     text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    assert placeholder in text
-    assert text.endswith("<|im_start|>assistant\n")
-    # The config's image token is the tokenizer's placeholder.
-    image_token_id = model.config.image_token_id
-    assert tokenizer.convert_tokens_to_ids(placeholder) == image_token_id
+    assert text.index(expected["placeholder"]) < text.index("A red dog.")
+    assert text.endswith(expected["generation_prompt"])
 
 
 @pytest.mark.parametrize("family", sorted(EXPECTED))
@@ -91,18 +154,15 @@ def test_images_give_a_few_tokens_and_forward_runs(family: str, cache_dir: str) 
     path = tiny.build_tiny_checkpoint(family, cache_dir)
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
-    conversation = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is it a cat?"}]}
-    ]
-    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    batch = processor(
-        text=[text, text],
-        images=[Image.new("RGB", (128, 96), "red"), Image.new("RGB", (128, 96), "blue")],
-        padding=True,
-        return_tensors="pt",
+    adapter = adapter_class_for_model_type(model.config.model_type)(model, processor)
+    # The family's real processor, called the way the adapter calls it.
+    batch = adapter.build_batch(
+        [Image.new("RGB", (128, 96), "red"), Image.new("RGB", (128, 96), "blue")],
+        ["Is it a cat?", "Is it a cat?"],
     )
     image_tokens = (batch["input_ids"] == model.config.image_token_id).sum(dim=1)
-    assert torch.all((image_tokens >= 4) & (image_tokens <= 16)), image_tokens
+    # Idefics3 tiles a 128×96 image into 2 × 2 tiles plus a global view: 20.
+    assert torch.all((image_tokens >= 4) & (image_tokens <= 20)), image_tokens
     with torch.no_grad():
         logits = model(**batch).logits
     assert logits.shape[:2] == batch["input_ids"].shape
@@ -143,5 +203,6 @@ def test_building_leaves_the_callers_rng_alone(cache_dir: str, tmp_path) -> None
 
 
 def test_unknown_tiny_family_lists_known_ones(cache_dir: str) -> None:
-    with pytest.raises(ValueError, match=r"'gpt2'.*fast_vlm, llava, qwen2_5_vl, qwen2_vl"):
+    known = r"fast_vlm, gemma3, idefics3, llava, paligemma, qwen2_5_vl, qwen2_vl"
+    with pytest.raises(ValueError, match=rf"'gpt2'.*{known}"):
         tiny.build_tiny_checkpoint("gpt2", cache_dir)

@@ -72,6 +72,7 @@ def test_outputs_follow_the_contract(trained):
     assert sorted(os.listdir(directory)) == [
         "curves.csv",
         "metrics.csv",
+        "predictions.npz",
         "probe_config.json",
         "summary.json",
         "weights.npz",
@@ -131,6 +132,26 @@ def test_weights_reproduce_the_logged_test_accuracy(trained):
     assert np.mean(accuracies) == pytest.approx(expected)
 
 
+def test_predictions_hold_the_scored_test_logits_with_rows_and_images(trained):
+    location, summaries = trained
+    predictions = np.load(os.path.join(location, "probes", "mean", "predictions.npz"))
+    labels = load_labels(location)
+    test = labels.split_rows(2)
+    assert predictions["logits"].shape == (4, 2, test.size)
+    assert predictions["control_logits"].shape == (4, 2, test.size)
+    np.testing.assert_array_equal(predictions["rows"], labels.rows[test])
+    np.testing.assert_array_equal(predictions["group"], labels.groups[test])
+    np.testing.assert_array_equal(predictions["labels"], labels.labels[test, 0])
+    assert predictions["layers"].tolist() == [0, 1, 2, 3]
+    assert str(predictions["label_kind"]) == "binary"
+    # The unwritten rows 300 and 301 are left out; row 301 was a test row.
+    assert 301 not in predictions["rows"]
+    for layer in range(4):
+        accuracy = ((predictions["logits"][layer] > 0) == predictions["labels"]).mean()
+        expected = summaries["mean"]["layers"][layer]["test"]["accuracy"]["mean"]
+        assert accuracy == pytest.approx(expected, abs=1e-12)
+
+
 def test_rerun_gives_identical_metrics(trained, tmp_path):
     location, _ = trained
     before = _read_text(os.path.join(location, "probes", "mean", "metrics.csv"))
@@ -147,6 +168,10 @@ def test_multilabel_workdir_trains_and_reports_macro_f1(tmp_path):
     arrays = planted_arrays(300, 4, 8, [1], num_labels=4, strength=5.0, seed=4)
     write_workdir(str(tmp_path), arrays, label_names=["cat", "dog", "car", "cup"])
     summary = train_workdir(str(tmp_path), _config(num_seeds=1))["mean"]
+    predictions = np.load(os.path.join(str(tmp_path), "probes", "mean", "predictions.npz"))
+    num_test = int((arrays["split"] == 2).sum())
+    assert predictions["logits"].shape == (4, 1, num_test, 4)
+    assert predictions["mask"].shape == predictions["labels"].shape == (num_test, 4)
     assert summary["headline_metric"] == "macro_f1"
     assert summary["best_layer"]["layer"] == 1
     layer = summary["layers"][1]["test"]

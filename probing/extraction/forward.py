@@ -46,8 +46,17 @@ def check_prefix_sharing_supported(adapter: ModelAdapter) -> None:
     """Raises unless the adapter's masks come straight from the processor.
 
     Prefix sharing splits `input_ids` and `attention_mask` by position, which
-    is only meaningful when the processor already expanded image tokens.
+    is only meaningful when the processor already expanded image tokens. It
+    is exact only if no prefix token attends to a later one; families where
+    some do (PaliGemma's bidirectional prompt) say so in
+    `ModelAdapter.prefix_sharing_unsupported`.
     """
+    if adapter.prefix_sharing_unsupported:
+        raise PrefixSharingError(
+            f"config.extract.prefix_sharing=True is not supported for family "
+            f"{adapter.family!r}: {adapter.prefix_sharing_unsupported}. "
+            "Set config.extract.prefix_sharing=False."
+        )
     if type(adapter).attention_mask is not ModelAdapter.attention_mask:
         raise PrefixSharingError(
             f"config.extract.prefix_sharing=True is not supported for family "

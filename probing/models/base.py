@@ -43,6 +43,10 @@ class ModelAdapter:
     family: ClassVar[str] = ""
     # config.json `model_type` values this adapter handles.
     model_types: ClassVar[tuple[str, ...]] = ()
+    # Why prefix sharing (running a prompt prefix once, then its continuations
+    # against its KV cache) would change this family's features; "" when it is
+    # exact. It is exact only if no prefix token attends to a later token.
+    prefix_sharing_unsupported: ClassVar[str] = ""
 
     def __init__(self, model: torch.nn.Module, processor: Any) -> None:
         self.model = model
@@ -111,8 +115,17 @@ class ModelAdapter:
         texts = self.render_prompts(prompts, with_image=images is not None)
         kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
         if images is not None:
-            kwargs["images"] = images
+            kwargs["images"] = self.processor_images(images)
         return dict(self.processor(**kwargs))
+
+    def processor_images(self, images: list[Image.Image]) -> Any:
+        """``images`` (one per prompt) in the layout the processor's ``images=`` expects.
+
+        Most processors take a flat list and hand the images out to the
+        prompts' placeholders in order; processors that read a flat list as
+        all images of one prompt need ``[[image] for image in images]``.
+        """
+        return images
 
     def to_model(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``batch`` on the model's device; floating tensors in the model's dtype."""

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from probing.models.base import ModelAdapter
 from probing.models.fast_vlm import FastVlmAdapter
+from probing.models.gemma3 import Gemma3Adapter
+from probing.models.idefics3 import Idefics3Adapter
 from probing.models.llava import LlavaAdapter
+from probing.models.paligemma import PaliGemmaAdapter
 from probing.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from probing.models.qwen2_vl import Qwen2VLAdapter
 
@@ -18,6 +21,9 @@ ADAPTERS: tuple[type[ModelAdapter], ...] = (
     Qwen2_5_VLAdapter,
     FastVlmAdapter,
     LlavaAdapter,
+    Idefics3Adapter,
+    PaliGemmaAdapter,
+    Gemma3Adapter,
 )
 
 

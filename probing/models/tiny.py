@@ -8,16 +8,19 @@ the real checkpoint:
 
 * the family's real model class with a few small decoder layers and a small
   vision tower, randomly initialised from a fixed seed;
-* a byte-level BPE tokenizer trained on the fly (``tokenizers``) on
-  caption-like text, saved as the family's real tokenizer class, with the
-  family's special tokens (image / vision tokens, chat-template tokens,
-  pad / eos);
+* a BPE tokenizer trained on the fly (``tokenizers``) on caption-like text,
+  with the family's special tokens (image / vision tokens, chat-template
+  tokens, pad / eos): byte-level with Qwen2's pre-tokeniser, saved as
+  Qwen2Tokenizer, for the Qwen2- and Llama-based families; SentencePiece-style
+  ("▁" for spaces, byte fallback), saved as GemmaTokenizer, for PaliGemma and
+  Gemma 3;
 * the family's real image processor, configured so that a ~128×96 image gives
-  a handful of image tokens, and the processor with a chat template that
-  renders prompts like the real one.
+  a handful of image tokens (4 to 20), and the family's real processor with a
+  chat template that renders prompts like the real one (PaliGemma has none).
 
-Families: ``qwen2_vl``, ``qwen2_5_vl`` and ``llava`` pad on the left,
-``fast_vlm`` on the right, so code built on them meets both conventions.
+Families: ``qwen2_vl``, ``qwen2_5_vl``, ``llava``, ``paligemma`` and ``gemma3``
+pad on the left, ``fast_vlm`` and ``idefics3`` on the right, so code built on
+them meets both conventions.
 A config names such a checkpoint ``"tiny:<family>"``. Directories are cached
 under ``$PROBING_CACHE_DIR`` (default ``~/.cache/probing``), keyed by family,
 :data:`TINY_VERSION` and the transformers version, and written atomically so
@@ -204,6 +207,74 @@ def _qwen2_tokenizer(
     tokenizer.add_tokens(specials, special_tokens=True)
     # Instruct checkpoints end an answer with <|im_end|>, so that is their eos.
     tokenizer.eos_token = "<|im_end|>"
+    return tokenizer
+
+
+# Gemma's special tokens in the order of its vocabulary's first ids.
+_GEMMA_BASE_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
+
+
+def _gemma_tokenizer(
+    padding_side: str,
+    extra_special_tokens: tuple[str, ...] = (),
+    named_special_tokens: dict[str, str] | None = None,
+) -> transformers.PreTrainedTokenizerBase:
+    """A trained GemmaTokenizer (SentencePiece-style BPE) plus extra special tokens.
+
+    ``named_special_tokens`` ({attribute: token}) become tokenizer attributes
+    as in the real checkpoints (Gemma 3's ``boi_token``, ``image_token``, ...).
+
+    The real Gemma tokenizer is a SentencePiece BPE: spaces become "▁", words
+    keep their leading "▁", and unknown characters fall back to byte tokens
+    ``<0x00>`` .. ``<0xFF>``. GemmaTokenizer rebuilds exactly that pipeline
+    from a vocabulary and merges, so a BPE trained here with the same
+    normalisation and word split loads as the family's real tokenizer class.
+    """
+    from transformers import AddedToken, GemmaTokenizer
+
+    trainer_tokenizer = Tokenizer(models.BPE())
+    word_start = "\u2581"  # SentencePiece's "▁", which replaces every space
+    trainer_tokenizer.normalizer = normalizers.Replace(" ", word_start)
+    # Merges never cross a word start or a newline, as in SentencePiece.
+    trainer_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(word_start, behavior="merged_with_next"),
+            pre_tokenizers.Split("\n", behavior="isolated"),
+        ]
+    )
+    trainer = trainers.BpeTrainer(vocab_size=768, show_progress=False)
+    rng = random.Random(_BUILD_SEED)
+    # Gemma's turn text ("user", "model") as in its chat template, so that
+    # the role names are single tokens as in the real vocabulary.
+    lines = (f"user\n{line}\nmodel\n" for line in _caption_corpus(3000, rng))
+    trainer_tokenizer.train_from_iterator(lines, trainer=trainer)
+    pieces = trainer_tokenizer.get_vocab(with_added_tokens=False)
+    model_json = json.loads(trainer_tokenizer.to_str())["model"]
+    merges = [
+        tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model_json["merges"]
+    ]
+    # Gemma's layout: base specials, the 256 byte-fallback tokens, then the pieces.
+    vocab = {token: index for index, token in enumerate(_GEMMA_BASE_TOKENS)}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for piece, _ in sorted(pieces.items(), key=lambda item: item[1]):
+        vocab.setdefault(piece, len(vocab))
+    named = dict(named_special_tokens or {})
+    tokenizer = GemmaTokenizer(
+        vocab=vocab,
+        merges=merges,
+        padding_side=padding_side,
+        **({"extra_special_tokens": named} if named else {}),
+    )
+    specials = (
+        *extra_special_tokens,
+        *(t for t in named.values() if t not in extra_special_tokens),
+    )
+    if specials:
+        tokenizer.add_tokens(
+            [AddedToken(tok, special=True, normalized=False) for tok in specials],
+            special_tokens=True,
+        )
     return tokenizer
 
 
@@ -456,12 +527,276 @@ def _build_llava(out_dir: Path) -> None:
     processor.save_pretrained(out_dir)
 
 
+# Renders a conversation the way SmolVLM-Instruct's template does: no system
+# turn, "User:" (no space before an image), the parts in content order, each
+# turn closed by <end_of_utterance>, and "Assistant:" as the generation prompt.
+_SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}"
+    "{{ message['role'] | capitalize }}"
+    "{% if message['content'] is not string and message['content'][0]['type'] == 'image' %}"
+    ":{% else %}: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}<image>{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+# Tokens Idefics3Processor looks up: the image placeholder and its frame, the
+# global-image tag and the tile tags of up to 6 × 6 tiles.
+_IDEFICS3_SPECIAL_TOKENS = (
+    "<fake_token_around_image>",
+    "<image>",
+    "<end_of_utterance>",
+    "<global-img>",
+    *(f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)),
+)
+
+
+def _build_idefics3(out_dir: Path) -> None:
+    """Writes a tiny Idefics3 (SmolVLM-256M/500M layout) checkpoint to ``out_dir``.
+
+    SmolVLM's layout shrunk: a SigLIP-style tower on square tiles, pixel
+    shuffle by ``scale_factor``, a Llama decoder. The image processor splits an
+    image into up to 2 × 2 tiles of 32 pixels plus a global view, 4 tokens
+    each, so images of different shapes give different token counts (a
+    128×96 image 20, a 70×150 one 12) and a batch pads whole tiles, which
+    the model drops as all-zero images.
+    """
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
+
+    tokenizer = _qwen2_tokenizer(
+        padding_side="right", extra_special_tokens=_IDEFICS3_SPECIAL_TOKENS
+    )
+    tokenizer.eos_token = "<end_of_utterance>"
+    text = _tiny_qwen2_text_config(_padded_vocab_size(tokenizer), tokenizer)
+    text.update(model_type="llama", rope_theta=100_000.0, rms_norm_eps=1e-5)
+    text["eos_token_id"] = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    tile, patch, scale_factor = 32, 8, 2  # (32 / 8)^2 patches / 2^2 = 4 tokens per tile
+    image_seq_len = (tile // patch) ** 2 // scale_factor**2
+    config = Idefics3Config(
+        text_config=text,
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": tile,
+            "patch_size": patch,
+        },
+        scale_factor=scale_factor,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=True,
+    )
+    model = Idefics3ForConditionalGeneration(config)
+    image_processor = Idefics3ImageProcessor(
+        size={"longest_edge": 2 * tile},
+        max_image_size={"longest_edge": tile},
+        do_image_splitting=True,
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=image_seq_len,
+        chat_template=_SMOLVLM_CHAT_TEMPLATE,
+    )
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+# Attention head width of the Gemma-based tiny decoders. Gemma configs state
+# head_dim explicitly (it is not hidden_size / heads in the real models); 16
+# as in the other tiny decoders (64 wide, 4 heads).
+_TINY_GEMMA_HEAD_DIM = 16
+
+
+def _tiny_gemma_text_config(vocab_size: int, tokenizer) -> dict:
+    """Text-decoder fields shared by the Gemma-based tiny checkpoints."""
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": _TINY_TEXT_HIDDEN,
+        "intermediate_size": 2 * _TINY_TEXT_HIDDEN,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": _TINY_GEMMA_HEAD_DIM,
+        "max_position_embeddings": 2048,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def _build_paligemma(out_dir: Path) -> None:
+    """Writes a tiny PaliGemma 2 (PaliGemmaForConditionalGeneration) checkpoint.
+
+    PaliGemma 2's layout: a SigLIP tower whose patches all become image
+    tokens, a linear projector, a Gemma 2 decoder (alternating sliding and
+    global attention, logit soft-capping). No chat template: the processor
+    writes ``<image>`` × n, ``<bos>``, the prompt and a newline, and the whole
+    prompt is one bidirectional prefix.
+    """
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+    )
+
+    tokenizer = _gemma_tokenizer(padding_side="left")
+    image_side, patch = 32, 8  # (32 / 8)^2 = 16 image tokens
+    image_processor = SiglipImageProcessor(
+        size={"height": image_side, "width": image_side},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    # PaliGemmaProcessor reads the token count from the image processor.
+    image_processor.image_seq_length = (image_side // patch) ** 2
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    # The processor has added <image> and the <loc....> / <seg...> detection
+    # tokens to the tokenizer; the embeddings are sized after it did.
+    text = _tiny_gemma_text_config(_padded_vocab_size(tokenizer), tokenizer)
+    text.update(
+        model_type="gemma2",
+        sliding_window=512,  # longer than any test prompt, as 4096 is for real prompts
+        query_pre_attn_scalar=_TINY_GEMMA_HEAD_DIM,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+    )
+    config = PaliGemmaConfig(
+        text_config=text,
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_side,
+            "patch_size": patch,
+            "vision_use_head": False,
+        },
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        projection_dim=_TINY_TEXT_HIDDEN,
+        hidden_size=_TINY_TEXT_HIDDEN,
+        vocab_size=text["vocab_size"],
+        tie_word_embeddings=True,
+    )
+    model = PaliGemmaForConditionalGeneration(config)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+# Renders a conversation the way Gemma 3's instruction template does: <bos>,
+# a system message folded into the first user turn, "model" for the
+# assistant role, <start_of_image> for each image in content order (the
+# processor expands it), text parts trimmed.
+_GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set first_prefix = messages[0]['content'] if messages[0]['content'] is string "
+    "else messages[0]['content'][0]['text'] %}"
+    "{% set first_prefix = first_prefix + '\n\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set first_prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}"
+    "<start_of_turn>{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if loop.first %}{{ first_prefix }}{% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<start_of_image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] | trim }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_turn>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _build_gemma3(out_dir: Path) -> None:
+    """Writes a tiny Gemma 3 (Gemma3ForConditionalGeneration) checkpoint to ``out_dir``.
+
+    Gemma 3's layout: a SigLIP tower on a fixed square resolution, average
+    pooling of its patch grid to ``mm_tokens_per_image`` soft tokens framed by
+    ``<start_of_image>`` / ``<end_of_image>``, and a Gemma 3 decoder with
+    sliding-window and global layers; image tokens attend to each other
+    bidirectionally, everything else causally.
+    """
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+    )
+
+    tokenizer = _gemma_tokenizer(
+        padding_side="left",
+        extra_special_tokens=("<start_of_turn>", "<end_of_turn>"),
+        named_special_tokens={
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
+    )
+    image_side, patch, tokens_per_image = 64, 8, 16  # 8 × 8 patches pooled to 4 × 4
+    text = _tiny_gemma_text_config(_padded_vocab_size(tokenizer), tokenizer)
+    text.update(
+        sliding_window=512,  # longer than any test prompt, as 1024 is for real prompts
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        query_pre_attn_scalar=_TINY_GEMMA_HEAD_DIM,
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_side,
+            "patch_size": patch,
+            "vision_use_head": False,
+        },
+        mm_tokens_per_image=tokens_per_image,
+        boi_token_index=tokenizer.convert_tokens_to_ids("<start_of_image>"),
+        eoi_token_index=tokenizer.convert_tokens_to_ids("<end_of_image>"),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
+        tie_word_embeddings=True,
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    # transformers zero-initialises the soft-token projection (a trained
+    # checkpoint overwrites it), which would make every image feature 0 and
+    # the tiny model blind; give it the scale of the other projections.
+    projection = model.model.multi_modal_projector.mm_input_projection_weight
+    torch.nn.init.normal_(projection, std=config.initializer_range)
+    image_processor = Gemma3ImageProcessor(
+        size={"height": image_side, "width": image_side},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_length=tokens_per_image,
+        chat_template=_GEMMA3_CHAT_TEMPLATE,
+    )
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
 # family name -> builder writing the checkpoint into an empty directory.
 TINY_BUILDERS: dict[str, Callable[[Path], None]] = {
     "qwen2_vl": _build_qwen2_vl,
     "qwen2_5_vl": _build_qwen2_5_vl,
     "fast_vlm": _build_fast_vlm,
     "llava": _build_llava,
+    "idefics3": _build_idefics3,
+    "paligemma": _build_paligemma,
+    "gemma3": _build_gemma3,
 }
 
 
@@ -479,8 +814,8 @@ def build_tiny_checkpoint(family: str, cache_dir: str | None = None) -> str:
     """Returns the directory of the tiny ``family`` checkpoint, building it if needed.
 
     Args:
-      family: one of :func:`tiny_families` (``"qwen2_vl"``, ``"fast_vlm"``,
-        ``"qwen2_5_vl"``, ``"llava"``).
+      family: one of :func:`tiny_families` (``"qwen2_vl"``, ``"qwen2_5_vl"``,
+        ``"fast_vlm"``, ``"llava"``, ``"idefics3"``, ``"paligemma"``, ``"gemma3"``).
       cache_dir: where checkpoints are kept; default ``$PROBING_CACHE_DIR/tiny`` or
         ``~/.cache/probing/tiny``.
 

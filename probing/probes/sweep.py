@@ -67,6 +67,9 @@ from probing.progress import Progress
 _INIT_STREAM, _SHUFFLE_STREAM, _DROPOUT_STREAM, _CONTROL_STREAM = 0, 1, 2, 3
 TASK_NAMES = ("task", "control")
 SELECTIONS = ("loss", "headline")
+# How a minibatch step updates the layers (see _train_epoch): one after another
+# (fast on CPU), all together (fast on GPU/TPU), or chosen by the backend.
+LAYER_UPDATES = ("auto", "sequential", "together")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,7 @@ class SweepSettings:
     layer_group_size: int = 0
     zero_init: bool = True
     devices: int = 0
+    layer_update: str = "auto"
 
     def __post_init__(self):
         problems = []
@@ -106,6 +110,10 @@ class SweepSettings:
             problems.append(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.layer_group_size < 0:
             problems.append(f"layer_group_size must be >= 0, got {self.layer_group_size}")
+        if self.layer_update not in LAYER_UPDATES:
+            problems.append(
+                f"layer_update must be one of {LAYER_UPDATES}, got {self.layer_update!r}"
+            )
         if self.devices < 0:
             problems.append(f"devices must be >= 0 (0 = all), got {self.devices}")
         if problems:
@@ -133,6 +141,7 @@ class SweepSettings:
             layer_group_size=int(config.get("layer_group_size", 0)),
             zero_init=bool(config.get("zero_init", True)),
             devices=int(config.get("devices", 0)),
+            layer_update=str(config.get("layer_update", "auto")),
         )
 
     def grid(self) -> dict[str, np.ndarray]:
@@ -297,8 +306,17 @@ def _train_epoch(
     batch_size,
     use_dropout,
     num_outputs,
+    layer_loop,
 ):
-    """One epoch of every probe. x_train [L, n, D]; y_train, m_train [T, S, n, C]."""
+    """One epoch of every probe. x_train [L, n, D]; y_train, m_train [T, S, n, C].
+
+    With `layer_loop`, each minibatch step updates the layers one after
+    another (lax.map) instead of all at once. The probe arithmetic is the same;
+    what changes is the working set: one layer's minibatch [S, B, D] stays in
+    a CPU's cache through gather, dropout, forward and backward, where the
+    all-layers form streams [L, S, B, D] through memory several times per
+    step. Accelerators prefer the all-at-once form (fewer, larger kernels).
+    """
     num_train, dim = x_train.shape[1], x_train.shape[2]
     num_steps = -(-num_train // batch_size)
     padding = num_steps * batch_size - num_train
@@ -332,27 +350,41 @@ def _train_epoch(
         task_axes=(0, 0, None, 0, 0, None, None, None, None),
         layer_axes=(0, 0, 0, None, None, None, None, None, None),
     )
+    # One layer's step: the same vmaps but the layer one (x is then [S, B, D]).
+    layer_step = jax.vmap(
+        jax.vmap(
+            jax.vmap(
+                partial(_probe_step, num_outputs=num_outputs),
+                in_axes=(0, 0, None, None, None, None, 0, 0, 0),
+            ),
+            in_axes=(0, 0, 0, 0, 0, 0 if use_dropout else None, None, None, None),
+        ),
+        in_axes=(0, 0, None, 0, 0, None, None, None, None),
+    )
+    # [L * n, D]: a layer's minibatch is then one gather of rows l * n + rows.
+    x_rows = x_train.reshape(-1, dim)
 
     def body(carry, batch):
         params, opt_state = carry
         rows, row_weight, key_words = batch  # [S, B], [S, B], [S, 2]
-        x = x_train[:, rows]  # [L, S, B, D]
         labels = y_train[:, seed_positions, rows]  # [T, S, B, C]
         mask = m_train[:, seed_positions, rows] * row_weight[None, :, :, None]
         bits = (
             jax.vmap(lambda w: hash_bits(w, (batch_size, dim)))(key_words) if use_dropout else None
         )
-        params, opt_state, loss_sum = step(
-            params,
-            opt_state,
-            x,
-            labels,
-            mask,
-            bits,
-            hp["learning_rate"],
-            hp["weight_decay"],
-            hp["dropout"],
-        )
+        rates = (hp["learning_rate"], hp["weight_decay"], hp["dropout"])
+        if layer_loop:
+
+            def one_layer(layer_state):
+                layer_params, layer_opt_state, layer = layer_state
+                x = x_rows[layer * num_train + rows]  # [S, B, D]
+                return layer_step(layer_params, layer_opt_state, x, labels, mask, bits, *rates)
+
+            layers = jnp.arange(x_train.shape[0])
+            params, opt_state, loss_sum = jax.lax.map(one_layer, (params, opt_state, layers))
+        else:
+            x = x_train[:, rows]  # [L, S, B, D]
+            params, opt_state, loss_sum = step(params, opt_state, x, labels, mask, bits, *rates)
         scored = mask.sum(axis=(2, 3))[None, :, :, None]  # [1, T, S, 1]
         return (params, opt_state), (loss_sum, scored)
 
@@ -554,6 +586,14 @@ def _program(
     return jax.jit(fn, donate_argnums=donate)
 
 
+def _layer_loop(layer_update: str, mesh: Mesh | None) -> bool:
+    """Whether minibatch steps update layers one by one: "auto" does so on CPU."""
+    if layer_update != "auto":
+        return layer_update == "sequential"
+    devices = jax.devices() if mesh is None else mesh.devices.flat
+    return next(iter(devices)).platform == "cpu"
+
+
 def _place(value: Any, mesh: Mesh | None, spec: PartitionSpec) -> jax.Array:
     """Puts a host array (or scalar) on the device(s): sharded by `spec` over `mesh`.
 
@@ -744,9 +784,20 @@ def run_sweep(
     def program(impl, in_specs, out_specs, donate=(), **static):
         return _program(impl, mesh, in_specs, out_specs, donate, tuple(sorted(static.items())))
 
-    standardize = program(_standardize, (_BY_LAYER,) * 3, _BY_LAYER)
+    def split_features(name: str) -> jax.Array:
+        # Features are the sweep's one big array (29 x 40,000 x 1,536 float32 is
+        # 7 GB): a split whose rows are contiguous goes to the device as a view,
+        # without an intermediate host copy.
+        split_rows = rows[name]
+        contiguous = split_rows.size > 0 and split_rows[-1] - split_rows[0] + 1 == split_rows.size
+        if contiguous and padded == num_layers:
+            return by_layer(features[:, split_rows[0] : split_rows[-1] + 1])
+        return by_layer(features[np.ix_(layer_index, split_rows)])
+
+    # The raw features are donated: the standardised ones take their memory.
+    standardize = program(_standardize, (_BY_LAYER,) * 3, _BY_LAYER, donate=(0, 1, 2))
     x_train, x_val, x_test, mean, scale = standardize(
-        *(by_layer(features[np.ix_(layer_index, rows[name])]) for name in ("train", "val", "test"))
+        *(split_features(name) for name in ("train", "val", "test"))
     )
     y_train, m_train = map(
         replicated, _task_targets(labels, mask, rows["train"], seed_ids, settings, "train")
@@ -775,6 +826,7 @@ def run_sweep(
         seed=settings.seed,
         batch_size=settings.batch_size,
         use_dropout=max(settings.dropouts) > 0,
+        layer_loop=_layer_loop(settings.layer_update, mesh),
         num_outputs=num_outputs,
     )
     select_epoch = program(

@@ -34,6 +34,7 @@ def planted_arrays(
     num_labels: int = 0,
     strength: float = 2.0,
     seed: int = 0,
+    layer_major: bool = False,
 ) -> dict[str, np.ndarray]:
     """Arrays of a planted-signal task.
 
@@ -46,9 +47,12 @@ def planted_arrays(
       strength: class separation along each label's direction, in noise
         standard deviations (2.0 gives ~84% accuracy for one direction).
       seed: numpy seed.
+      layer_major: return features as [L+1, N, D], the sweep's layout, drawn
+        in that order (other numbers than the default layout), so that a
+        benchmark at full size holds one copy of them.
 
     Returns:
-      features float32 [N, L+1, D], labels int8 [N] or [N, K], label_mask
+      features float32 [N, L+1, D] (or [L+1, N, D]), labels int8 [N] or [N, K], label_mask
       uint8 [N, K] (multilabel only; about 3 scored labels per row), split
       int8 [N] (image-grouped, 60/20/20), group int64 [N].
     """
@@ -57,12 +61,18 @@ def planted_arrays(
     if hidden_size < columns:
         raise ValueError(f"hidden_size {hidden_size} must be >= the {columns} planted directions")
     labels = (rng.random((num_examples, columns)) < 0.5).astype(np.int8)
-    features = rng.standard_normal((num_examples, num_layers, hidden_size), dtype=np.float32)
+    shape = (num_examples, num_layers, hidden_size)
+    if layer_major:
+        shape = (num_layers, num_examples, hidden_size)
+    features = rng.standard_normal(shape, dtype=np.float32)
     # A fixed random direction per label, shared by all signal layers.
     directions = np.linalg.qr(rng.standard_normal((hidden_size, columns)))[0].T
     shift = (strength / 2) * (2 * labels.astype(np.float32) - 1) @ directions.astype(np.float32)
     for layer in signal_layers:
-        features[:, layer] += shift
+        if layer_major:
+            features[layer] += shift
+        else:
+            features[:, layer] += shift
     group = np.arange(num_examples, dtype=np.int64) // ROWS_PER_IMAGE
     image_split = rng.permutation(
         np.repeat([0, 1, 2], np.ceil(np.array([0.6, 0.2, 0.2]) * (group[-1] + 1)).astype(int))

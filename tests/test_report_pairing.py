@@ -1,0 +1,87 @@
+"""The results table's p (peak > last) resamples test images when predictions.npz exists.
+
+The workdir is trained for real (planted signal in layer 2 of 4, the last
+layer is noise), so metrics.csv and predictions.npz come from the trainer.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from configs.probe import get_config
+from probing.probes.stats import image_bootstrap
+from probing.probes.synthetic import planted_arrays, write_workdir
+from probing.reporting import tables
+from probing.reporting.runs import load_runs
+from probing.train_all_layers import train_workdir
+
+
+@pytest.fixture(scope="module")
+def trained_location(tmp_path_factory):
+    location = str(tmp_path_factory.mktemp("pairing"))
+    # Same shapes as tests/test_probes_train.py, so the compiled sweep is reused.
+    write_workdir(location, planted_arrays(300, 4, 8, [2], strength=5.0, seed=11))
+    config = get_config()
+    config.update(num_seeds=2, epochs=4, batch_size=16, learning_rate=3e-2)
+    train_workdir(location, config)
+    return location
+
+
+def test_p_resamples_images_when_predictions_exist(trained_location):
+    (run,) = load_runs([trained_location])
+    assert run.predictions is not None
+    row = tables.result_row(run)
+    assert (row.best_layer, row.last_layer, row.p_unit) == (2, 3, tables.IMAGE_UNIT)
+    # ~60 test images, peak ~0.98 vs last ~0.5: every resample agrees.
+    assert row.p_peak_better_than_last == pytest.approx(1 / (1 + tables.BOOTSTRAP_RESAMPLES))
+    (cells,) = tables.results_cells([row])
+    assert cells[-1].endswith("(image)")
+    # The bootstrap scores the same logits metrics.csv was computed from.
+    predictions = run.predictions
+    observed = image_bootstrap(
+        predictions["logits"][2],
+        predictions["logits"][3],
+        predictions["labels"],
+        predictions["group"],
+        "binary",
+        num_resamples=10,
+    )["difference"]
+    assert observed == pytest.approx(row.drop_from_peak, abs=1e-12)
+
+
+def test_p_falls_back_to_seeds_without_predictions(trained_location, tmp_path):
+    os.rename(
+        os.path.join(trained_location, "probes", "mean", "predictions.npz"),
+        tmp_path / "kept.npz",
+    )
+    try:
+        (run,) = load_runs([trained_location])
+        assert run.predictions is None
+        row = tables.result_row(run)
+        assert row.p_unit == tables.SEED_UNIT
+        # Both seeds favour the peak, so every resample of seeds does too.
+        assert row.p_peak_better_than_last < 0.01
+        assert "(seed)" in tables.results_cells([row])[0][-1]
+    finally:
+        os.rename(
+            tmp_path / "kept.npz",
+            os.path.join(trained_location, "probes", "mean", "predictions.npz"),
+        )
+
+
+def test_unreadable_predictions_are_reported_with_the_file(trained_location, tmp_path):
+    path = os.path.join(trained_location, "probes", "mean", "predictions.npz")
+    os.rename(path, tmp_path / "kept.npz")
+    try:
+        with open(path, "wb") as f:
+            f.write(b"not an npz")
+        with pytest.raises(ValueError, match=r"predictions\.npz is not a readable \.npz"):
+            load_runs([trained_location])
+        np.savez(path, layers=np.arange(4))
+        with pytest.raises(ValueError, match="lacks group, labels, logits"):
+            load_runs([trained_location])
+    finally:
+        os.replace(tmp_path / "kept.npz", path)
