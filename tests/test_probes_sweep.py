@@ -110,6 +110,20 @@ def test_probe_trained_alone_equals_the_same_probe_inside_the_sweep(binary_sweep
     )
 
 
+def test_alone_equals_inside_when_all_layers_update_together():
+    # "together" is the GPU/TPU form of a minibatch step (one batched kernel over
+    # all layers); it must keep the guarantee too. Three layers, so that the
+    # one-layer sweep (padded to two) and the full one have different layer counts.
+    arrays = planted_arrays(300, 3, 8, [1], strength=5.0, seed=4)
+    features, labels, mask, split = _as_sweep_inputs(arrays)
+    settings = SweepSettings(**{**vars(SETTINGS), "layer_update": "together"})
+    full = run_sweep(features, labels, mask, split, settings)
+    alone = run_sweep(features[1:2], labels, mask, split, settings, layer_ids=[1], seed_ids=[0])
+    np.testing.assert_array_equal(alone.kernel[0, :, 0], full.kernel[1, :, 0])
+    np.testing.assert_array_equal(alone.train_loss[:, 0, :, 0], full.train_loss[:, 1, :, 0])
+    np.testing.assert_array_equal(alone.logits["test"][0, :, 0], full.logits["test"][1, :, 0])
+
+
 def test_streaming_layer_groups_equals_one_sweep(binary_sweep):
     inputs, full = binary_sweep
     features, labels, mask, split = inputs
@@ -191,3 +205,5 @@ def test_bad_settings_are_rejected_with_the_field_name():
         SweepSettings(dropouts=(1.0,))
     with pytest.raises(ValueError, match="selection must be one of"):
         SweepSettings(selection="accuracy")
+    with pytest.raises(ValueError, match="layer_update must be one of"):
+        SweepSettings(layer_update="parallel")

@@ -23,9 +23,21 @@ restricted to one layer and seed trains that probe exactly as the full sweep
 does, and layer groups can be streamed one after another with identical
 results. Bitwise equality (tested on CPU) also needs the arithmetic to be
 independent of how many probes share the program: standardisation statistics
-are computed layer by layer, per-probe loss sums are batched dots, train-loss
-sums are added on the host in step order, and a one-layer sweep trains a copy
-of its layer alongside (XLA compiles a size-1 layer axis differently).
+are computed layer by layer, per-probe loss sums are added in a fixed pairwise
+order (_weighted_sum), divisions by a broadcast value are written as products
+with its reciprocal (XLA rewrites them so in some programs only), train-loss
+sums are added on the host in step order, and the layer axis is padded to at
+least two layers per device (XLA compiles a size-1 axis differently). The
+two forms of a minibatch step (settings.layer_update: layers one after
+another, fast on CPU, or all together, for accelerators) are each
+deterministic but differ from each other in the last bits.
+
+Devices. With a mesh (probe_mesh, settings.devices) the layer axis is sharded:
+every kernel is shard_mapped, so each device runs the single-device program on
+its own layers with no communication, and by the guarantee above the sharded
+sweep gives bitwise the single-device numbers (tests/test_probes_devices.py).
+Layers rather than seeds are sharded because they also split the features,
+the one big array, across device memories.
 
 Dropout. Drawing a threefry mask per (layer, seed) costs far more than the
 probe's own arithmetic on CPU. Two choices remove that cost:
