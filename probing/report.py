@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from probing.cli import run_main
 from probing.reporting.builder import build_report
-from probing.reporting.runs import ReportError
 
 _WORKDIRS = flags.DEFINE_list(
     "workdirs", None, "Comma-separated workdirs with probe results (WORKSPACE.md)."
@@ -40,20 +40,16 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(
             f"--layers must be comma-separated integers, got {','.join(_LAYERS.value)}"
         ) from None
-    try:
-        path = build_report(
-            _WORKDIRS.value,
-            _OUT.value,
-            poolings=_POOLINGS.value,
-            tasks=_TASKS.value,
-            layers=layers,
-            command=shlex.join(["python", "-m", "probing.report", *sys.argv[1:]]),
-        )
-    except ReportError as error:
-        # Bad input is the user's to fix: one clear line, no traceback.
-        raise SystemExit(f"probing.report: {error}") from None
+    path = build_report(
+        _WORKDIRS.value,
+        _OUT.value,
+        poolings=_POOLINGS.value,
+        tasks=_TASKS.value,
+        layers=layers,
+        command=shlex.join(["python", "-m", "probing.report", *sys.argv[1:]]),
+    )
     print(path)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main, "probing.report")

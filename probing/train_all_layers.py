@@ -26,6 +26,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from probing.cli import run_main
 from probing.probes.data import check_pooling, load_features, load_labels
 from probing.probes.results import probes_dir, write_results
 from probing.probes.sweep import SweepSettings, run_streaming_sweep
@@ -145,4 +146,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_main(main, "probing.train_all_layers")
