@@ -37,23 +37,9 @@ PROMPTS = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory):
-    # Tiny checkpoints and the synthetic dataset go to a private cache.
-    saved = {k: os.environ.get(k) for k in ("PROBING_CACHE", "PROBING_CACHE_DIR")}
-    os.environ["PROBING_CACHE"] = str(tmp_path_factory.mktemp("probing_cache"))
-    os.environ["PROBING_CACHE_DIR"] = os.environ["PROBING_CACHE"]
-    # One thread: tiny matrices gain nothing from more, and on a shared
-    # 2-core machine contention makes forwards many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+# Tiny checkpoints and the synthetic dataset go to the session's private cache
+# (tests/conftest.py); one torch thread keeps tiny forwards fast.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module", params=tiny_families())

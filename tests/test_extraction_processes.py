@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from probing.extraction.runner import REJECTED, extract
 from probing.store.workdir import Workdir
@@ -62,27 +61,9 @@ def _flags() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def environment(tmp_path_factory):
-    cache = str(tmp_path_factory.mktemp("probing_cache"))
-    env = dict(
-        os.environ,
-        PROBING_CACHE=cache,
-        PROBING_CACHE_DIR=cache,
-        HF_HUB_OFFLINE="1",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=REPO,
-    )
-    saved = {k: os.environ.get(k) for k in ("PROBING_CACHE", "PROBING_CACHE_DIR")}
-    os.environ.update(PROBING_CACHE=cache, PROBING_CACHE_DIR=cache)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield env
-    torch.set_num_threads(threads)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+def environment(single_thread):
+    # Subprocesses share the session's private cache (tests/conftest.py).
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=REPO)
 
 
 @pytest.fixture(scope="module")

@@ -30,21 +30,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory):
-    # "tiny:<family>" builds into $PROBING_CACHE_DIR; keep tests off the user's cache.
-    previous = os.environ.get("PROBING_CACHE_DIR")
-    os.environ["PROBING_CACHE_DIR"] = str(tmp_path_factory.mktemp("probing_cache"))
-    # Tiny matrices gain nothing from threads, and on a shared machine the
-    # thread pool's contention makes forwards ~20× slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    if previous is None:
-        del os.environ["PROBING_CACHE_DIR"]
-    else:
-        os.environ["PROBING_CACHE_DIR"] = previous
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _config(family: str, **overrides):

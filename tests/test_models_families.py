@@ -8,8 +8,6 @@ tiling; Gemma 3's per-prompt image lists; SmolVLM sharing the Idefics3 adapter.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -27,20 +25,7 @@ from probing.models import (
 PROMPT = "Is there a dog in the image?"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory):
-    # Tiny checkpoints go to a private cache, not the user's.
-    previous = os.environ.get("PROBING_CACHE_DIR")
-    os.environ["PROBING_CACHE_DIR"] = str(tmp_path_factory.mktemp("probing_cache"))
-    # Tiny matrices gain nothing from threads; a shared machine loses a lot.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    if previous is None:
-        del os.environ["PROBING_CACHE_DIR"]
-    else:
-        os.environ["PROBING_CACHE_DIR"] = previous
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 _LOADED: dict[str, tuple] = {}

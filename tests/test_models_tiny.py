@@ -95,13 +95,9 @@ def test_every_tiny_family_is_checked_here() -> None:
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    # Tiny matrices gain nothing from threads, and on a shared machine the
-    # thread pool's contention makes forwards ~20× slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield str(tmp_path_factory.mktemp("tiny_cache"))
-    torch.set_num_threads(threads)
+def cache_dir(tmp_path_factory: pytest.TempPathFactory, single_thread) -> str:
+    # An explicit cache_dir, as build_tiny_checkpoint's callers may pass.
+    return str(tmp_path_factory.mktemp("tiny_cache"))
 
 
 @pytest.mark.parametrize("family", sorted(EXPECTED))

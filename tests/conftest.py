@@ -1,0 +1,37 @@
+"""Shared test setup: no network, a private cache, single-threaded tiny models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Tests never reach a model hub; fail fast instead of waiting on a timeout.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Tiny checkpoints, generated datasets and embeddings go to a fresh cache.
+
+    The user's ~/.cache/probing is left alone, and every test session builds
+    what it uses, so a stale cache cannot hide a broken builder.
+    """
+    previous = os.environ.get("PROBING_CACHE_DIR")
+    os.environ["PROBING_CACHE_DIR"] = str(tmp_path_factory.mktemp("probing_cache"))
+    yield
+    if previous is None:
+        del os.environ["PROBING_CACHE_DIR"]
+    else:
+        os.environ["PROBING_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny matrices gain nothing from threads, and on a shared 2-core machine
+    the thread pool's contention makes their forwards many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
