@@ -193,20 +193,7 @@ class CocoDataset:
 
     def load_image(self, image_id: int) -> Image.Image:
         """The image as PIL RGB; a missing or corrupt file raises DatasetError."""
-        path = self.image_path(image_id)
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except FileNotFoundError as e:
-            raise DatasetError(
-                f"image file {path} (image id {image_id}) does not exist; restore it, or set "
-                "data.skip_unreadable_images=True to skip unreadable images"
-            ) from e
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DatasetError(
-                f"image file {path} (image id {image_id}) is corrupt or unreadable ({e}); "
-                "replace it, or set data.skip_unreadable_images=True to skip it"
-            ) from e
+        return self._open_image(image_id, decode=True)
 
     def check_image(self, image_id: int, decode: bool = False) -> None:
         """Raises DatasetError unless the image file exists and parses.
@@ -215,13 +202,17 @@ class CocoDataset:
         cheap); `decode=True` decodes every pixel, which also catches
         truncated files.
         """
-        if decode:
-            self.load_image(image_id)
-            return
+        self._open_image(image_id, decode=decode)
+
+    def _open_image(self, image_id: int, decode: bool) -> Image.Image | None:
+        """Decodes the image (decode=True) or only verifies its file."""
         path = self.image_path(image_id)
         try:
             with Image.open(path) as image:
+                if decode:
+                    return image.convert("RGB")
                 image.verify()
+                return None
         except FileNotFoundError as e:
             raise DatasetError(
                 f"image file {path} (image id {image_id}) does not exist; restore it, or set "
