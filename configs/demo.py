@@ -1,11 +1,11 @@
 """The embedded default: a tiny random-init VLM on a generated COCO-format dataset.
 
   python -m probing.extract --config=configs/demo.py:qwen2_vl,caption --workdir=runs/demo/q_cap
-  python -m probing.demo      # all families × tasks, probes and report (about 3 min on 2 CPUs)
+  python -m probing.demo      # all families × tasks, probes and report (about 1 min on 2 CPUs)
 
 The argument is "<family>,<task>": family qwen2_vl (default) or fast_vlm
 (any family `probing.models.tiny` builds), task caption (default) or category.
-One extraction takes about 15-30 s on a 2-core CPU. Nothing is downloaded:
+One extraction takes about 5-15 s on a 2-core CPU. Nothing is downloaded:
 the checkpoint is built locally (random weights, real architecture, real
 image processor, a tokenizer trained on the fly) and loaded with
 from_pretrained like a hub checkpoint.

@@ -6,7 +6,8 @@
 For each model family and task it runs stage 1 (`configs/demo.py:<family>,<task>`:
 a tiny randomly initialised checkpoint of the real architecture on a generated
 COCO-format dataset), stage 2 (`configs/probe.py`) and finally the report over
-all workdirs. About 3 minutes on a 2-core CPU. Rerunning resumes finished
+all workdirs. About 1 minute on a 2-core CPU once installed (the first run
+also builds the tiny checkpoints and the dataset). Rerunning resumes finished
 extractions instead of recomputing them.
 
 The tiny models are random, so their probe curves show what untrained
