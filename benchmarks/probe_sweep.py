@@ -16,8 +16,12 @@ which must agree within about a point. The last line is the ratio to PyTorch.
 
 With --torch_layers=K both baselines run on K layers (the signal layer among
 them) and their time is scaled to all layers: their cost is linear in the
-number of layers. Rows are ordered by split and features generated layer-major
-so that the full size (7 GB of float32 features) is held once.
+number of layers. Rows are ordered by split and features generated layer-major.
+Features are float16 by default, as real extraction configs store them
+(--dtype=float32 for the other store dtype); the baselines standardise the
+same values in float32. --skip_baselines times the JAX sweep alone. On CPU
+the sweep shards its layers over one JAX device per core (--cpu_devices):
+XLA runs a single device's sweep on about one core.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from probing.probes.sweep import SweepSettings, run_sweep
+from probing.probes.sweep import LAYER_UPDATES, SweepSettings, probe_mesh, run_sweep
 from probing.probes.synthetic import planted_arrays
 
 SIZES = {
@@ -47,11 +52,31 @@ _TORCH_LAYERS = flags.DEFINE_integer(
     "Time PyTorch and scikit-learn on this many layers and extrapolate (0: all).",
 )
 _SKIP_SKLEARN = flags.DEFINE_bool("skip_sklearn", False, "Leave out scikit-learn.")
+_SKIP_BASELINES = flags.DEFINE_bool(
+    "skip_baselines", False, "Time the JAX sweep only (no PyTorch, no scikit-learn)."
+)
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices",
+    0,
+    "On CPU, split the cores into this many JAX devices and shard the layers over them "
+    "(0: one per core; 1: a single device). XLA runs one device's sweep on about one "
+    "core, so this is how the sweep uses all of them; results are bitwise the same.",
+)
+_LAYER_UPDATE = flags.DEFINE_enum(
+    "layer_update", "auto", list(LAYER_UPDATES), "How a minibatch step updates the layers."
+)
+_DTYPE = flags.DEFINE_enum(
+    "dtype",
+    "float16",
+    ["float16", "float32"],
+    "Feature dtype, as a workdir stores them (real configs extract float16).",
+)
 LEARNING_RATE, DROPOUT, SIGNAL_LAYER = 1e-3, 0.1, 3
 
 
 def _standardize(features, train):
-    """Per-layer train statistics, applied to [layers, N, D] features."""
+    """Per-layer train statistics, applied to [layers, N, D] features, in float32."""
+    features = features.astype(np.float32)
     mean = features[:, train].mean(axis=1, keepdims=True)
     std = features[:, train].std(axis=1, keepdims=True)
     return ((features - mean) / np.where(std > 1e-6, std, 1.0)).astype(np.float32)
@@ -104,6 +129,8 @@ def sklearn_per_layer(features, labels, split):
 
 def main(argv):
     del argv
+    # Must happen before JAX creates its CPU backend (the first array).
+    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value or os.cpu_count() or 1)
     num_examples, num_layers, dim, num_seeds, epochs = SIZES[_SIZE.value]
     batch_size = _BATCH.value
     arrays = planted_arrays(
@@ -111,14 +138,18 @@ def main(argv):
     )
     # Rows ordered by split: the sweep then moves each split to the device as a view.
     order = np.argsort(arrays["split"], kind="stable")
-    features = arrays.pop("features")
+    drawn = arrays.pop("features")
+    # Stored like a workdir stores them; every method reads these same values.
+    features = np.empty(drawn.shape, _DTYPE.value)
     for layer in range(num_layers):
-        features[layer] = features[layer, order]
+        features[layer] = drawn[layer, order]
+    del drawn
     labels, split = arrays["labels"][order].astype(np.float32), arrays["split"][order]
     work = num_examples * num_layers * num_seeds * epochs
     print(
         f"size={_SIZE.value}: N={num_examples} layers={num_layers} D={dim} seeds={num_seeds} "
-        f"epochs={epochs} batch={batch_size} dropout={DROPOUT} lr={LEARNING_RATE}"
+        f"epochs={epochs} batch={batch_size} dropout={DROPOUT} lr={LEARNING_RATE} "
+        f"features={_DTYPE.value} jax_devices={len(jax.devices())}"
     )
 
     settings = SweepSettings(
@@ -128,15 +159,23 @@ def main(argv):
         learning_rates=(LEARNING_RATE,),
         dropouts=(DROPOUT,),
         controls=False,
+        layer_update=_LAYER_UPDATE.value,
     )
     start = time.perf_counter()
     result = run_sweep(
-        features, labels[:, None], np.ones((num_examples, 1), np.float32), split, settings
+        features,
+        labels[:, None],
+        np.ones((num_examples, 1), np.float32),
+        split,
+        settings,
+        mesh=probe_mesh(0),
     )
     jax_seconds = time.perf_counter() - start
     test_labels = labels[split == 2]
     jax_accuracy = ((result.logits["test"][:, 0, :, :, 0] > 0) == test_labels).mean(axis=-1)
     print(f"jax sweep:     {jax_seconds:8.2f} s  {work / jax_seconds:12.3g} probe-examples/s")
+    if _SKIP_BASELINES.value:
+        return
 
     torch_layers = list(range(_TORCH_LAYERS.value or num_layers))
     if SIGNAL_LAYER not in torch_layers:

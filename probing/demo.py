@@ -59,6 +59,9 @@ def run_demo(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from probing.train_all_layers import use_every_cpu_core
+
+    use_every_cpu_core()
     report = run_demo(_OUT.value, _FAMILIES.value, _TASKS.value, _NUM_SEEDS.value)
     print(f"Report: {report}")
 

@@ -207,3 +207,22 @@ def test_bad_settings_are_rejected_with_the_field_name():
         SweepSettings(selection="accuracy")
     with pytest.raises(ValueError, match="layer_update must be one of"):
         SweepSettings(layer_update="parallel")
+
+
+@pytest.mark.parametrize("store_dtype", [np.float16, "bfloat16"])
+def test_compact_features_train_exactly_as_their_float32_values(binary_sweep, store_dtype):
+    # The sweep reads float16/bfloat16 features as they are and standardises
+    # each minibatch in float32; that must be the very arithmetic of the same
+    # values handed over as float32 (which the sweep used to convert them to).
+    inputs, _ = binary_sweep
+    features, labels, mask, split = inputs
+    compact = features.astype(np.dtype(store_dtype))
+    assert compact.dtype.itemsize == 2 and not np.array_equal(compact, features)
+    as_stored = run_sweep(compact, labels, mask, split, SETTINGS)
+    widened = run_sweep(compact.astype(np.float32), labels, mask, split, SETTINGS)
+    for name in ("kernel", "bias", "train_loss", "val_loss", "best_epoch", "mean", "scale"):
+        np.testing.assert_array_equal(
+            getattr(as_stored, name), getattr(widened, name), err_msg=name
+        )
+    for split_name, logits in widened.logits.items():
+        np.testing.assert_array_equal(as_stored.logits[split_name], logits, err_msg=split_name)

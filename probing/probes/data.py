@@ -215,7 +215,11 @@ def load_features(
     label_data: LabelData,
     layers: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Reads features/<pooling> of the written rows as float32 [len(layers), N, D].
+    """Reads features/<pooling> of the written rows as [len(layers), N, D] in the store dtype.
+
+    The dtype stays what the workdir stores (float16, bfloat16 or float32):
+    the sweep standardises in float32 as it reads, so converting here would
+    only double the memory and the bytes every training step reads.
 
     Args:
       workdir: the workdir.
@@ -248,7 +252,7 @@ def load_features(
         )
 
     rows = label_data.rows
-    out = np.empty((len(layers), rows.size, label_data.hidden_size), np.float32)
+    out = np.empty((len(layers), rows.size, label_data.hidden_size), array.dtype.numpy_dtype)
     # Read contiguous layer runs: one TensorStore read per run, not per layer.
     start = 0
     while start < len(layers):
@@ -256,7 +260,7 @@ def load_features(
         while stop < len(layers) and layers[stop] == layers[stop - 1] + 1:
             stop += 1
         block = array[:, layers[start] : layers[stop - 1] + 1, :].read().result()
-        out[start:stop] = np.moveaxis(np.asarray(block, dtype=np.float32)[rows], 1, 0)
+        out[start:stop] = np.moveaxis(np.asarray(block)[rows], 1, 0)
         start = stop
 
     for position, layer in enumerate(layers):

@@ -7,6 +7,11 @@ step over the four axes and `lax.scan` runs the epoch's minibatches. Features
 are always passed to the jitted functions as arguments (a closed-over array
 would be baked into the program as a constant).
 
+Features stay in their store dtype (float16, bfloat16 or float32) on the
+device; each minibatch is standardised in float32 as it is gathered. That
+gives the very float32 values a standardised copy would hold, but every step
+reads half the bytes for float16 features and no such copy is ever made.
+
 Axes:
   layer  the hidden states probed (layer indices of the workdir);
   task   0 = the task's labels, 1 = the shuffled-label control (labels
@@ -82,6 +87,8 @@ SELECTIONS = ("loss", "headline")
 # How a minibatch step updates the layers (see _train_epoch): one after another
 # (fast on CPU), all together (fast on GPU/TPU), or chosen by the backend.
 LAYER_UPDATES = ("auto", "sequential", "together")
+# Feature dtypes the sweep reads as they are (the workdir's store dtypes).
+FEATURE_DTYPES = (np.dtype(np.float16), np.dtype(jnp.bfloat16), np.dtype(np.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +213,7 @@ def counter_dropout(x: jax.Array, bits: jax.Array, rate: jax.Array | float) -> j
     it is >= rate, so several rates can share one draw.
     """
     uniform = (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
-    # x * (1 / keep), not x / keep: see _standardize on XLA's rewriting of divisions.
+    # x * (1 / keep), not x / keep: see _standardized on XLA's rewriting of divisions.
     return jnp.where(uniform >= rate, x * (1.0 / (1.0 - rate)), 0.0)
 
 
@@ -308,6 +315,8 @@ def _probe_step(params, opt_state, x, labels, mask, bits, lr, wd, rate, *, num_o
 def _train_epoch(
     state,
     x_train,
+    mean,
+    inverse,
     y_train,
     m_train,
     epoch,
@@ -320,7 +329,11 @@ def _train_epoch(
     num_outputs,
     layer_loop,
 ):
-    """One epoch of every probe. x_train [L, n, D]; y_train, m_train [T, S, n, C].
+    """One epoch of every probe. x_train [L, n, D] raw; y_train, m_train [T, S, n, C].
+
+    Each minibatch is standardised right after it is gathered (_standardized),
+    so the features stay in their store dtype: with float16 features every
+    step reads half the bytes, and the values the probes see are the same.
 
     With `layer_loop`, each minibatch step updates the layers one after
     another (lax.map) instead of all at once. The probe arithmetic is the same;
@@ -389,13 +402,13 @@ def _train_epoch(
 
             def one_layer(layer_state):
                 layer_params, layer_opt_state, layer = layer_state
-                x = x_rows[layer * num_train + rows]  # [S, B, D]
+                x = _standardized(x_rows[layer * num_train + rows], mean[layer], inverse[layer])
                 return layer_step(layer_params, layer_opt_state, x, labels, mask, bits, *rates)
 
             layers = jnp.arange(x_train.shape[0])
             params, opt_state, loss_sum = jax.lax.map(one_layer, (params, opt_state, layers))
         else:
-            x = x_train[:, rows]  # [L, S, B, D]
+            x = _standardized(x_train[:, rows], mean[:, None, None], inverse[:, None, None])
             params, opt_state, loss_sum = step(params, opt_state, x, labels, mask, bits, *rates)
         scored = mask.sum(axis=(2, 3))[None, :, :, None]  # [1, T, S, 1]
         return (params, opt_state), (loss_sum, scored)
@@ -408,16 +421,28 @@ def _train_epoch(
     return {**state, "params": params, "opt_state": opt_state}, (loss_sums, scored)
 
 
-def _apply_all(params, x, *, num_outputs):
-    """Logits [L, T, S, G, n, C] of every probe on x [L, n, D] (no dropout)."""
-    apply = _vmap_probes(
-        lambda p, xl: LinearProbe(num_outputs).apply({"params": p}, xl),
-        grid_axes=(0, None),
-        seed_axes=(0, None),
-        task_axes=(0, None),
-        layer_axes=(0, 0),
+def _apply_all(params, x, mean, inverse, *, num_outputs):
+    """Logits [L, T, S, G, n, C] of every probe on raw x [L, n, D] (no dropout).
+
+    Layer by layer (lax.map): one layer's standardised features [n, D] are
+    the only float32 copy made, never all layers' at once.
+    """
+    apply = jax.vmap(
+        jax.vmap(
+            jax.vmap(
+                lambda p, xl: LinearProbe(num_outputs).apply({"params": p}, xl),
+                in_axes=(0, None),
+            ),
+            in_axes=(0, None),
+        ),
+        in_axes=(0, None),
     )
-    return apply(params, x)
+
+    def one_layer(layer_args):
+        layer_params, layer_x, layer_mean, layer_inverse = layer_args
+        return apply(layer_params, _standardized(layer_x, layer_mean, layer_inverse))
+
+    return jax.lax.map(one_layer, (params, x, mean, inverse))
 
 
 def _weighted_sum(values: jax.Array, weights: jax.Array, num_axes: int) -> jax.Array:
@@ -469,12 +494,14 @@ def _selection_score(logits, labels, mask, *, selection, multilabel):
     return loss, macro_f1
 
 
-def _select_epoch(state, x_val, y_val, m_val, epoch, *, num_outputs, selection, multilabel):
+def _select_epoch(
+    state, x_val, mean, inverse, y_val, m_val, epoch, *, num_outputs, selection, multilabel
+):
     """Scores every probe on val and keeps its parameters if they improved.
 
     y_val, m_val: [T, S, n, C], the control's val labels shuffled like its train labels.
     """
-    logits = _apply_all(state["params"], x_val, num_outputs=num_outputs)
+    logits = _apply_all(state["params"], x_val, mean, inverse, num_outputs=num_outputs)
     val_loss, score = _selection_score(
         logits,
         y_val[None, :, :, None],
@@ -496,7 +523,7 @@ def _select_epoch(state, x_val, y_val, m_val, epoch, *, num_outputs, selection, 
     }, val_loss
 
 
-def _chosen_logits(params, splits, chosen_grid, *, num_outputs):
+def _chosen_logits(params, splits, mean, inverse, chosen_grid, *, num_outputs):
     """Logits [L, T, S, n, C] on each x of `splits` of the chosen grid point per layer.
 
     Every grid point is applied and the chosen one picked afterwards, so the
@@ -509,12 +536,13 @@ def _chosen_logits(params, splits, chosen_grid, *, num_outputs):
         index = chosen_grid.reshape((-1, 1, 1, 1) + (1,) * (p.ndim - 4))
         return jnp.take_along_axis(p, index, axis=3)[:, :, :, 0]
 
-    logits = [pick(_apply_all(params, x, num_outputs=num_outputs)) for x in splits]
+    logits = [pick(_apply_all(params, x, mean, inverse, num_outputs=num_outputs)) for x in splits]
     return logits, jax.tree.map(pick, params)
 
 
 def _layer_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean and scale [D] of one layer's train features [n, D]."""
+    """Mean and scale [D] of one layer's train features [n, D] (any float dtype)."""
+    x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=0)
     std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=0))
     # A dimension constant on train carries no information; dividing by 1
@@ -522,8 +550,8 @@ def _layer_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mean, jnp.where(std > 1e-6, std, 1.0)
 
 
-def _standardize(x_train, x_val, x_test):
-    """Standardises [L, n, D] features per layer and dimension with train statistics.
+def _statistics(x_train: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-layer standardisation [L, D] from train features [L, n, D]: mean, scale, 1 / scale.
 
     The statistics are computed layer by layer (lax.map) rather than as one
     reduction over [L, n, D]: XLA orders a batched reduction differently for
@@ -531,18 +559,21 @@ def _standardize(x_train, x_val, x_test):
     layers share the sweep.
     """
     mean, scale = jax.lax.map(_layer_statistics, x_train)
-    # Multiplying by the reciprocal, written out: XLA's simplifier turns a
-    # division by a broadcast into exactly this in some programs and not in
-    # others (a sharded one), and the two differ in the last bit.
-    inverse = 1.0 / scale[:, None]
-    mean_rows = mean[:, None]
-    return (
-        (x_train - mean_rows) * inverse,
-        (x_val - mean_rows) * inverse,
-        (x_test - mean_rows) * inverse,
-        mean,
-        scale,
-    )
+    return mean, scale, 1.0 / scale
+
+
+def _standardized(x: jax.Array, mean: jax.Array, inverse: jax.Array) -> jax.Array:
+    """(x - mean) / scale in float32, for raw features x in their store dtype.
+
+    Applied to each minibatch where it is used instead of to all features
+    once: the float32 values are the same (float16 and bfloat16 convert to
+    float32 exactly), but the features are read in their compact dtype and no
+    standardised copy of them is ever held. The division is written as a
+    product with the reciprocal: XLA's simplifier turns a division by a
+    broadcast into exactly this in some programs and not in others (a sharded
+    one), and the two differ in the last bit.
+    """
+    return (x.astype(jnp.float32) - mean) * inverse
 
 
 # ------------------------------------------------------------------- devices
@@ -743,7 +774,9 @@ def run_sweep(
     """Trains, selects and applies the probes of one group of layers.
 
     Args:
-      features: float32 [L, N, D], layer-major (see data.load_features).
+      features: [L, N, D], layer-major (see data.load_features), float16, bfloat16
+        or float32 (kept as they are: the sweep standardises minibatches in
+        float32 as it reads them); other dtypes are converted to float32.
       labels, mask: float32 [N, C] targets and scored entries.
       split: [N] 0 train, 1 val, 2 test.
       settings: hyperparameters and seeds.
@@ -754,7 +787,9 @@ def run_sweep(
       mesh: devices to shard the layer axis over (see probe_mesh); None runs
         the single-device program. Results are the same either way.
     """
-    features = np.asarray(features, np.float32)
+    features = np.asarray(features)
+    if features.dtype not in FEATURE_DTYPES:
+        features = features.astype(np.float32)
     num_layers, _, dim = features.shape
     layer_ids = np.arange(num_layers) if layer_ids is None else np.asarray(layer_ids)
     seed_ids = np.arange(settings.num_seeds) if seed_ids is None else np.asarray(seed_ids)
@@ -806,11 +841,10 @@ def run_sweep(
             return by_layer(features[:, split_rows[0] : split_rows[-1] + 1])
         return by_layer(features[np.ix_(layer_index, split_rows)])
 
-    # The raw features are donated: the standardised ones take their memory.
-    standardize = program(_standardize, (_BY_LAYER,) * 3, _BY_LAYER, donate=(0, 1, 2))
-    x_train, x_val, x_test, mean, scale = standardize(
-        *(split_features(name) for name in ("train", "val", "test"))
-    )
+    # Features stay raw, in their store dtype; the probes standardise what they read.
+    x_train, x_val, x_test = (split_features(name) for name in ("train", "val", "test"))
+    statistics = program(_statistics, (_BY_LAYER,), (_BY_LAYER,) * 3)
+    mean, scale, inverse = statistics(x_train)
     y_train, m_train = map(
         replicated, _task_targets(labels, mask, rows["train"], seed_ids, settings, "train")
     )
@@ -832,7 +866,7 @@ def run_sweep(
     )
     train_epoch = program(
         _train_epoch,
-        (_BY_LAYER, _BY_LAYER) + (_REPLICATED,) * 5,
+        (_BY_LAYER,) * 4 + (_REPLICATED,) * 5,
         (_BY_LAYER, (_LOSS_BY_LAYER, _REPLICATED)),
         donate=(0,),
         seed=settings.seed,
@@ -843,7 +877,7 @@ def run_sweep(
     )
     select_epoch = program(
         _select_epoch,
-        (_BY_LAYER, _BY_LAYER) + (_REPLICATED,) * 3,
+        (_BY_LAYER,) * 4 + (_REPLICATED,) * 3,
         (_BY_LAYER, _BY_LAYER),
         donate=(0,),
         num_outputs=num_outputs,
@@ -851,7 +885,7 @@ def run_sweep(
         multilabel=multilabel,
     )
     chosen_logits = program(
-        _chosen_logits, (_BY_LAYER,) * 3, (_BY_LAYER, _BY_LAYER), num_outputs=num_outputs
+        _chosen_logits, (_BY_LAYER,) * 5, (_BY_LAYER, _BY_LAYER), num_outputs=num_outputs
     )
 
     state = init_state(by_layer(np.asarray(layer_ids, np.int32)), seeds_arg, hp)
@@ -860,9 +894,9 @@ def run_sweep(
     for epoch in range(settings.epochs):
         epoch_arg = replicated(np.int32(epoch))
         state, (loss_sums, scored) = train_epoch(
-            state, x_train, y_train, m_train, epoch_arg, seeds_arg, hp
+            state, x_train, mean, inverse, y_train, m_train, epoch_arg, seeds_arg, hp
         )
-        state, val_loss = select_epoch(state, x_val, y_val, m_val, epoch_arg)
+        state, val_loss = select_epoch(state, x_val, mean, inverse, y_val, m_val, epoch_arg)
         train_losses.append(_epoch_mean_loss(_to_host(loss_sums), _to_host(scored)))
         val_losses.append(_to_host(val_loss))
         progress.update(probes_per_epoch, force=True)
@@ -871,7 +905,7 @@ def run_sweep(
     # Grid point per layer: best mean over seeds of the task probes' val score.
     chosen_grid = np.argmax(best_score[:, 0].mean(axis=1), axis=-1).astype(np.int32)
     split_logits, picked = chosen_logits(
-        state["best_params"], (x_train, x_val, x_test), by_layer(chosen_grid)
+        state["best_params"], (x_train, x_val, x_test), mean, inverse, by_layer(chosen_grid)
     )
     kept = slice(0, num_layers)
     return SweepResult(
@@ -906,8 +940,8 @@ def run_streaming_sweep(
 ) -> SweepResult:
     """Runs the sweep over `layers` in groups of settings.layer_group_size (0: all at once).
 
-    `load_layers(group)` returns float32 [len(group), N, D]; only one group is
-    in memory at a time. Each group is sharded over settings.devices devices
+    `load_layers(group)` returns [len(group), N, D] (dtypes: see run_sweep);
+    only one group is in memory at a time. Each group is sharded over settings.devices devices
     (probe_mesh). Results equal those of a single sweep over all layers on
     one device.
     """
