@@ -443,7 +443,8 @@ def plot_loss_curves(
             ax.set_xlabel("epoch")
             ax.set_ylabel("probe loss (cross-entropy)")
             ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.legend(frameon=False, loc="upper right")
+            # "best" keeps the layer labels off the curves, which rise or fall by run.
+            ax.legend(frameon=False, loc="best")
         for ax in axes.flat[len(with_curves) :]:
             ax.set_visible(False)
         fig.legend(
