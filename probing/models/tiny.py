@@ -287,15 +287,21 @@ def _padded_vocab_size(tokenizer: transformers.PreTrainedTokenizerBase) -> int:
 _TINY_TEXT_HIDDEN = 64
 
 
+# Decoder shape of every tiny text model: 3 layers, 64 wide, 4 heads (2 KV).
+_TINY_DECODER_SHAPE = {
+    "hidden_size": _TINY_TEXT_HIDDEN,
+    "intermediate_size": 2 * _TINY_TEXT_HIDDEN,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+
+
 def _tiny_qwen2_text_config(vocab_size: int, tokenizer) -> dict:
     """Text-decoder fields shared by the Qwen2-based tiny checkpoints."""
     return {
         "vocab_size": vocab_size,
-        "hidden_size": _TINY_TEXT_HIDDEN,
-        "intermediate_size": 2 * _TINY_TEXT_HIDDEN,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        **_TINY_DECODER_SHAPE,
         "max_position_embeddings": 2048,
         "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
@@ -621,11 +627,7 @@ def _tiny_gemma_text_config(vocab_size: int, tokenizer) -> dict:
     """Text-decoder fields shared by the Gemma-based tiny checkpoints."""
     return {
         "vocab_size": vocab_size,
-        "hidden_size": _TINY_TEXT_HIDDEN,
-        "intermediate_size": 2 * _TINY_TEXT_HIDDEN,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        **_TINY_DECODER_SHAPE,
         "head_dim": _TINY_GEMMA_HEAD_DIM,
         "max_position_embeddings": 2048,
         "bos_token_id": tokenizer.bos_token_id,
