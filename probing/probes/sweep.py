@@ -69,6 +69,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache, partial
 from typing import Any
 
@@ -662,6 +663,15 @@ def _place(value: Any, mesh: Mesh | None, spec: PartitionSpec) -> jax.Array:
     )
 
 
+def _aligned_empty(shape: tuple[int, ...], dtype: Any, alignment: int = 64) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts at a multiple of `alignment` bytes."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    raw = np.empty(size + alignment, np.uint8)
+    offset = -raw.ctypes.data % alignment
+    return raw[offset : offset + size].view(dtype).reshape(shape)
+
+
 def _place_features(
     features: np.ndarray, layer_index: np.ndarray, rows: np.ndarray, mesh: Mesh | None
 ) -> jax.Array:
@@ -669,9 +679,11 @@ def _place_features(
 
     Example-major (see the module docstring), sharded over the layer axis.
     Each device's block is built on the host in that order and handed over
-    whole: a fresh, aligned numpy array that the CPU backend can adopt
-    without copying it again, where placing layer-major features and
-    transposing them on the device would move every byte twice.
+    whole: a fresh numpy array aligned to 64 bytes, which the CPU backend
+    adopts as the device buffer without copying it (numpy's own arrays are
+    16-byte aligned, and those it copies). The features are then copied once
+    in all; fresh memory is slow to fault in on small VMs, about a second
+    per GB, so every copy of them counts.
     """
     if rows.size and rows[-1] - rows[0] + 1 == rows.size:
         rows = slice(int(rows[0]), int(rows[-1]) + 1)  # a view: no fancy-index copy
@@ -680,7 +692,7 @@ def _place_features(
 
     def block(layers: slice) -> np.ndarray:
         positions = range(*layers.indices(len(layer_index)))
-        out = np.empty((num_rows, len(positions), shape[2]), features.dtype)
+        out = _aligned_empty((num_rows, len(positions), shape[2]), features.dtype)
         for j, position in enumerate(positions):
             out[:, j] = features[layer_index[position], rows]
         return out
@@ -689,6 +701,16 @@ def _place_features(
         return jax.device_put(block(slice(None)))
     sharding = NamedSharding(mesh, _FEATURES_BY_LAYER)
     return jax.make_array_from_callback(shape, sharding, lambda index: block(index[1]))
+
+
+def _shapes_of(tree: Any) -> Any:
+    """Shape, dtype and sharding of every array of a pytree, for compiling ahead of time."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+
+
+def _compile(program: Callable, *like: Any) -> Callable:
+    """`program` compiled for arguments shaped like `like` (arrays or ShapeDtypeStructs)."""
+    return program.lower(*like).compile()
 
 
 def _to_host(value: jax.Array) -> np.ndarray:
@@ -871,15 +893,6 @@ def run_sweep(
     def program(impl, in_specs, out_specs, donate=(), **static):
         return _program(impl, mesh, in_specs, out_specs, donate, tuple(sorted(static.items())))
 
-    # Features stay raw, in their store dtype; the probes standardise what they
-    # read. Features are the sweep's one big array (29 x 40,000 x 1,536 float16
-    # is 3.6 GB): each split is copied once, straight into its device layout.
-    x_train, x_val, x_test = (
-        _place_features(features, layer_index, rows[name], mesh)
-        for name in ("train", "val", "test")
-    )
-    statistics = program(_statistics, (_FEATURES_BY_LAYER,), (_BY_LAYER,) * 3)
-    mean, scale, inverse = statistics(x_train)
     y_train, m_train = map(
         replicated, _task_targets(labels, mask, rows["train"], seed_ids, settings, "train")
     )
@@ -899,6 +912,7 @@ def run_sweep(
         dim=dim,
         zero_init=settings.zero_init,
     )
+    statistics = program(_statistics, (_FEATURES_BY_LAYER,), (_BY_LAYER,) * 3)
     train_epoch = program(
         _train_epoch,
         (_BY_LAYER, _FEATURES_BY_LAYER, _BY_LAYER, _BY_LAYER) + (_REPLICATED,) * 5,
@@ -927,10 +941,73 @@ def run_sweep(
     )
 
     state = init_state(by_layer(np.asarray(layer_ids, np.int32)), seeds_arg, hp)
+    epoch_args = [replicated(np.int32(epoch)) for epoch in range(settings.epochs)]
+
+    # Compiling the programs takes seconds on CPU, and they need only the
+    # shapes of the features: they compile on other threads (XLA releases the
+    # GIL) while the features are copied to the devices.
+    def like(shape: tuple[int, ...], dtype: Any, spec: PartitionSpec) -> jax.ShapeDtypeStruct:
+        sharding = None if mesh is None else NamedSharding(mesh, spec)
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    x_like = {
+        name: like((rows[name].size, padded, dim), features.dtype, _FEATURES_BY_LAYER)
+        for name in ("train", "val", "test")
+    }
+    layer_stats_like = like((padded, dim), np.float32, _BY_LAYER)
+    layer_like = like((padded,), np.int32, _BY_LAYER)
+    state_like = _shapes_of(state)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        compiling = {
+            "train": pool.submit(
+                _compile,
+                train_epoch,
+                state_like,
+                x_like["train"],
+                layer_stats_like,
+                layer_stats_like,
+                y_train,
+                m_train,
+                epoch_args[0],
+                seeds_arg,
+                hp,
+            ),
+            "select": pool.submit(
+                _compile,
+                select_epoch,
+                state_like,
+                x_like["val"],
+                layer_stats_like,
+                layer_stats_like,
+                y_val,
+                m_val,
+                epoch_args[0],
+            ),
+            "chosen": pool.submit(
+                _compile,
+                chosen_logits,
+                state_like["best_params"],
+                tuple(x_like.values()),
+                layer_stats_like,
+                layer_stats_like,
+                layer_like,
+            ),
+        }
+        # Features stay raw, in their store dtype; the probes standardise what
+        # they read. Features are the sweep's one big array (29 x 40,000 x
+        # 1,536 float16 is 3.6 GB): each split is copied once, straight into
+        # its device layout.
+        x_train, x_val, x_test = (
+            _place_features(features, layer_index, rows[name], mesh)
+            for name in ("train", "val", "test")
+        )
+        mean, scale, inverse = statistics(x_train)
+        train_epoch, select_epoch, chosen_logits = (
+            compiling[name].result() for name in ("train", "select", "chosen")
+        )
     train_losses, val_losses = [], []
     probes_per_epoch = num_layers * num_tasks * len(seed_ids) * num_grid
-    for epoch in range(settings.epochs):
-        epoch_arg = replicated(np.int32(epoch))
+    for epoch_arg in epoch_args:
         state, (loss_sums, scored) = train_epoch(
             state, x_train, mean, inverse, y_train, m_train, epoch_arg, seeds_arg, hp
         )
