@@ -12,6 +12,8 @@ import pytest
 from probing.probes.metrics import binary_metrics, multilabel_metrics
 from probing.probes.sweep import (
     SweepSettings,
+    _aligned_empty,
+    _place_features,
     hash_bits,
     run_streaming_sweep,
     run_sweep,
@@ -226,3 +228,25 @@ def test_compact_features_train_exactly_as_their_float32_values(binary_sweep, st
         )
     for split_name, logits in widened.logits.items():
         np.testing.assert_array_equal(as_stored.logits[split_name], logits, err_msg=split_name)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16", np.float32])
+def test_aligned_host_arrays_start_on_64_byte_boundaries(dtype):
+    # The CPU backend adopts a 64-byte-aligned host array as the device buffer
+    # instead of copying it; the features are placed that way.
+    for shape in [(3, 5, 7), (1,), (40, 2, 1536)]:
+        array = _aligned_empty(shape, dtype)
+        assert array.shape == shape and array.dtype == np.dtype(dtype)
+        assert array.ctypes.data % 64 == 0 and array.flags.c_contiguous
+
+
+@pytest.mark.parametrize("rows", [np.arange(10, 40), np.array([3, 0, 17, 5, 50])])
+def test_features_are_placed_example_major(rows):
+    # Device features are [n, L, D]: row i holds every layer of example rows[i],
+    # for a contiguous split (a view) and for scattered rows alike; padded
+    # layers repeat the last one.
+    features = np.random.default_rng(0).standard_normal((3, 60, 4)).astype(np.float16)
+    layer_index = np.array([0, 1, 2, 2])
+    placed = np.asarray(_place_features(features, layer_index, rows, mesh=None))
+    assert placed.shape == (len(rows), 4, 4) and placed.dtype == np.float16
+    np.testing.assert_array_equal(placed, features[layer_index][:, rows].transpose(1, 0, 2))
