@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from probing.probes import sweep
 from probing.probes.metrics import binary_metrics, multilabel_metrics
 from probing.probes.sweep import (
     SweepSettings,
@@ -250,3 +251,15 @@ def test_features_are_placed_example_major(rows):
     placed = np.asarray(_place_features(features, layer_index, rows, mesh=None))
     assert placed.shape == (len(rows), 4, 4) and placed.dtype == np.float16
     np.testing.assert_array_equal(placed, features[layer_index][:, rows].transpose(1, 0, 2))
+
+
+def test_gathering_each_layer_rows_equals_gathering_whole_rows(binary_sweep, monkeypatch):
+    # Big minibatches read each layer's rows separately instead of one block of
+    # all layers (sweep.WHOLE_ROWS_MAX_BYTES); the probes must not notice.
+    inputs, whole_rows = binary_sweep
+    monkeypatch.setattr(sweep, "WHOLE_ROWS_MAX_BYTES", 0)
+    per_layer = run_sweep(*inputs, SETTINGS)
+    for name in ("kernel", "bias", "train_loss", "val_loss", "best_epoch"):
+        np.testing.assert_array_equal(
+            getattr(per_layer, name), getattr(whole_rows, name), err_msg=name
+        )
