@@ -12,9 +12,11 @@ device; each minibatch is standardised in float32 as it is gathered. That
 gives the very float32 values a standardised copy would hold, but every step
 reads half the bytes for float16 features and no such copy is ever made.
 On the device they are example-major, [n, L, D] per split: a minibatch row
-of every layer is one contiguous read (L x D values), which on CPU makes the
-gather, the sweep's dominant cost, about a quarter faster than reading L
-scattered rows of a layer-major [L, n, D] array (benchmarks/probe_sweep.py).
+of every layer is one contiguous read (L x D values), which on CPU makes a
+batch-16 epoch about a quarter faster than reading L scattered rows of a
+layer-major [L, n, D] array (the gather is the sweep's dominant cost; see
+WHOLE_ROWS_MAX_BYTES for big minibatches). The epoch and evaluation
+programs compile on other threads while the features are being placed.
 
 Axes:
   layer  the hidden states probed (layer indices of the workdir);

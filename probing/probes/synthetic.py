@@ -47,7 +47,7 @@ def planted_arrays(
       strength: class separation along each label's direction, in noise
         standard deviations (2.0 gives ~84% accuracy for one direction).
       seed: numpy seed.
-      layer_major: return features as [L+1, N, D], the sweep's layout, drawn
+      layer_major: return features as [L+1, N, D], run_sweep's input layout, drawn
         in that order (other numbers than the default layout), so that a
         benchmark at full size holds one copy of them.
 
