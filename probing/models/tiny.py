@@ -36,6 +36,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -480,6 +481,19 @@ def _build_fast_vlm(out_dir: Path) -> None:
     processor.save_pretrained(out_dir)
 
 
+def _tiny_vit_config(image_size: int, patch_size: int, **extra: Any) -> dict:
+    """A 2-layer, 32-wide ViT vision config (CLIP, SigLIP, Idefics3) plus family fields."""
+    return {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": image_size,
+        "patch_size": patch_size,
+        **extra,
+    }
+
+
 def _build_llava(out_dir: Path) -> None:
     """Writes a tiny LLaVA (LlavaForConditionalGeneration) checkpoint to ``out_dir``.
 
@@ -499,16 +513,9 @@ def _build_llava(out_dir: Path) -> None:
     image_side, patch = 56, 14  # 4 × 4 patches (+ CLS, dropped) → 16 image tokens
     config = LlavaConfig(
         text_config=text,
-        vision_config={
-            "model_type": "clip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": image_side,
-            "patch_size": patch,
-            "projection_dim": 32,
-        },
+        vision_config=_tiny_vit_config(
+            image_side, patch, model_type="clip_vision_model", projection_dim=32
+        ),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=(image_side // patch) ** 2,
         vision_feature_select_strategy="default",
@@ -589,14 +596,7 @@ def _build_idefics3(out_dir: Path) -> None:
     image_seq_len = (tile // patch) ** 2 // scale_factor**2
     config = Idefics3Config(
         text_config=text,
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": tile,
-            "patch_size": patch,
-        },
+        vision_config=_tiny_vit_config(tile, patch),
         scale_factor=scale_factor,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         tie_word_embeddings=True,
@@ -674,16 +674,9 @@ def _build_paligemma(out_dir: Path) -> None:
     )
     config = PaliGemmaConfig(
         text_config=text,
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": image_side,
-            "patch_size": patch,
-            "vision_use_head": False,
-        },
+        vision_config=_tiny_vit_config(
+            image_side, patch, model_type="siglip_vision_model", vision_use_head=False
+        ),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         projection_dim=_TINY_TEXT_HIDDEN,
         hidden_size=_TINY_TEXT_HIDDEN,
@@ -753,16 +746,9 @@ def _build_gemma3(out_dir: Path) -> None:
     )
     config = Gemma3Config(
         text_config=text,
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": image_side,
-            "patch_size": patch,
-            "vision_use_head": False,
-        },
+        vision_config=_tiny_vit_config(
+            image_side, patch, model_type="siglip_vision_model", vision_use_head=False
+        ),
         mm_tokens_per_image=tokens_per_image,
         boi_token_index=tokenizer.convert_tokens_to_ids("<start_of_image>"),
         eoi_token_index=tokenizer.convert_tokens_to_ids("<end_of_image>"),
