@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from probing.extraction.runner import REJECTED, extract
+from probing.extraction.runner import extract
+from probing.store.layout import REJECTED
 from probing.store.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -41,20 +41,11 @@ from probing.extraction import environment
 from probing.extraction.forward import PooledForward, check_prefix_sharing_supported
 from probing.extraction.pooling import validate_poolings
 from probing.progress import Progress
+from probing.store import layout
 from probing.store import workdir as store
 
 _WAIT_FOR_RANK0_S = 1800.0
 FEATURE_DTYPES = ("float32", "float16", "bfloat16")
-LAYER_CONVENTION = (
-    "index 0 is the input of the first decoder layer (embeddings with image features "
-    "inserted); index i >= 1 is the output of decoder layer i; the last index is taken "
-    "after the final norm, as transformers' hidden_states"
-)
-# Rows the processor (or the image decoder) rejected, when the config allows
-# skipping them: 1 = rejected, see rejected_rows.jsonl for the reasons.
-REJECTED = "arrays/rejected"
-FIRST_TOKEN_IDS = "arrays/first_token_ids"
-FIRST_TOKEN_PROBS = "arrays/first_token_probs"
 # Settings that change speed but not which rows are computed nor (beyond the
 # batch-invariance tolerance) their values; a resume may change them.
 PERFORMANCE_KNOBS = (
@@ -269,11 +260,11 @@ def _write_metadata(wd: store.Workdir, config, table) -> None:
     wd.write_json("task_stats.json", table.stats)
     if table.skipped:
         wd.write_jsonl("skipped.jsonl", table.skipped)
-    wd.write_array(store.LABELS, table.labels.astype(np.int8))
+    wd.write_array(layout.LABELS, table.labels.astype(np.int8))
     if table.label_mask is not None:
-        wd.write_array(store.LABEL_MASK, table.label_mask.astype(np.uint8))
-    wd.write_array(store.SPLIT, table.split.astype(np.int8))
-    wd.write_array(store.GROUP, table.group.astype(np.int64))
+        wd.write_array(layout.LABEL_MASK, table.label_mask.astype(np.uint8))
+    wd.write_array(layout.SPLIT, table.split.astype(np.int8))
+    wd.write_array(layout.GROUP, table.group.astype(np.int64))
 
 
 def _check_resumable(wd: store.Workdir, manifest: dict[str, Any]) -> None:
@@ -306,12 +297,12 @@ def _create_store(wd: store.Workdir, config, manifest, table, chunk_rows: int) -
         wd.create_array(
             f"features/{pooling}", manifest["feature_dtype"], shape, (chunk_rows, *shape[1:])
         )
-    wd.create_array(store.WRITTEN, "uint8", (num_rows,), (chunk_rows,))
-    wd.create_array(REJECTED, "uint8", (num_rows,), (chunk_rows,))
+    wd.create_array(layout.WRITTEN, "uint8", (num_rows,), (chunk_rows,))
+    wd.create_array(layout.REJECTED, "uint8", (num_rows,), (chunk_rows,))
     k = int(config.extract.first_token_topk)
     if k > 0:
-        wd.create_array(FIRST_TOKEN_IDS, "int32", (num_rows, k), (chunk_rows, k))
-        wd.create_array(FIRST_TOKEN_PROBS, "float32", (num_rows, k), (chunk_rows, k))
+        wd.create_array(layout.FIRST_TOKEN_IDS, "int32", (num_rows, k), (chunk_rows, k))
+        wd.create_array(layout.FIRST_TOKEN_PROBS, "float32", (num_rows, k), (chunk_rows, k))
     # Written last: its presence means every array exists.
     wd.write_json("manifest.json", manifest)
 
@@ -351,15 +342,15 @@ def _prepare_workdir(
 
 def _finalize(wd: store.Workdir, manifest: dict[str, Any], tokenizer, rank: int) -> None:
     """Marks the store complete once every row is written or rejected."""
-    written = wd.read_array(store.WRITTEN).astype(bool)
-    rejected = wd.read_array(REJECTED).astype(bool)
+    written = wd.read_array(layout.WRITTEN).astype(bool)
+    rejected = wd.read_array(layout.REJECTED).astype(bool)
     manifest["num_rejected_rows"] = int(rejected.sum())
     manifest["complete"] = bool((written | rejected).all())
     if not manifest["complete"]:
         return
-    if wd.array_exists(FIRST_TOKEN_IDS):
-        ids = wd.read_array(FIRST_TOKEN_IDS)
-        probs = wd.read_array(FIRST_TOKEN_PROBS)
+    if wd.array_exists(layout.FIRST_TOKEN_IDS):
+        ids = wd.read_array(layout.FIRST_TOKEN_IDS)
+        probs = wd.read_array(layout.FIRST_TOKEN_PROBS)
         examples = wd.read_jsonl("examples.jsonl")
         for row, example in enumerate(examples):
             if written[row]:
@@ -497,42 +488,41 @@ def _extract(config, workdir, rank, world, grouped, load_model, build_task) -> d
     num_rows = len(table.examples)
     batch_size = int(extract_cfg.batch_size)
     topk = int(extract_cfg.first_token_topk)
-    manifest = {
-        "format_version": store.FORMAT_VERSION,
-        "model": {
+    manifest = layout.new_manifest(
+        model={
             "id": config.model.name,
             "revision": config.model.revision,
             "family": adapter.family,
             "random_init": bool(config.model.random_init),
         },
-        "library_versions": library_versions(),
-        "dtype": config.model.dtype,
-        "feature_dtype": extract_cfg.feature_dtype,
-        "num_examples": num_rows,
-        "num_layers": adapter.num_decoder_layers + 1,
-        "hidden_size": adapter.hidden_size,
-        "poolings": list(poolings),
-        "label_kind": table.label_kind,
-        "label_names": list(table.label_names),
-        "task": table.task,
-        "prompt_template": table.prompt_template,
-        "with_image": bool(table.with_image),
-        "layer_convention": LAYER_CONVENTION,
-        "padding_side": adapter.padding_side,
-        "first_token_topk": topk,
-        "complete": False,
-        "fingerprint": fingerprint(config, processor),
+        library_versions=library_versions(),
+        dtype=config.model.dtype,
+        feature_dtype=extract_cfg.feature_dtype,
+        num_examples=num_rows,
+        num_layers=adapter.num_decoder_layers + 1,
+        hidden_size=adapter.hidden_size,
+        poolings=list(poolings),
+        label_kind=table.label_kind,
+        label_names=list(table.label_names),
+        task=table.task,
+        prompt_template=table.prompt_template,
+        with_image=bool(table.with_image),
+        padding_side=adapter.padding_side,
+        first_token_topk=topk,
+        fingerprint=fingerprint(config, processor),
         # Where and when; not part of the fingerprint (a resume may run elsewhere).
-        "command": environment.command_line(),
-        "hardware": environment.hardware(),
-        "date": started,
-    }
+        command=environment.command_line(),
+        hardware=environment.hardware(),
+        date=started,
+    )
     _prepare_workdir(wd, config, manifest, table, batch_size, rank, grouped)
     arrays = {p: wd.open_array(f"features/{p}") for p in poolings}
-    written = wd.open_array(store.WRITTEN)
-    rejected_array = wd.open_array(REJECTED)
+    written = wd.open_array(layout.WRITTEN)
+    rejected_array = wd.open_array(layout.REJECTED)
     topk_arrays = (
-        (wd.open_array(FIRST_TOKEN_IDS), wd.open_array(FIRST_TOKEN_PROBS)) if topk else None
+        (wd.open_array(layout.FIRST_TOKEN_IDS), wd.open_array(layout.FIRST_TOKEN_PROBS))
+        if topk
+        else None
     )
 
     done = np.asarray(written.read().result()).astype(bool)

@@ -17,18 +17,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from probing.store.workdir import (
+from probing.store.layout import (
     GROUP,
     LABEL_MASK,
     LABELS,
     SPLIT,
     SPLIT_NAMES,
+    TEST,
+    TRAIN,
+    VAL,
     WRITTEN,
-    Workdir,
-    WorkdirError,
 )
-
-TRAIN, VAL, TEST = 0, 1, 2
+from probing.store.workdir import Workdir, WorkdirError
 
 # How many offending rows an error message lists before it says "...".
 _ROWS_SHOWN = 8

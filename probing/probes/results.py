@@ -27,7 +27,8 @@ from probing.probes.data import LabelData
 from probing.probes.metrics import HEADLINE, compute_metrics, majority_logits
 from probing.probes.stats import seed_summary
 from probing.probes.sweep import SweepResult, SweepSettings
-from probing.store.workdir import SPLIT_NAMES, Workdir
+from probing.store.layout import SPLIT_NAMES
+from probing.store.workdir import Workdir
 
 METRICS_CSV = "metrics.csv"
 CURVES_CSV = "curves.csv"

@@ -13,15 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from probing.store.workdir import (
-    FORMAT_VERSION,
-    GROUP,
-    LABEL_MASK,
-    LABELS,
-    SPLIT,
-    WRITTEN,
-    Workdir,
-)
+from probing.store.layout import FORMAT_VERSION, GROUP, LABEL_MASK, LABELS, SPLIT, WRITTEN
+from probing.store.workdir import Workdir
 
 ROWS_PER_IMAGE = 2
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from probing.reporting.statistics import mean_and_ci
-from probing.store.workdir import FORMAT_VERSION, SPLIT_NAMES, Workdir
+from probing.store.layout import FORMAT_VERSION, SPLIT_NAMES
+from probing.store.workdir import Workdir
 
 _BINARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 _MULTILABEL_METRICS = ("macro_f1", "micro_f1", "macro_precision", "macro_recall", "accuracy")

@@ -16,15 +16,7 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-FORMAT_VERSION = 1
-
-# Names of the row-aligned arrays of the contract.
-LABELS = "arrays/labels"
-LABEL_MASK = "arrays/label_mask"
-SPLIT = "arrays/split"
-GROUP = "arrays/group"
-WRITTEN = "arrays/written"
-SPLIT_NAMES = ("train", "val", "test")
+from probing.store.layout import LABEL_KINDS, MANIFEST_JSON, MANIFEST_REQUIRED
 
 
 class WorkdirError(ValueError):
@@ -170,28 +162,20 @@ class Workdir:
 
     # ------------------------------------------------------------- manifest
     def manifest(self) -> dict[str, Any]:
-        if not self.exists("manifest.json"):
+        if not self.exists(MANIFEST_JSON):
             raise WorkdirError(
                 f"{self.location} is not a probing workdir: it has no manifest.json. "
                 "Create one with `python -m probing.extract --config=... --workdir=...` "
                 "or write it as WORKSPACE.md describes."
             )
-        manifest = self.read_json("manifest.json")
-        required = (
-            "num_examples",
-            "num_layers",
-            "hidden_size",
-            "poolings",
-            "label_kind",
-            "label_names",
-        )
-        missing = [k for k in required if k not in manifest]
+        manifest = self.read_json(MANIFEST_JSON)
+        missing = [k for k in MANIFEST_REQUIRED if k not in manifest]
         if missing:
             raise WorkdirError(
                 f"{self.location}/manifest.json lacks field(s) {', '.join(missing)} "
                 "(see WORKSPACE.md)"
             )
-        if manifest["label_kind"] not in ("binary", "multilabel"):
+        if manifest["label_kind"] not in LABEL_KINDS:
             raise WorkdirError(
                 f"{self.location}/manifest.json: label_kind must be 'binary' or "
                 f"'multilabel', got {manifest['label_kind']!r}"

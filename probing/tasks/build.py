@@ -20,11 +20,12 @@ from absl import logging
 
 from probing.data.coco import CocoDataset, DatasetError
 from probing.data.synthetic_coco import ensure_synthetic_coco
+from probing.store.layout import SPLIT_CODES, SPLIT_NAMES
 from probing.tasks import config as task_config_module
 from probing.tasks.caption import build_caption_rows
 from probing.tasks.category import build_category_rows
 from probing.tasks.embeddings import default_cache_root
-from probing.tasks.splits import SPLIT_CODES, SPLIT_NAMES, SplitError, draw_splits, load_splits
+from probing.tasks.splits import SplitError, draw_splits, load_splits
 from probing.tasks.table import TaskTable, task_statistics
 from probing.tasks.templates import resolve_template
 

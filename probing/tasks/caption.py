@@ -29,8 +29,8 @@ import numpy as np
 from absl import logging
 
 from probing.data.coco import CocoDataset, DatasetError
+from probing.store.layout import SPLIT_NAMES
 from probing.tasks import embeddings
-from probing.tasks.splits import SPLIT_NAMES
 from probing.tasks.templates import render_caption
 
 POSITIVE_STREAM = 2

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from probing.data.coco import CocoDataset, DatasetError
-from probing.tasks.splits import SPLIT_NAMES
+from probing.store.layout import SPLIT_NAMES
 from probing.tasks.templates import render_categories
 
 CANDIDATE_STREAM = 4

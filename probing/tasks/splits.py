@@ -15,9 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-SPLIT_NAMES = ("train", "val", "test")
-SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
-SPLITS_FILE = "splits.json"
+from probing.store.layout import SPLIT_NAMES, SPLITS_JSON
 
 # Fixed stream tags, so each random decision of a task draws from its own
 # stream and adding one decision never shifts another.
@@ -74,7 +72,7 @@ def draw_splits(
 
 def load_splits(location: str, known_ids: Sequence[int] | None = None) -> dict[str, list[int]]:
     """Reads a split manifest (a splits.json file or a workdir holding one)."""
-    path = os.path.join(location, SPLITS_FILE) if os.path.isdir(location) else location
+    path = os.path.join(location, SPLITS_JSON) if os.path.isdir(location) else location
     if not os.path.isfile(path):
         raise SplitError(
             f"task.reuse_splits_from: {path} does not exist; give a splits.json file or the "

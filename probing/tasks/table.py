@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from probing.tasks.splits import SPLIT_NAMES
+from probing.store.layout import SPLIT_NAMES
 
 
 @dataclasses.dataclass
