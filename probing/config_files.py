@@ -1,8 +1,11 @@
-"""Loads `get_config(arg)` config files the way `--config=path[:arg]` does.
+"""Finding and loading `get_config(arg)` config files the way `--config=path[:arg]` does.
 
 The absl entry points read config files through ml_collections'
 `config_flags`; `probing.demo` and the tests load the same files with
-`load_config` so that every path exercises the same files.
+`load_config` so that every path exercises the same files. A path like
+`configs/probe.py` is looked up in the working directory, then in the
+repository, then in the installed package (`pip install .` ships configs/ as
+probing.configs), so the same spelling works from anywhere.
 """
 
 from __future__ import annotations
@@ -13,16 +16,33 @@ import os
 import ml_collections
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# configs/ in a source checkout (also under `pip install -e .`).
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+# configs/ as installed by `pip install .` (setup.py maps it to probing.configs).
+PACKAGED_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def resolve_config_path(path: str) -> str:
+    """The config file `path` names: relative to cwd, the repository or the package."""
+    candidates = [path, os.path.join(REPO_ROOT, path)]
+    if not os.path.isabs(path) and os.path.normpath(path).split(os.sep)[0] == "configs":
+        candidates.append(os.path.join(PACKAGED_CONFIG_DIR, os.path.relpath(path, "configs")))
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"config file {path} does not exist (looked in the working directory, {REPO_ROOT} "
+        f"and {PACKAGED_CONFIG_DIR})"
+    )
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """`spec` is `path/to/config.py` or `path/to/config.py:arg` (path relative to cwd or repo)."""
+    """`spec` is `path/to/config.py` or `path/to/config.py:arg` (see resolve_config_path)."""
     path, _, arg = spec.partition(":")
-    if not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
-        path = os.path.join(REPO_ROOT, path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config file {path} does not exist (from {spec!r})")
+    try:
+        path = resolve_config_path(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e} (from {spec!r})") from None
     module_spec = importlib.util.spec_from_file_location("probing_config_file", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)  # type: ignore[union-attr]

@@ -1,0 +1,1 @@
+"""Config files for `--config=configs/<name>.py[:arg]`, installed as probing.configs."""
