@@ -39,8 +39,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from probing.extraction.forward import PooledForward
 from probing.extraction.pooling import pool_states
-from probing.models import build_tiny_checkpoint, default_model_config, load_model
+from probing.models import default_model_config, load_model
 from probing.models.registry import adapter_class_for_model_type
+from probing.models.tiny import build_tiny_checkpoint
 
 _SIZE = flags.DEFINE_enum("size", "tiny", ["tiny", "full"], "Tiny test checkpoint or full size.")
 _FAMILY = flags.DEFINE_enum("family", "qwen2_vl", ["qwen2_vl", "fast_vlm"], "Model family.")

@@ -24,7 +24,8 @@ from PIL import Image
 
 from probing.extraction.forward import PooledForward
 from probing.extraction.runner import ExtractionError, extract
-from probing.models import default_model_config, load_model, tiny_families
+from probing.models import default_model_config, load_model
+from probing.models.tiny import tiny_families
 from probing.store.workdir import Workdir
 
 POOLINGS = ("mean", "max", "last", "first", "index:1", "index:-2", "image_mean", "text_mean")

@@ -19,8 +19,8 @@ from probing.models import (
     adapter_class_for_model_type,
     default_model_config,
     load_model,
-    tiny_families,
 )
+from probing.models.tiny import tiny_families
 
 PROMPT = "Is there a dog in the image?"
 

@@ -31,13 +31,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from probing.cache import publish_directory
 
 # Bump whenever the drawn content changes, so cached datasets are rebuilt.
 GENERATOR_VERSION = 3
@@ -413,23 +413,16 @@ def ensure_synthetic_coco(
             "dataset written by probing. Point the synthetic cache_dir at an empty or new "
             "directory."
         )
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp", dir=parent)
-    try:
+
+    def build(staging: str) -> None:
         generate_synthetic_coco(staging, num_images, seed, splits)
         # The params file is written last: its presence marks a complete dataset.
         _write_json(os.path.join(staging, PARAMS_FILE), wanted)
-        if os.path.isdir(root):
-            if _read_params(root) == wanted:  # another process finished first
-                return root
-            shutil.rmtree(root)
-        try:
-            os.rename(staging, root)
-        except OSError:
-            if _read_params(root) != wanted:
-                raise
-    finally:
-        if os.path.isdir(staging):
-            shutil.rmtree(staging, ignore_errors=True)
+
+    publish_directory(
+        root,
+        build,
+        lambda path: _read_params(path) == wanted,
+        staging_prefix=os.path.basename(root) + ".tmp",
+    )
     return root

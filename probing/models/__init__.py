@@ -2,8 +2,10 @@
 
 ``load_model(config)`` returns ``(model, processor, adapter)``; the adapter
 (``base.ModelAdapter``) is everything the extraction engine needs to know
-about a family. ``tiny.build_tiny_checkpoint`` writes small random checkpoints
-of the real architectures for tests and the demo (``name = "tiny:<family>"``).
+about a family. ``probing.models.tiny.build_tiny_checkpoint`` writes small
+random checkpoints of the real architectures for tests and the demo
+(``name = "tiny:<family>"``); that package is imported only when such a name
+is loaded (``loading.CHECKPOINT_SOURCE_MODULES``), or by its users directly.
 """
 
 from probing.models.base import ModelAdapter, last_token_positions
@@ -11,7 +13,7 @@ from probing.models.loading import (
     ModelLoadError,
     default_model_config,
     load_model,
-    model_manifest_entry,
+    register_checkpoint_source,
     resolve_model_path,
 )
 from probing.models.registry import (
@@ -20,7 +22,6 @@ from probing.models.registry import (
     adapter_class_for_model_type,
     known_families,
 )
-from probing.models.tiny import build_tiny_checkpoint, tiny_families
 
 __all__ = [
     "ModelAdapter",
@@ -28,12 +29,10 @@ __all__ = [
     "UnknownFamilyError",
     "adapter_class_for_family",
     "adapter_class_for_model_type",
-    "build_tiny_checkpoint",
     "default_model_config",
     "known_families",
     "last_token_positions",
     "load_model",
-    "model_manifest_entry",
+    "register_checkpoint_source",
     "resolve_model_path",
-    "tiny_families",
 ]

