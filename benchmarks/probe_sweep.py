@@ -36,7 +36,9 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from probing.probes.sweep import LAYER_UPDATES, SweepSettings, probe_mesh, run_sweep
+from probing.probes.devices import probe_mesh
+from probing.probes.settings import LAYER_UPDATES, SweepSettings
+from probing.probes.sweep import run_sweep
 from probing.probes.synthetic import planted_arrays
 
 SIZES = {

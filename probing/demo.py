@@ -39,8 +39,8 @@ def run_demo(
 ) -> str:
     """Runs extraction, probes and report; returns the path of report.md."""
     from probing.extraction.runner import extract
+    from probing.probes.train import train_workdir
     from probing.reporting.builder import build_report
-    from probing.train_all_layers import train_workdir
 
     probe_config = load_config("configs/probe.py")
     with probe_config.unlocked():
@@ -59,7 +59,7 @@ def run_demo(
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from probing.train_all_layers import use_every_cpu_core
+    from probing.probes.devices import use_every_cpu_core
 
     use_every_cpu_core()
     report = run_demo(_OUT.value, _FAMILIES.value, _TASKS.value, _NUM_SEEDS.value)

@@ -15,9 +15,9 @@ import pytest
 
 from probing.config_files import load_config
 from probing.extraction.runner import extract
+from probing.probes.train import train_workdir
 from probing.reporting import build_report
 from probing.store.workdir import Workdir
-from probing.train_all_layers import train_workdir
 
 SMOKE_RUNS = {
     "qwen2_vl_caption": "configs/qwen.py:smoke",

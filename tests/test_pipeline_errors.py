@@ -11,8 +11,8 @@ import pytest
 from probing.config_files import REPO_ROOT, load_config
 from probing.extraction.runner import extract
 from probing.models import ModelLoadError
+from probing.probes.train import train_workdir
 from probing.store.workdir import WorkdirError
-from probing.train_all_layers import train_workdir
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -2,7 +2,7 @@
 
 JAX fixes its device count when it starts, so the multi-device run happens in
 a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=4. It
-trains one workdir twice through train_all_layers (config.devices = 1, the
+trains one workdir twice through probing.probes.train (config.devices = 1, the
 plain single-device program, and 0 = all four devices) and compares the
 files byte for byte. Five layers on four devices also exercise the padding
 of the layer axis to a multiple of the device count.
@@ -17,7 +17,8 @@ import textwrap
 
 import pytest
 
-from probing.probes.sweep import SweepSettings, probe_mesh
+from probing.probes.devices import probe_mesh
+from probing.probes.settings import SweepSettings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +28,7 @@ _TWO_RUNS = textwrap.dedent(
     import jax
     from configs.probe import get_config
     from probing.probes.synthetic import planted_arrays, write_workdir
-    from probing.train_all_layers import train_workdir
+    from probing.probes.train import train_workdir
 
     assert jax.device_count() == 4, jax.devices()
     root = sys.argv[1]

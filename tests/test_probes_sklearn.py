@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from probing.probes.sweep import SweepSettings, run_sweep
+from probing.probes.settings import SweepSettings
+from probing.probes.sweep import run_sweep
 from probing.probes.synthetic import planted_arrays
 
 

@@ -9,16 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probing.probes import sweep
+from probing.probes import devices
+from probing.probes.devices import _aligned_empty, _place_features
 from probing.probes.metrics import binary_metrics, multilabel_metrics
-from probing.probes.sweep import (
-    SweepSettings,
-    _aligned_empty,
-    _place_features,
-    hash_bits,
-    run_streaming_sweep,
-    run_sweep,
-)
+from probing.probes.model import hash_bits
+from probing.probes.settings import SweepSettings
+from probing.probes.sweep import run_streaming_sweep, run_sweep
 from probing.probes.synthetic import planted_arrays
 
 SIGNAL_LAYER = 2
@@ -43,13 +39,13 @@ def binary_sweep():
     return inputs, run_sweep(*inputs, SETTINGS)
 
 
-def _test_accuracy(result, inputs, task=0):
+def _test_accuracy(result, inputs, target=0):
     _, labels, _, split = inputs
     test_labels = labels[split == 2, 0]
     return np.array(
         [
             [
-                binary_metrics(result.logits["test"][layer, task, seed, :, 0], test_labels)[
+                binary_metrics(result.logits["test"][layer, target, seed, :, 0], test_labels)[
                     "accuracy"
                 ]
                 for seed in range(result.logits["test"].shape[2])
@@ -71,8 +67,8 @@ def test_probe_recovers_planted_signal_and_scores_chance_elsewhere(binary_sweep)
 
 def test_shuffled_label_control_scores_near_chance(binary_sweep):
     inputs, result = binary_sweep
-    assert result.tasks == ("task", "control")
-    control = _test_accuracy(result, inputs, task=1)
+    assert result.targets == ("labels", "control")
+    control = _test_accuracy(result, inputs, target=1)
     assert control[SIGNAL_LAYER].max() < 0.7
     assert np.abs(control.mean() - 0.5) < 0.1
 
@@ -185,7 +181,7 @@ def test_grid_chooses_a_point_per_layer_and_keeps_probes_comparable():
         controls=False,
     )
     result = run_sweep(*inputs, settings)
-    assert result.tasks == ("task",)
+    assert result.targets == ("labels",)
     assert result.grid["learning_rate"].tolist() == pytest.approx([1e-6, 1e-6, 3e-2, 3e-2])
     assert result.grid["learning_rate"][result.chosen_grid[SIGNAL_LAYER]] == pytest.approx(3e-2)
     assert _test_accuracy(result, inputs)[SIGNAL_LAYER].min() > 0.9
@@ -255,9 +251,9 @@ def test_features_are_placed_example_major(rows):
 
 def test_gathering_each_layer_rows_equals_gathering_whole_rows(binary_sweep, monkeypatch):
     # Big minibatches read each layer's rows separately instead of one block of
-    # all layers (sweep.WHOLE_ROWS_MAX_BYTES); the probes must not notice.
+    # all layers (devices.WHOLE_ROWS_MAX_BYTES); the probes must not notice.
     inputs, whole_rows = binary_sweep
-    monkeypatch.setattr(sweep, "WHOLE_ROWS_MAX_BYTES", 0)
+    monkeypatch.setattr(devices, "WHOLE_ROWS_MAX_BYTES", 0)
     per_layer = run_sweep(*inputs, SETTINGS)
     for name in ("kernel", "bias", "train_loss", "val_loss", "best_epoch"):
         np.testing.assert_array_equal(

@@ -1,4 +1,4 @@
-"""Tests of train_all_layers on workdirs written by hand: outputs, reruns, bad input, CLI."""
+"""Tests of probing.probes.train on workdirs written by hand: outputs, reruns, bad input, CLI."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from configs.probe import get_config
 from probing.probes.data import load_features, load_labels
 from probing.probes.synthetic import planted_arrays, write_workdir
+from probing.probes.train import train_workdir
 from probing.store.layout import LABEL_MASK, LABELS, SPLIT, WRITTEN
 from probing.store.workdir import Workdir, WorkdirError
-from probing.train_all_layers import train_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNAL_LAYER = 2

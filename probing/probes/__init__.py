@@ -1,7 +1,12 @@
 """Stage 2: linear probes for all layers x seeds in one JAX program.
 
 data      load and validate a workdir's features and labels
-sweep     the vmapped, jitted probe sweep (SweepSettings, run_sweep)
+settings  SweepSettings and every probe default (default_config)
+model     the Flax LinearProbe, its counter-hash dropout and optimizer
+kernels   RNG streams and the jitted init / train / select / evaluate programs
+devices   device mesh, feature placement, ahead-of-time compilation
+sweep     the host driver of the probe sweep (run_sweep, SweepResult)
+train     train a workdir's poolings and write probes/<pooling>/
 metrics   classification metrics named as in WORKSPACE.md
 stats     mean / std / 95% CI over seeds, paired bootstrap
 results   metrics.csv, curves.csv, summary.json, probe_config.json, weights.npz

@@ -25,8 +25,9 @@ import numpy as np
 
 from probing.probes.data import LabelData
 from probing.probes.metrics import HEADLINE, compute_metrics, majority_logits
+from probing.probes.settings import SweepSettings
 from probing.probes.stats import seed_summary
-from probing.probes.sweep import SweepResult, SweepSettings
+from probing.probes.sweep import TARGET_NAMES_IN_FILES, SweepResult
 from probing.store.layout import SPLIT_NAMES
 from probing.store.workdir import Workdir
 
@@ -72,7 +73,7 @@ def metric_table(
                 labels, mask = _split_targets(label_data, split_name)
                 logits = result.logits[split_name]
                 values = compute_metrics(kind, logits[li, 0, si], labels, mask, names)
-                if "control" in result.tasks:
+                if "control" in result.targets:
                     control = compute_metrics(kind, logits[li, 1, si], labels, mask, names)
                     values.update({f"control_{k}": v for k, v in control.items() if "/" not in k})
                     values["selectivity"] = values[headline] - control[headline]
@@ -218,7 +219,7 @@ def predictions_bytes(result: SweepResult, label_data: LabelData) -> bytes:
     }
     if multilabel:
         arrays["mask"] = label_data.mask[test].astype(np.uint8)
-    if "control" in result.tasks:
+    if "control" in result.targets:
         arrays["control_logits"] = squeeze(result.logits["test"][:, 1])
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
@@ -231,7 +232,7 @@ def probe_config(settings: SweepSettings, result: SweepResult, label_data: Label
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
         "layers": result.layers.tolist(),
         "seeds": result.seeds.tolist(),
-        "tasks": list(result.tasks),
+        "tasks": [TARGET_NAMES_IN_FILES[target] for target in result.targets],
         "grid": {k: v.tolist() for k, v in result.grid.items()},
         "chosen_grid_point": result.chosen_grid.tolist(),
         "rows_per_split": {

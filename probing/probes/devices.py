@@ -1,0 +1,218 @@
+"""Where the probe sweep runs: the device mesh, feature placement and ahead-of-time compilation.
+
+Devices. With a mesh (probe_mesh, settings.devices) the layer axis is sharded:
+every kernel is shard_mapped, so each device runs the single-device program on
+its own layers with no communication, and by the determinism guarantee of
+probing.probes.kernels the sharded sweep gives bitwise the single-device
+numbers (tests/test_probes_devices.py). Layers rather than seeds are sharded
+because they also split the features, the one big array, across device
+memories.
+
+Placement. Features stay in their store dtype (float16, bfloat16 or float32)
+on the device, example-major, [n, L, D] per split: a minibatch row of every
+layer is one contiguous read (L x D values), which on CPU makes a batch-16
+epoch about a quarter faster than reading L scattered rows of a layer-major
+[L, n, D] array (the gather is the sweep's dominant cost; see
+WHOLE_ROWS_MAX_BYTES for big minibatches). The programs compile on other
+threads (_compile) while the features are being placed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from functools import cache, partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# On CPU, a minibatch's rows of all of a device's layers are gathered in one
+# block when it is at most this big (a quarter of a 32 MB last-level cache):
+# about a quarter faster than a gather per layer at batch 16, and a third
+# slower at batch 256, where the block overflows the cache.
+WHOLE_ROWS_MAX_BYTES = 8 << 20
+
+# Name of the mesh axis the probes are sharded over.
+PROBE_AXIS = "probes"
+_BY_LAYER = PartitionSpec(PROBE_AXIS)
+_FEATURES_BY_LAYER = PartitionSpec(None, PROBE_AXIS)  # [n, L, D]
+_REPLICATED = PartitionSpec()
+_LOSS_BY_LAYER = PartitionSpec(None, PROBE_AXIS)  # [steps, L, ...]
+
+
+def probe_mesh(devices: int = 0) -> Mesh | None:
+    """The 1-D device mesh the sweep's layer axis is sharded over; None for one device.
+
+    Args:
+      devices: how many of `jax.devices()` to use; 0 = all of them (after
+        `jax.distributed.initialize()` that is every device of every host).
+        With one device the sweep runs the plain single-device program.
+
+    Raises:
+      ValueError: more devices asked for than JAX sees, or a negative count.
+    """
+    available = jax.devices()
+    if devices < 0 or devices > len(available):
+        raise ValueError(
+            f"probe config: devices = {devices}, but JAX sees {len(available)} "
+            f"{available[0].platform} device(s); use 0 (all) or 1..{len(available)}"
+        )
+    chosen = available[: devices or len(available)]
+    return None if len(chosen) == 1 else Mesh(np.asarray(chosen), (PROBE_AXIS,))
+
+
+def _padded_layer_index(num_layers: int, mesh: Mesh | None) -> np.ndarray:
+    """Positions into the layer axis, padded with copies of the last layer.
+
+    Padded to a multiple of the device count so that it shards evenly, and to
+    at least two layers per device, because XLA compiles a size-1 layer axis
+    with another summation order and a lone layer would then differ from
+    itself inside a bigger sweep in the last bits. The padding is dropped at
+    the end (sweep._collect).
+    """
+    num_devices = 1 if mesh is None else mesh.size
+    padded = max(2 * num_devices, -(-num_layers // num_devices) * num_devices)
+    return np.concatenate([np.arange(num_layers), np.full(padded - num_layers, num_layers - 1)])
+
+
+@cache
+def _program(
+    impl: Callable,
+    mesh: Mesh | None,
+    in_specs: tuple,
+    out_specs: Any,
+    donate: tuple[int, ...],
+    static: tuple[tuple[str, Any], ...],
+) -> Callable:
+    """The jitted (and, with a mesh, shard_mapped) form of one sweep kernel.
+
+    Every kernel maps each probe independently, so sharding the layer axis
+    needs no communication: with shard_map each device runs the very program
+    a single device runs, on its own layers. The streaming guarantee (a probe's
+    numbers do not depend on which other layers share the program) then makes
+    the sharded sweep equal the single-device one. Cached, so each distinct
+    program is traced and compiled once per process.
+    """
+    fn = partial(impl, **dict(static))
+    if mesh is not None:
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+    return jax.jit(fn, donate_argnums=donate)
+
+
+def _layer_loop(layer_update: str, mesh: Mesh | None) -> bool:
+    """Whether minibatch steps update layers one by one: "auto" does so on CPU."""
+    if layer_update != "auto":
+        return layer_update == "sequential"
+    devices = jax.devices() if mesh is None else mesh.devices.flat
+    return next(iter(devices)).platform == "cpu"
+
+
+def _place(value: Any, mesh: Mesh | None, spec: PartitionSpec) -> jax.Array:
+    """Puts a host array (or scalar) on the device(s): sharded by `spec` over `mesh`.
+
+    make_array_from_callback also works when the mesh spans several hosts:
+    each process supplies the shards of its own devices from its copy.
+    """
+    if mesh is None:
+        return jnp.asarray(value)
+    host = np.asarray(value)
+    return jax.make_array_from_callback(
+        host.shape, NamedSharding(mesh, spec), lambda index: host[index]
+    )
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: Any, alignment: int = 64) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts at a multiple of `alignment` bytes."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    raw = np.empty(size + alignment, np.uint8)
+    offset = -raw.ctypes.data % alignment
+    return raw[offset : offset + size].view(dtype).reshape(shape)
+
+
+def _place_features(
+    features: np.ndarray, layer_index: np.ndarray, rows: np.ndarray, mesh: Mesh | None
+) -> jax.Array:
+    """Rows `rows` of layers `layer_index` of host [L, N, D] as a device array [n, L', D].
+
+    Example-major (see the module docstring: Placement), sharded over the layer axis.
+    Each device's block is built on the host in that order and handed over
+    whole: a fresh numpy array aligned to 64 bytes, which the CPU backend
+    adopts as the device buffer without copying it (numpy's own arrays are
+    16-byte aligned, and those it copies). The features are then copied once
+    in all; fresh memory is slow to fault in on small VMs, about a second
+    per GB, so every copy of them counts.
+    """
+    if rows.size and rows[-1] - rows[0] + 1 == rows.size:
+        rows = slice(int(rows[0]), int(rows[-1]) + 1)  # a view: no fancy-index copy
+    num_rows = features[0, rows].shape[0]
+    shape = (num_rows, len(layer_index), features.shape[2])
+
+    def block(layers: slice) -> np.ndarray:
+        positions = range(*layers.indices(len(layer_index)))
+        out = _aligned_empty((num_rows, len(positions), shape[2]), features.dtype)
+        for j, position in enumerate(positions):
+            out[:, j] = features[layer_index[position], rows]
+        return out
+
+    if mesh is None:
+        return jax.device_put(block(slice(None)))
+    sharding = NamedSharding(mesh, _FEATURES_BY_LAYER)
+    return jax.make_array_from_callback(shape, sharding, lambda index: block(index[1]))
+
+
+def _shapes_of(tree: Any) -> Any:
+    """Shape, dtype and sharding of every array of a pytree, for compiling ahead of time."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+
+
+def _compile(program: Callable, *like: Any) -> Callable:
+    """`program` compiled for arguments shaped like `like` (arrays or ShapeDtypeStructs)."""
+    return program.lower(*like).compile()
+
+
+def _to_host(value: jax.Array) -> np.ndarray:
+    """A device array as numpy, gathered from every host when the mesh spans several."""
+    if value.is_fully_addressable:
+        return np.asarray(value)
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+
+
+def use_every_cpu_core() -> None:
+    """Gives JAX one CPU device per core, so the layer mesh uses all of them.
+
+    XLA runs one CPU device's program on about one core; with a device per
+    core the layer-sharded sweep (bitwise equal to one device) runs in
+    parallel. Must run before JAX initialises its backends; a device count
+    forced through XLA_FLAGS (tests) is left alone. No effect on GPU or TPU.
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+
+
+def start_jax(distributed: bool = False) -> None:
+    """Starts JAX for a sweep: a device per CPU core, optionally distributed; logs the devices.
+
+    With `distributed`, calls jax.distributed.initialize(), for one process
+    per host on a TPU VM slice or a multi-node GPU job: coordinator address,
+    process count and id come from the environment (TPU VM, SLURM, or JAX_*
+    variables). Must precede any other JAX call.
+    """
+    use_every_cpu_core()
+    if distributed:
+        jax.distributed.initialize()
+    logging.info(
+        "JAX: process %d of %d, %d local / %d global %s device(s)",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.default_backend(),
+    )

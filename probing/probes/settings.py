@@ -1,0 +1,185 @@
+"""Probe sweep settings: `SweepSettings`, its validation, and every probe default.
+
+The defaults live in one place, the fields of `SweepSettings`;
+`default_config()` (what configs/probe.py returns) builds the ConfigDict from
+them and documents each field, and `SweepSettings.from_config` falls back to
+them for optional fields a config leaves out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+# What picks the best epoch (and grid point) on val.
+SELECTIONS = ("loss", "headline")
+# How a minibatch step updates the layers (see kernels._train_epoch): one after
+# another (fast on CPU), all together (fast on GPU/TPU), or chosen by the backend.
+LAYER_UPDATES = ("auto", "sequential", "together")
+# Feature dtypes the sweep reads as they are (the workdir's store dtypes).
+FEATURE_DTYPES = (np.dtype(np.float16), np.dtype(jnp.bfloat16), np.dtype(np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """Probe hyperparameters; see default_config for what each one means."""
+
+    seed: int = 0
+    num_seeds: int = 3
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rates: tuple[float, ...] = (1e-3,)
+    weight_decays: tuple[float, ...] = (0.0,)
+    dropouts: tuple[float, ...] = (0.1,)
+    selection: str = "loss"
+    controls: bool = True
+    layer_group_size: int = 0
+    zero_init: bool = True
+    devices: int = 0
+    layer_update: str = "auto"
+
+    def __post_init__(self):
+        problems = []
+        if self.num_seeds < 1:
+            problems.append(f"num_seeds must be >= 1, got {self.num_seeds}")
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.learning_rates and self.weight_decays and self.dropouts):
+            problems.append("learning_rate, weight_decay and dropout grids must be non-empty")
+        if any(not 0.0 <= p < 1.0 for p in self.dropouts):
+            problems.append(f"dropout must lie in [0, 1), got {self.dropouts}")
+        if any(lr <= 0 for lr in self.learning_rates):
+            problems.append(f"learning rates must be > 0, got {self.learning_rates}")
+        if any(wd < 0 for wd in self.weight_decays):
+            problems.append(f"weight decays must be >= 0, got {self.weight_decays}")
+        if self.selection not in SELECTIONS:
+            problems.append(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.layer_group_size < 0:
+            problems.append(f"layer_group_size must be >= 0, got {self.layer_group_size}")
+        if self.layer_update not in LAYER_UPDATES:
+            problems.append(
+                f"layer_update must be one of {LAYER_UPDATES}, got {self.layer_update!r}"
+            )
+        if self.devices < 0:
+            problems.append(f"devices must be >= 0 (0 = all), got {self.devices}")
+        if problems:
+            raise ValueError("probe config: " + "; ".join(problems))
+
+    @property
+    def num_targets(self) -> int:
+        """Probes per (layer, seed, grid point): the labels' and, with controls, the control's."""
+        return 2 if self.controls else 1
+
+    @classmethod
+    def from_config(cls, config: Any) -> SweepSettings:
+        """Builds settings from a default_config()-shaped ConfigDict (grid fields override scalars).
+
+        seed, num_seeds, epochs, batch_size and the scalar learning_rate,
+        weight_decay and dropout are required; the other fields default to
+        the dataclass defaults when the config leaves them out.
+        """
+        grid = config.get("grid") or {}
+
+        def axis(name: str) -> tuple[float, ...]:
+            values = tuple(grid.get(name, ()) or ())
+            return tuple(float(v) for v in values) or (float(config[name]),)
+
+        def optional(name: str) -> Any:
+            return config.get(name, _DEFAULTS[name])
+
+        return cls(
+            seed=int(config.seed),
+            num_seeds=int(config.num_seeds),
+            epochs=int(config.epochs),
+            batch_size=int(config.batch_size),
+            learning_rates=axis("learning_rate"),
+            weight_decays=axis("weight_decay"),
+            dropouts=axis("dropout"),
+            selection=str(optional("selection")),
+            controls=bool(optional("controls")),
+            layer_group_size=int(optional("layer_group_size")),
+            zero_init=bool(optional("zero_init")),
+            devices=int(optional("devices")),
+            layer_update=str(optional("layer_update")),
+        )
+
+    def grid(self) -> dict[str, np.ndarray]:
+        """The hyperparameter grid as three [G] arrays (learning rate varies slowest)."""
+        points = [
+            (lr, wd, p)
+            for lr in self.learning_rates
+            for wd in self.weight_decays
+            for p in self.dropouts
+        ]
+        columns = np.asarray(points, np.float32).reshape(-1, 3)
+        return {
+            "learning_rate": columns[:, 0],
+            "weight_decay": columns[:, 1],
+            "dropout": columns[:, 2],
+        }
+
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(SweepSettings)}
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The default probe config (configs/probe.py), built from SweepSettings' defaults."""
+    defaults = SweepSettings()
+    config = ml_collections.ConfigDict()
+    # Root seed; every random draw of probe (layer l, seed s) derives from (seed, s, l).
+    config.seed = defaults.seed
+    # Probes trained per layer with different seeds (init, minibatch order, dropout);
+    # summary.json reports mean, std and 95% CI over them.
+    config.num_seeds = defaults.num_seeds
+    # Passes over the train split; the best epoch per probe is chosen on val.
+    config.epochs = defaults.epochs
+    # Minibatch size of Adam; the last minibatch of an epoch is padded with weight 0.
+    config.batch_size = defaults.batch_size
+    # Adam learning rate (used unless grid.learning_rate lists values).
+    config.learning_rate = defaults.learning_rates[0]
+    # Decoupled weight decay on the probe's kernel (AdamW); 0 is plain Adam.
+    config.weight_decay = defaults.weight_decays[0]
+    # Dropout rate on the probe's input features (the 2025 study's probe has dropout).
+    config.dropout = defaults.dropouts[0]
+    # Optional grid: non-empty tuples replace the scalar fields above; the product
+    # grid is trained at once and the point with the best mean val score over
+    # seeds is chosen per layer.
+    config.grid = ml_collections.ConfigDict()
+    config.grid.learning_rate = ()
+    config.grid.weight_decay = ()
+    config.grid.dropout = ()
+    # What picks the best epoch (and grid point) on val: "loss" (val cross-entropy,
+    # smooth even on small val splits) or "headline" (accuracy / macro-F1).
+    config.selection = defaults.selection
+    # Train the shuffled-label control probe alongside (control_* metrics and
+    # selectivity in metrics.csv); doubles the work.
+    config.controls = defaults.controls
+    # Layers trained per group; 0 trains all layers at once. Set it when the
+    # features of all layers do not fit in device memory: results are identical.
+    config.layer_group_size = defaults.layer_group_size
+    # Start every probe's kernel at zero (the loss is convex; a random start only
+    # adds seed-dependent optimisation noise). False: Flax's LeCun-normal start.
+    config.zero_init = defaults.zero_init
+    # Layer indices to probe; empty = all L+1 hidden states.
+    config.layers = ()
+    # Devices the layer axis is sharded over (a jax.sharding Mesh): 0 = all devices
+    # JAX sees, N = the first N, 1 = the plain single-device program. Results are
+    # bitwise identical for any count (tests/test_probes_devices.py).
+    config.devices = defaults.devices
+    # Call jax.distributed.initialize() first, for one process per host on a TPU
+    # VM slice or a multi-node GPU job (launch/train_tpu_vm.sh); `devices` then
+    # counts the devices of all hosts.
+    config.distributed = False
+    # How a minibatch step updates the layers: "sequential" (one layer after another,
+    # its minibatch stays in the CPU cache: 1.4x faster per epoch on 2 CPU cores at
+    # 29 layers, D = 1,536), "together" (all layers in one batched kernel, for GPU/TPU),
+    # "auto" (sequential on CPU only). Each mode is deterministic; the two differ in the
+    # last float bits.
+    config.layer_update = defaults.layer_update
+    return config

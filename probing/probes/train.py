@@ -1,0 +1,103 @@
+"""Stage 2 for a workdir: trains the probe sweep of each pooling and writes probes/<pooling>/.
+
+train_workdir validates every input (settings, labels, poolings) before
+anything is compiled or trained, then runs probing.probes.sweep's streaming
+sweep per pooling and writes metrics.csv, curves.csv, summary.json,
+probe_config.json, weights.npz and predictions.npz through
+probing.probes.results. On several hosts every process trains, process 0
+writes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from absl import logging
+
+from probing.probes.data import check_pooling, load_features, load_labels
+from probing.probes.results import probes_dir, write_results
+from probing.probes.settings import SweepSettings
+from probing.probes.sweep import run_streaming_sweep
+from probing.store.workdir import Workdir, WorkdirError
+
+
+def _layers_to_probe(config: Any, num_layers: int) -> list[int]:
+    layers = [int(x) for x in (config.get("layers") or ())]
+    if not layers:
+        return list(range(num_layers))
+    bad = [x for x in layers if not 0 <= x < num_layers]
+    if bad:
+        raise ValueError(
+            f"config.layers: {bad} do not exist; the workdir has layers 0..{num_layers - 1}"
+        )
+    return layers
+
+
+def train_pooling(workdir: str | Workdir, config: Any, pooling: str) -> dict[str, Any]:
+    """Trains and writes the probes of one pooling; returns its summary.json content."""
+    workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    settings = SweepSettings.from_config(config)
+    label_data = load_labels(workdir)
+    check_pooling(workdir, pooling)
+    layers = _layers_to_probe(config, label_data.num_layers)
+
+    if settings.layer_group_size and settings.layer_group_size < len(layers):
+        # Streaming reads groups lazily; check every layer first so bad features
+        # stop the run before training instead of after the first groups.
+        for start in range(0, len(layers), settings.layer_group_size):
+            load_features(
+                workdir, pooling, label_data, layers[start : start + settings.layer_group_size]
+            )
+
+    start_time = time.perf_counter()
+    result = run_streaming_sweep(
+        lambda group: load_features(workdir, pooling, label_data, group),
+        layers,
+        label_data.labels,
+        label_data.mask,
+        label_data.split,
+        settings,
+    )
+    summary = write_results(
+        workdir, pooling, result, label_data, settings, write=jax.process_index() == 0
+    )
+    best = summary["best_layer"]
+    logging.info(
+        "%s: %d layers x %d seeds in %.1fs; best layer %d (%s on test %.4f, chosen on val); "
+        "results in %s/%s",
+        pooling,
+        len(layers),
+        settings.num_seeds,
+        time.perf_counter() - start_time,
+        best["layer"],
+        best["metric"],
+        best["mean"] if best["mean"] is not None else float("nan"),
+        workdir.location,
+        probes_dir(pooling),
+    )
+    return summary
+
+
+def train_workdir(
+    workdir: str | Workdir, config: Any, poolings: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Trains the probes of every pooling (default: all in the manifest).
+
+    Returns:
+      pooling name -> its summary (the content of probes/<pooling>/summary.json).
+    """
+    workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    manifest = workdir.manifest()
+    poolings = list(poolings or manifest["poolings"])
+    if not poolings:
+        raise WorkdirError(f"{workdir.location}/manifest.json lists no poolings")
+    # Validate everything up front: a bad second pooling should not surface
+    # after the first one has trained.
+    SweepSettings.from_config(config)
+    load_labels(workdir)
+    for pooling in poolings:
+        check_pooling(workdir, pooling)
+    return {pooling: train_pooling(workdir, config, pooling) for pooling in poolings}
