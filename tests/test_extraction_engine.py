@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from probing.extraction.forward import PooledForward
-from probing.extraction.runner import ExtractionError, extract
+from probing.extraction.runner import extract
+from probing.extraction.settings import ExtractionError
 from probing.models import default_model_config, load_model
 from probing.models.tiny import tiny_families
 from probing.store.workdir import Workdir
@@ -292,7 +293,7 @@ def test_prompt_longer_than_the_context_fails_before_work(tmp_path) -> None:
 
 
 def _rejection_source(tmp_path, skip: bool):
-    from probing.extraction.runner import _BatchSource
+    from probing.extraction.batches import BatchSource
 
     config = default_model_config()
     config.device = "cpu"
@@ -307,7 +308,7 @@ def _rejection_source(tmp_path, skip: bool):
     ]
     image_paths = {i: str(p) for i, p in paths.items()}
     batches = [(0, np.arange(4))]
-    return _BatchSource(batches, examples, image_paths, adapter, True, False, skip)
+    return BatchSource(batches, examples, image_paths, adapter, True, False, skip)
 
 
 def test_rejected_rows_are_skipped_and_recorded_when_allowed(tmp_path) -> None:

@@ -2,16 +2,17 @@
 
 `PooledForward` owns the hooks (`PooledLayerCapture`) and runs a processor
 batch either plainly (one forward, `logits_to_keep=1`) or, with prefix
-sharing, as one forward over the shared prefix of each image group followed
-by one forward over every row's continuation against the prefix's KV cache.
+sharing, as one forward over the shared prefix of each prefix group (the rows
+of one image) followed by one forward over every row's continuation against
+the prefix's KV cache.
 
 Prefix sharing is exact by construction: the prompts are tokenised whole, and
-the prefix is the longest run of *token ids* every row of a group starts with,
-so no token boundary moves. The prefix must hold every image token (the
+the prefix is the longest run of *token ids* every row of a prefix group
+starts with, so no token boundary moves. The prefix must hold every image token (the
 continuation then needs no pixels). Every pooling is computed over the
 concatenation of the kept prefix states and the continuation states, i.e.
 over the very tokens an unshared forward sees; the price is keeping the
-prefix's per-layer states ([groups, prefix, D] × (L+1)) until the
+prefix's per-layer states ([prefix groups, prefix, D] × (L+1)) until the
 continuation has run.
 """
 
@@ -159,20 +160,23 @@ class PooledForward:
         self,
         inputs: dict[str, torch.Tensor],
         prefix_inputs: dict[str, torch.Tensor],
-        groups: torch.Tensor,
+        prefix_groups: torch.Tensor,
     ) -> ForwardResult:
-        """Features of `inputs` with each group's shared prefix run once.
+        """Features of `inputs` with each prefix group's shared prefix run once.
 
         Args:
           inputs: processor output for every row (on the model's device).
-          prefix_inputs: processor output for the first row of every group, in
-            group order: its pixel tensors are the ones the prefix pass uses.
-          groups: [B] long, the group (image) of each row, 0..G-1.
+          prefix_inputs: processor output for the first row of every prefix
+            group, in prefix group order: its pixel tensors are the ones the
+            prefix pass uses.
+          prefix_groups: [B] long, the prefix group (image) of each row, 0..G-1.
         """
         ids, mask = inputs["input_ids"], self.adapter.attention_mask(inputs)
         rows_ids = _real_tokens(ids, mask)
-        num_groups = int(groups.max()) + 1
-        members = [(groups == g).nonzero().flatten().tolist() for g in range(num_groups)]
+        num_prefix_groups = int(prefix_groups.max()) + 1
+        members = [
+            (prefix_groups == g).nonzero().flatten().tolist() for g in range(num_prefix_groups)
+        ]
         image_id = self.adapter.image_token_id if self.with_image else None
         prefix_lengths = []
         for rows in members:
@@ -211,12 +215,13 @@ class PooledForward:
         for key in seq_keys:
             real = _real_tokens(inputs[key], mask)
             continuation[key] = _pad_stack(
-                [real[r][prefix_lengths[int(groups[r])] :] for r in range(len(real))], "right"
+                [real[r][prefix_lengths[int(prefix_groups[r])] :] for r in range(len(real))],
+                "right",
             )
         cont_mask = _pad_stack(
             [
                 torch.ones(
-                    len(rows_ids[r]) - prefix_lengths[int(groups[r])],
+                    len(rows_ids[r]) - prefix_lengths[int(prefix_groups[r])],
                     dtype=mask.dtype,
                     device=mask.device,
                 )
@@ -224,8 +229,8 @@ class PooledForward:
             ],
             "right",
         )
-        full_mask = torch.cat([prefix_mask[groups], cont_mask], dim=1)
-        full_ids = torch.cat([prefix["input_ids"][groups], continuation["input_ids"]], dim=1)
+        full_mask = torch.cat([prefix_mask[prefix_groups], cont_mask], dim=1)
+        full_ids = torch.cat([prefix["input_ids"][prefix_groups], continuation["input_ids"]], dim=1)
         image_mask = (
             self.adapter.image_token_mask({"input_ids": full_ids}) if self.with_image else None
         )
@@ -235,17 +240,17 @@ class PooledForward:
             self.capture.keep_prefix()
             out = self.model(**prefix, use_cache=True, logits_to_keep=1)
             cache = out.past_key_values
-            cache.reorder_cache(groups)
+            cache.reorder_cache(prefix_groups)
             extra: dict[str, Any] = {}
             if _is_mrope(self.model):
                 # Multimodal rope counts real tokens only (left padding of the
-                # prefix does not count): position = real index + the group's
+                # prefix does not count): position = real index + the prefix group's
                 # offset computed by the prefill.
-                deltas = self.model.model.rope_deltas[groups].to(ids.device)
-                real_prefix = torch.tensor(prefix_lengths, device=ids.device)[groups]
+                deltas = self.model.model.rope_deltas[prefix_groups].to(ids.device)
+                real_prefix = torch.tensor(prefix_lengths, device=ids.device)[prefix_groups]
                 steps = real_prefix[:, None] + torch.arange(cont_width, device=ids.device)
                 extra["position_ids"] = (steps + deltas).unsqueeze(0).expand(3, -1, -1)
-            self.capture.set_prefix(groups)
+            self.capture.set_prefix(prefix_groups)
             self.capture.set_masks(full_mask, image_mask)
             self.model(
                 **continuation,

@@ -1,56 +1,52 @@
-"""Masked pooling of one layer's token states into one vector per example.
+"""The poolings: a table (`POOLINGS`) of functions that pool one layer's token states.
 
-Every pooling reads only real tokens (attention mask 1), so results do not
-depend on the padding side or on how long the other prompts of a batch are.
-Sums run in float32 whatever the model dtype, because bf16 accumulation over
-hundreds of image tokens loses several significant digits.
+Each pools [B, T, D] states into one float32 vector per example. To add a
+pooling, add one `Pooling` entry to the table: `validate_poolings` and
+`pool_states` read it, and config.extract.poolings may then name it.
 
 Names (several can be written in one pass):
   mean        mean over all real tokens (the 2025 study's default)
   max         element-wise max over real tokens
   last        last real token (Tao et al.; what a causal LM "has read")
   first       first real token
-  index:K     the K-th real token (0-based; negative K counts from the end)
   image_mean  mean over image-placeholder tokens only
   text_mean   mean over real non-image tokens only
+  index:K     the K-th real token (0-based; negative K counts from the end)
+
+Every pooling reads only real tokens (attention mask 1), so results do not
+depend on the padding side or on how long the other prompts of a batch are.
+Sums run in float32 whatever the model dtype, because bf16 accumulation over
+hundreds of image tokens loses several significant digits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import torch
-
-BASE_POOLINGS = ("mean", "max", "last", "first", "image_mean", "text_mean")
 
 
 class PoolingError(ValueError):
     """An unknown or malformed pooling name."""
 
 
-def parse_pooling(name: str) -> tuple[str, int | None]:
-    """Splits `index:K` into ("index", K); other names return (name, None)."""
-    if name.startswith("index:"):
-        try:
-            return "index", int(name.split(":", 1)[1])
-        except ValueError as e:
-            raise PoolingError(f"pooling {name!r}: expected index:K with an integer K") from e
-    if name not in BASE_POOLINGS:
-        raise PoolingError(f"unknown pooling {name!r}; known: {', '.join(BASE_POOLINGS)}, index:K")
-    return name, None
+# pool(states [B, T, D], real [B, T] bool, image_mask [B, T] bool or None, K or None) -> [B, D]
+PoolFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, int | None], torch.Tensor]
 
 
-def validate_poolings(names: Sequence[str], with_image: bool = True) -> tuple[str, ...]:
-    """Checks pooling names (and that image poolings have images to pool)."""
-    if not names:
-        raise PoolingError("config.extract.poolings is empty; name at least one, e.g. mean")
-    if len(set(names)) != len(names):
-        raise PoolingError(f"config.extract.poolings has duplicates: {list(names)}")
-    for name in names:
-        kind, _ = parse_pooling(name)
-        if kind == "image_mean" and not with_image:
-            raise PoolingError("pooling image_mean needs images, but the task is text-only")
-    return tuple(names)
+@dataclasses.dataclass(frozen=True)
+class Pooling:
+    """One entry of the table: a pooling name and the function that computes it."""
+
+    name: str
+    pool: PoolFn  # returns float32
+    needs_image: bool = False  # refused for text-only tasks
+    takes_index: bool = False  # named `name:K` with an integer K
+
+    @property
+    def usage(self) -> str:
+        return f"{self.name}:K" if self.takes_index else self.name
 
 
 def _token_positions(mask: torch.Tensor, index: int) -> torch.Tensor:
@@ -76,6 +72,85 @@ def _masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 
+def _token(states: torch.Tensor, real: torch.Tensor, index: int) -> torch.Tensor:
+    chosen = _token_positions(real, index)
+    batch = torch.arange(states.shape[0], device=states.device)
+    return states[batch, chosen].to(torch.float32)
+
+
+def _mean(states, real, image_mask, k):
+    return _masked_mean(states, real)
+
+
+def _max(states, real, image_mask, k):
+    filled = states.to(torch.float32).masked_fill(~real[:, :, None], float("-inf"))
+    return filled.amax(dim=1)
+
+
+def _last(states, real, image_mask, k):
+    return _token(states, real, -1)
+
+
+def _first(states, real, image_mask, k):
+    return _token(states, real, 0)
+
+
+def _index(states, real, image_mask, k):
+    return _token(states, real, k)
+
+
+def _image_mean(states, real, image_mask, k):
+    if image_mask is None:
+        raise PoolingError("pooling image_mean needs image tokens, but there are none")
+    return _masked_mean(states, real & image_mask)
+
+
+def _text_mean(states, real, image_mask, k):
+    text = real if image_mask is None else real & ~image_mask
+    return _masked_mean(states, text)
+
+
+# In the order error messages list them.
+POOLINGS: tuple[Pooling, ...] = (
+    Pooling("mean", _mean),
+    Pooling("max", _max),
+    Pooling("last", _last),
+    Pooling("first", _first),
+    Pooling("image_mean", _image_mean, needs_image=True),
+    Pooling("text_mean", _text_mean),
+    Pooling("index", _index, takes_index=True),
+)
+_BY_NAME = {p.name: p for p in POOLINGS}
+
+
+def parse_pooling(name: str) -> tuple[Pooling, int | None]:
+    """The table entry of a name and its K (`index:K`), or None for names without one."""
+    head, colon, argument = name.partition(":")
+    entry = _BY_NAME.get(head)
+    if entry is not None and entry.takes_index and colon:
+        try:
+            return entry, int(argument)
+        except ValueError as e:
+            raise PoolingError(f"pooling {name!r}: expected {entry.usage} with an integer K") from e
+    if entry is None or entry.takes_index or colon:
+        known = ", ".join(p.usage for p in POOLINGS)
+        raise PoolingError(f"unknown pooling {name!r}; known: {known}")
+    return entry, None
+
+
+def validate_poolings(names: Sequence[str], with_image: bool = True) -> tuple[str, ...]:
+    """Checks pooling names (and that image poolings have images to pool)."""
+    if not names:
+        raise PoolingError("config.extract.poolings is empty; name at least one, e.g. mean")
+    if len(set(names)) != len(names):
+        raise PoolingError(f"config.extract.poolings has duplicates: {list(names)}")
+    for name in names:
+        entry, _ = parse_pooling(name)
+        if entry.needs_image and not with_image:
+            raise PoolingError(f"pooling {entry.name} needs images, but the task is text-only")
+    return tuple(names)
+
+
 def pool_states(
     states: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -94,23 +169,7 @@ def pool_states(
     """
     real = attention_mask.to(torch.bool)
     out: dict[str, torch.Tensor] = {}
-    batch = torch.arange(states.shape[0], device=states.device)
     for name in poolings:
-        kind, index = parse_pooling(name)
-        if kind == "mean":
-            out[name] = _masked_mean(states, real)
-        elif kind == "max":
-            filled = states.to(torch.float32).masked_fill(~real[:, :, None], float("-inf"))
-            out[name] = filled.amax(dim=1)
-        elif kind in ("last", "first", "index"):
-            position = {"last": -1, "first": 0}.get(kind, index)
-            chosen = _token_positions(real, position)
-            out[name] = states[batch, chosen].to(torch.float32)
-        elif kind == "image_mean":
-            if image_mask is None:
-                raise PoolingError("pooling image_mean needs image tokens, but there are none")
-            out[name] = _masked_mean(states, real & image_mask)
-        elif kind == "text_mean":
-            text = real if image_mask is None else real & ~image_mask
-            out[name] = _masked_mean(states, text)
+        entry, index = parse_pooling(name)
+        out[name] = entry.pool(states, real, image_mask, index)
     return out

@@ -1,0 +1,328 @@
+"""The workdir side of stage 1: manifest and fingerprint, create / resume / finish a store.
+
+Rank 0 creates a fresh store (metadata, empty feature arrays, manifest.json
+last, so that its presence means every array exists) or, when manifest.json
+is already there, checks that the stored fingerprint matches this run:
+restarting the same command on a partly written workdir resumes it, while a
+workdir written with a different configuration (model, revision, prompt,
+poolings, dtype, library versions, ...) is refused unless `config.overwrite`
+is set. `WindowWriter` writes the features of a finished window chunk by
+chunk and only then marks its rows durable in `arrays/written`, so an
+interrupted run loses at most the windows in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorstore as ts
+import torch
+from absl import logging
+
+import probing
+from probing.extraction import environment
+from probing.extraction.batches import to_storage
+from probing.extraction.forward import ForwardResult
+from probing.extraction.settings import PERFORMANCE_KNOBS, ExtractionError, ExtractSettings
+from probing.store import layout
+from probing.store import workdir as store
+
+_WAIT_FOR_RANK0_S = 1800.0
+
+
+# ----------------------------------------------------------------------------
+# The manifest and what a resume must match.
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that determine the features."""
+    versions = {"probing": probing.__version__}
+    for name in ("torch", "transformers", "tensorstore", "numpy", "pillow", "timm"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The whole config as JSON-able dicts (what config.json holds)."""
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def fingerprint(config: ml_collections.ConfigDict, processor) -> dict[str, Any]:
+    """Everything that determines the features; a resumed run must match it.
+
+    The command line, date and hardware are recorded in manifest.json but
+    are deliberately not part of it: the same run may resume elsewhere.
+    """
+    processor_settings = {}
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None:
+        processor_settings = json.loads(image_processor.to_json_string())
+    config_dict = config_json(config)
+    config_dict.pop("overwrite", None)
+    for knob in PERFORMANCE_KNOBS:
+        config_dict.get("extract", {}).pop(knob, None)
+    digest = hashlib.sha256(json.dumps(processor_settings, sort_keys=True).encode()).hexdigest()
+    return {
+        "config": config_dict,
+        "library_versions": library_versions(),
+        "processor_settings_sha256": digest,
+    }
+
+
+def build_manifest(
+    config, settings: ExtractSettings, poolings, table, adapter, processor, started: str
+) -> dict[str, Any]:
+    """manifest.json of this run (complete=False until every row is done)."""
+    return layout.new_manifest(
+        model={
+            "id": config.model.name,
+            "revision": config.model.revision,
+            "family": adapter.family,
+            "random_init": bool(config.model.random_init),
+        },
+        library_versions=library_versions(),
+        dtype=config.model.dtype,
+        feature_dtype=settings.feature_dtype,
+        num_examples=len(table.examples),
+        num_layers=adapter.num_decoder_layers + 1,
+        hidden_size=adapter.hidden_size,
+        poolings=list(poolings),
+        label_kind=table.label_kind,
+        label_names=list(table.label_names),
+        task=table.task,
+        prompt_template=table.prompt_template,
+        with_image=bool(table.with_image),
+        padding_side=adapter.padding_side,
+        first_token_topk=settings.first_token_topk,
+        fingerprint=fingerprint(config, processor),
+        # Where and when; not part of the fingerprint (a resume may run elsewhere).
+        command=environment.command_line(),
+        hardware=environment.hardware(),
+        date=started,
+    )
+
+
+def diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves where two nested dicts differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in diff_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+# ----------------------------------------------------------------------------
+# Creating or resuming the store.
+
+
+def _write_metadata(wd: store.Workdir, config, table) -> None:
+    wd.write_json(layout.CONFIG_JSON, config_json(config))
+    wd.write_jsonl(layout.EXAMPLES_JSONL, table.examples)
+    wd.write_json(layout.SPLITS_JSON, table.splits)
+    wd.write_json(layout.TASK_STATS_JSON, table.stats)
+    if table.skipped:
+        wd.write_jsonl(layout.SKIPPED_JSONL, table.skipped)
+    wd.write_array(layout.LABELS, table.labels.astype(np.int8))
+    if table.label_mask is not None:
+        wd.write_array(layout.LABEL_MASK, table.label_mask.astype(np.uint8))
+    wd.write_array(layout.SPLIT, table.split.astype(np.int8))
+    wd.write_array(layout.GROUP, table.group.astype(np.int64))
+
+
+def _check_resumable(wd: store.Workdir, manifest: dict[str, Any]) -> None:
+    old = wd.read_json(layout.MANIFEST_JSON)
+    differing = diff_keys(old.get("fingerprint"), manifest["fingerprint"])
+    if differing:
+        raise ExtractionError(
+            f"workdir {wd.location} holds features of a different run; differing: "
+            f"{', '.join(differing[:12])}. Use another --workdir, or pass "
+            "--config.overwrite=True to replace it."
+        )
+
+
+def _wipe(wd: store.Workdir) -> None:
+    """Deletes everything in an existing workdir (overwrite), manifest first."""
+    kvstore = ts.KvStore.open(wd.kvstore("")).result()
+    # The manifest goes first, so that no rank can take the old store for ready.
+    name = layout.MANIFEST_JSON
+    kvstore.delete_range(ts.KvStore.KeyRange(name, name + "\0")).result()
+    kvstore.delete_range(ts.KvStore.KeyRange()).result()
+
+
+def _create_store(wd: store.Workdir, config, settings: ExtractSettings, manifest, table) -> None:
+    if wd.exists(layout.MANIFEST_JSON):
+        logging.warning("config.overwrite=True: replacing %s", wd.location)
+        _wipe(wd)
+    _write_metadata(wd, config, table)
+    chunk_rows = settings.batch_size
+    num_rows = manifest["num_examples"]
+    shape = (num_rows, manifest["num_layers"], manifest["hidden_size"])
+    for pooling in manifest["poolings"]:
+        wd.create_array(
+            layout.features(pooling), manifest["feature_dtype"], shape, (chunk_rows, *shape[1:])
+        )
+    wd.create_array(layout.WRITTEN, "uint8", (num_rows,), (chunk_rows,))
+    wd.create_array(layout.REJECTED, "uint8", (num_rows,), (chunk_rows,))
+    k = settings.first_token_topk
+    if k > 0:
+        wd.create_array(layout.FIRST_TOKEN_IDS, "int32", (num_rows, k), (chunk_rows, k))
+        wd.create_array(layout.FIRST_TOKEN_PROBS, "float32", (num_rows, k), (chunk_rows, k))
+    # Written last: its presence means every array exists.
+    wd.write_json(layout.MANIFEST_JSON, manifest)
+
+
+def prepare_workdir(
+    wd: store.Workdir,
+    config,
+    settings: ExtractSettings,
+    manifest: dict[str, Any],
+    table,
+    rank: int,
+    has_process_group: bool,
+) -> None:
+    """Creates a fresh store (rank 0), or checks an existing one for a resume.
+
+    With a process group the other ranks wait at a barrier; without one (SLURM
+    arrays) they wait for rank 0's manifest.json, which is written last.
+    """
+    fresh = not wd.exists(layout.MANIFEST_JSON) or bool(config.overwrite)
+    if rank == 0:
+        if fresh:
+            _create_store(wd, config, settings, manifest, table)
+        else:
+            _check_resumable(wd, manifest)
+            logging.info("Resuming extraction in %s", wd.location)
+    if has_process_group:
+        environment.barrier()
+    elif rank != 0:
+        deadline = time.monotonic() + _WAIT_FOR_RANK0_S
+        while not wd.exists(layout.MANIFEST_JSON):
+            if time.monotonic() > deadline:
+                raise ExtractionError(f"rank {rank}: rank 0 never created {wd.location}")
+            time.sleep(1.0)
+    if rank != 0:
+        _check_resumable(wd, manifest)
+
+
+def done_rows(wd: store.Workdir) -> np.ndarray:
+    """[N] bool: rows already written or rejected (by any rank, in any earlier run)."""
+    done = wd.read_array(layout.WRITTEN).astype(bool)
+    done |= wd.read_array(layout.REJECTED).astype(bool)
+    return done
+
+
+# ----------------------------------------------------------------------------
+# Writing features window by window.
+
+
+class WindowWriter:
+    """Host buffers of the windows in flight; writes a window once all its rows are done."""
+
+    def __init__(self, wd: store.Workdir, manifest: dict[str, Any], windows) -> None:
+        self.windows = windows  # the work plan's windows, each a list of chunks
+        self.poolings = manifest["poolings"]
+        self.feature_dtype = manifest["feature_dtype"]
+        self.row_shape = (manifest["num_layers"], manifest["hidden_size"])
+        self.topk = manifest["first_token_topk"]
+        self.storage_dtype = to_storage(torch.zeros(1), self.feature_dtype).dtype
+        self.arrays = {p: wd.open_array(layout.features(p)) for p in self.poolings}
+        self.written = wd.open_array(layout.WRITTEN)
+        self.rejected = wd.open_array(layout.REJECTED)
+        self.topk_arrays = None
+        if self.topk:
+            self.topk_arrays = (
+                wd.open_array(layout.FIRST_TOKEN_IDS),
+                wd.open_array(layout.FIRST_TOKEN_PROBS),
+            )
+        self.pending: dict[int, dict[str, Any]] = {}
+
+    def add(self, window: int, rows: np.ndarray, result: ForwardResult | None, rejected: int):
+        """Stores the results of `rows` (None if all were rejected); flushes a finished window."""
+        buf = self._buffer(window)
+        if result is not None:
+            at = np.searchsorted(buf["rows"], rows)
+            for name, values in result.pooled.items():
+                buf[name][at] = to_storage(values, self.feature_dtype)
+            if self.topk:
+                buf["topk_ids"][at] = result.topk_ids.cpu().numpy()
+                buf["topk_probs"][at] = result.topk_probs.cpu().numpy()
+            buf["ok"][at] = True
+        buf["left"] -= len(rows) + rejected
+        if buf["left"] == 0:
+            self._flush(window)
+
+    def _buffer(self, window: int) -> dict[str, Any]:
+        """Host buffers of one window, in sorted row order."""
+        if window not in self.pending:
+            rows = np.sort(np.concatenate(self.windows[window]))
+            buf: dict[str, Any] = {"rows": rows, "left": len(rows), "ok": np.zeros(len(rows), bool)}
+            for name in self.poolings:
+                buf[name] = np.zeros((len(rows), *self.row_shape), self.storage_dtype)
+            if self.topk:
+                buf["topk_ids"] = np.zeros((len(rows), self.topk), np.int32)
+                buf["topk_probs"] = np.zeros((len(rows), self.topk), np.float32)
+            self.pending[window] = buf
+        return self.pending[window]
+
+    def _flush(self, window: int) -> None:
+        """Writes a finished window's chunks, then marks its rows durable."""
+        buffer = self.pending.pop(window)
+        for chunk in self.windows[window]:
+            start, stop = int(chunk[0]), int(chunk[-1]) + 1
+            at = np.searchsorted(buffer["rows"], chunk)
+            ok = buffer["ok"][at]
+            for name, array in self.arrays.items():
+                array[start:stop].write(buffer[name][at]).result()
+            if self.topk_arrays is not None:
+                self.topk_arrays[0][start:stop].write(buffer["topk_ids"][at]).result()
+                self.topk_arrays[1][start:stop].write(buffer["topk_probs"][at]).result()
+            self.rejected[start:stop].write((~ok).astype(np.uint8)).result()
+            # Only after every pooling is durable is a row marked written.
+            self.written[start:stop].write(ok.astype(np.uint8)).result()
+
+
+# ----------------------------------------------------------------------------
+# Finishing.
+
+
+def append_rejections(wd: store.Workdir, rank: int, entries: list[dict[str, Any]]) -> None:
+    """Records rejected rows in rejected_rows.jsonl (one file per rank, merged by row)."""
+    if not entries:
+        return
+    name = layout.REJECTED_ROWS_JSONL
+    if rank != 0:
+        name = name.removesuffix(".jsonl") + f".rank{rank}.jsonl"
+    previous = wd.read_jsonl(name) if wd.exists(name) else []
+    merged = {e["row"]: e for e in (*previous, *entries)}
+    wd.write_jsonl(name, [merged[r] for r in sorted(merged)])
+
+
+def finalize(wd: store.Workdir, manifest: dict[str, Any], tokenizer) -> None:
+    """Marks the store complete once every row is written or rejected."""
+    written = wd.read_array(layout.WRITTEN).astype(bool)
+    rejected = wd.read_array(layout.REJECTED).astype(bool)
+    manifest["num_rejected_rows"] = int(rejected.sum())
+    manifest["complete"] = bool((written | rejected).all())
+    if not manifest["complete"]:
+        return
+    if wd.array_exists(layout.FIRST_TOKEN_IDS):
+        ids = wd.read_array(layout.FIRST_TOKEN_IDS)
+        probs = wd.read_array(layout.FIRST_TOKEN_PROBS)
+        examples = wd.read_jsonl(layout.EXAMPLES_JSONL)
+        for row, example in enumerate(examples):
+            if written[row]:
+                example["first_token_topk"] = [
+                    [tokenizer.decode([int(t)]), round(float(p), 6)]
+                    for t, p in zip(ids[row], probs[row], strict=True)
+                ]
+                example["first_token_topk_ids"] = [int(t) for t in ids[row]]
+        wd.write_jsonl(layout.EXAMPLES_JSONL, examples)
+    wd.write_json(layout.MANIFEST_JSON, manifest)
