@@ -37,7 +37,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from probing.probes.sweep import LAYER_UPDATES, SweepSettings, probe_mesh, run_sweep
-from probing.probes.synthetic import planted_arrays
+from probing.testing.planted import planted_arrays
 
 SIZES = {
     # name: (examples, layers, hidden size, seeds, epochs)

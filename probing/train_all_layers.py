@@ -28,8 +28,9 @@ from ml_collections import config_flags
 
 from probing.cli import run_main
 from probing.probes.data import check_pooling, load_features, load_labels
-from probing.probes.results import probes_dir, write_results
+from probing.probes.results import write_results
 from probing.probes.sweep import SweepSettings, run_streaming_sweep
+from probing.store.layout import probes_dir
 from probing.store.workdir import Workdir, WorkdirError
 
 _DEFAULT_CONFIG = os.path.join(

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from probing.probes.sweep import SweepSettings, run_sweep
-from probing.probes.synthetic import planted_arrays
+from probing.testing.planted import planted_arrays
 
 
 def test_test_accuracy_per_layer_agrees_with_sklearn():
