@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from probing.probes.devices import probe_mesh
 from probing.probes.settings import LAYER_UPDATES, SweepSettings
 from probing.probes.sweep import run_sweep
-from probing.probes.synthetic import planted_arrays
+from probing.testing.planted import planted_arrays
 
 SIZES = {
     # name: (examples, layers, hidden size, seeds, epochs)

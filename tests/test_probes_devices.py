@@ -27,7 +27,7 @@ _TWO_RUNS = textwrap.dedent(
     import os, sys
     import jax
     from configs.probe import get_config
-    from probing.probes.synthetic import planted_arrays, write_workdir
+    from probing.testing.planted import planted_arrays, write_workdir
     from probing.probes.train import train_workdir
 
     assert jax.device_count() == 4, jax.devices()

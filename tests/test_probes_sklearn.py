@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_sweep
-from probing.probes.synthetic import planted_arrays
+from probing.testing.planted import planted_arrays
 
 
 def test_test_accuracy_per_layer_agrees_with_sklearn():

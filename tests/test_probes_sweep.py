@@ -15,7 +15,7 @@ from probing.probes.metrics import binary_metrics, multilabel_metrics
 from probing.probes.model import hash_bits
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_streaming_sweep, run_sweep
-from probing.probes.synthetic import planted_arrays
+from probing.testing.planted import planted_arrays
 
 SIGNAL_LAYER = 2
 SETTINGS = SweepSettings(num_seeds=2, epochs=6, batch_size=16, learning_rates=(1e-2,))

@@ -13,10 +13,10 @@ import pytest
 
 from configs.probe import get_config
 from probing.probes.data import load_features, load_labels
-from probing.probes.synthetic import planted_arrays, write_workdir
 from probing.probes.train import train_workdir
 from probing.store.layout import LABEL_MASK, LABELS, SPLIT, WRITTEN
 from probing.store.workdir import Workdir, WorkdirError
+from probing.testing.planted import planted_arrays, write_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNAL_LAYER = 2

@@ -1,7 +1,7 @@
 """End-to-end tests of `build_report` and `python -m probing.report`.
 
 The workdirs are fabricated by hand from the WORKSPACE.md schema
-(probing.reporting.synthetic), so these tests need no model and no trainer.
+(probing.testing.probed), so these tests need no model and no trainer.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from probing.reporting.builder import build_report
 from probing.reporting.runs import ReportError
-from probing.reporting.synthetic import write_probed_workdir
+from probing.testing.probed import write_probed_workdir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,10 +13,10 @@ import pytest
 
 from configs.probe import get_config
 from probing.probes.stats import image_bootstrap
-from probing.probes.synthetic import planted_arrays, write_workdir
 from probing.probes.train import train_workdir
 from probing.reporting import tables
 from probing.reporting.runs import load_runs
+from probing.testing.planted import planted_arrays, write_workdir
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from scipy import stats
 from probing.reporting import tables
 from probing.reporting.runs import ReportError, load_runs
 from probing.reporting.statistics import mean_and_ci, paired_bootstrap_pvalue
-from probing.reporting.synthetic import write_probed_workdir
+from probing.testing.probed import write_probed_workdir
 
 
 def test_mean_and_ci_matches_student_t_interval():
@@ -67,7 +67,7 @@ def _recompute_from_csv(path: str, metric: str) -> dict[str, float]:
         "peak_ci_low": np.mean(test_best) - half,
         "peak_ci_high": np.mean(test_best) + half,
         "last": np.mean(values[("test", metric, last)]),
-        "layer0": np.mean(values[("test", metric, 0)]),
+        "first": np.mean(values[("test", metric, 0)]),
         "selectivity_at_best": np.mean(values[("test", "selectivity", best)]),
     }
 
@@ -82,10 +82,10 @@ def test_results_row_equals_values_recomputed_from_metrics_csv(tmp_path, task, m
     assert row.metric == metric
     assert row.best_layer == expected["best_layer"]
     assert row.relative_depth == pytest.approx(expected["best_layer"] / 5)
-    for field in ("peak", "peak_ci_low", "peak_ci_high", "last", "layer0", "selectivity_at_best"):
+    for field in ("peak", "peak_ci_low", "peak_ci_high", "last", "first", "selectivity_at_best"):
         assert getattr(row, field) == pytest.approx(expected[field], abs=1e-9), field
     assert row.drop_from_peak == pytest.approx(expected["peak"] - expected["last"])
-    assert row.gain_over_layer0 == pytest.approx(expected["peak"] - expected["layer0"])
+    assert row.gain_over_layer0 == pytest.approx(expected["peak"] - expected["first"])
     assert 0.0 < row.p_peak_better_than_last <= 1.0
 
 

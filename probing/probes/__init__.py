@@ -7,8 +7,8 @@ kernels   RNG streams and the jitted init / train / select / evaluate programs
 devices   device mesh, feature placement, ahead-of-time compilation
 sweep     the host driver of the probe sweep (run_sweep, SweepResult)
 train     train a workdir's poolings and write probes/<pooling>/
-metrics   classification metrics named as in WORKSPACE.md
-stats     mean / std / 95% CI over seeds, paired bootstrap
+metrics   the metric-name registry and the classification metrics (WORKSPACE.md)
+stats     mean / std / 95% CI over seeds, bootstrap over test images
 results   metrics.csv, curves.csv, summary.json, probe_config.json, weights.npz
-synthetic planted-signal workdirs for tests and benchmarks
+summary   summary.json from metrics.csv rows (trainer and test fixtures)
 """

@@ -1,4 +1,9 @@
-"""Classification metrics of probe outputs, named as in WORKSPACE.md.
+"""The metric names of metrics.csv (one registry) and the functions that compute them.
+
+The registry below names every metric per label kind and the derived rows
+(control, majority, selectivity, best epoch); the trainer, the report and the
+test fixtures all read it, WORKSPACE.md documents it. The headline metric per
+label kind is probing.store.layout.HEADLINE_METRIC.
 
 All functions take logits (a probe's raw outputs; the predicted class is
 logit > 0, i.e. probability > 0.5) and labels in {0, 1}, and return plain
@@ -19,32 +24,56 @@ from collections.abc import Sequence
 
 import numpy as np
 
-BINARY_METRICS = (
-    "accuracy",
-    "precision",
-    "recall",
-    "f1",
-    "roc_auc",
-    "tp",
-    "fp",
-    "tn",
-    "fn",
-    "loss",
-)
-MULTILABEL_METRICS = (
+# ------------------------------------------------ metric names (the registry)
+# Every metric name of metrics.csv comes from here: compute_metrics returns the
+# names in this order, results.py adds the derived names below, and the report
+# and the test fixtures read the same tuples.
+# Scores in [0, 1] per label kind, in the order compute_metrics returns them.
+BINARY_SCORES = ("accuracy", "precision", "recall", "f1", "roc_auc")
+MULTILABEL_SCORES = (
     "macro_f1",
-    "micro_f1",
     "macro_precision",
     "macro_recall",
+    "micro_f1",
     "accuracy",
     "roc_auc",
-    "tp",
-    "fp",
-    "tn",
-    "fn",
-    "loss",
 )
-HEADLINE = {"binary": "accuracy", "multilabel": "macro_f1"}
+COUNTS = ("tp", "fp", "tn", "fn")
+LOSS = "loss"
+BINARY_METRICS = (*BINARY_SCORES, *COUNTS, LOSS)
+MULTILABEL_METRICS = (*MULTILABEL_SCORES, *COUNTS, LOSS)
+METRICS = {"binary": BINARY_METRICS, "multilabel": MULTILABEL_METRICS}
+SCORES = {"binary": BINARY_SCORES, "multilabel": MULTILABEL_SCORES}
+# Precision, recall and F1 of a label kind (macro averages for multilabel).
+PRF_METRICS = {
+    "binary": ("precision", "recall", "f1"),
+    "multilabel": ("macro_precision", "macro_recall", "macro_f1"),
+}
+# Multilabel only: these per category, named `<metric>/<category>`.
+PER_CATEGORY_METRICS = ("f1", "precision", "recall")
+# Derived rows of metrics.csv: the headline metric minus its control, and the
+# epoch chosen on val.
+SELECTIVITY = "selectivity"
+BEST_EPOCH = "best_epoch"
+
+
+def control_metric(metric: str) -> str:
+    """The name of `metric` for the shuffled-label control probe."""
+    return f"control_{metric}"
+
+
+def majority_metric(metric: str) -> str:
+    """The name of `metric` for the majority-class baseline."""
+    return f"majority_{metric}"
+
+
+def category_metric(metric: str, category: str) -> str:
+    """The name of a per-category metric, e.g. "f1/dog"."""
+    return f"{metric}/{category}"
+
+
+def is_category_metric(name: str) -> bool:
+    return "/" in name
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -116,7 +145,7 @@ def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     counts = confusion_counts(logits > 0, labels)
     tp, fp, tn, fn = (int(counts[k]) for k in ("tp", "fp", "tn", "fn"))
     precision, recall, f1 = _scores_from_counts(tp, fp, fn)
-    return {
+    values = {
         "accuracy": (tp + tn) / max(labels.size, 1),
         "precision": float(precision),
         "recall": float(recall),
@@ -126,8 +155,9 @@ def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         "fp": fp,
         "tn": tn,
         "fn": fn,
-        "loss": binary_cross_entropy(logits, labels),
+        LOSS: binary_cross_entropy(logits, labels),
     }
+    return {name: values[name] for name in BINARY_METRICS}
 
 
 def multilabel_metrics(
@@ -151,28 +181,31 @@ def multilabel_metrics(
     tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
     precision, recall, f1 = _scores_from_counts(tp, fp, fn)
     present = mask.sum(axis=0) > 0
-    out: dict[str, float] = {}
+    values: dict[str, float] = {}
     if present.any():
-        out["macro_f1"] = float(f1[present].mean())
-        out["macro_precision"] = float(precision[present].mean())
-        out["macro_recall"] = float(recall[present].mean())
+        values["macro_f1"] = float(f1[present].mean())
+        values["macro_precision"] = float(precision[present].mean())
+        values["macro_recall"] = float(recall[present].mean())
     else:
-        out.update(macro_f1=float("nan"), macro_precision=float("nan"), macro_recall=float("nan"))
+        values.update(
+            macro_f1=float("nan"), macro_precision=float("nan"), macro_recall=float("nan")
+        )
     total = {k: int(v.sum()) for k, v in counts.items()}
-    out["micro_f1"] = float(_ratio(2 * total["tp"], 2 * total["tp"] + total["fp"] + total["fn"]))
-    out["accuracy"] = float(_ratio(total["tp"] + total["tn"], sum(total.values())))
+    values["micro_f1"] = float(_ratio(2 * total["tp"], 2 * total["tp"] + total["fp"] + total["fn"]))
+    values["accuracy"] = float(_ratio(total["tp"] + total["tn"], sum(total.values())))
     aucs = []
     for k in np.flatnonzero(present):
         scored = mask[:, k] > 0.5
         aucs.append(roc_auc(logits[scored, k], labels[scored, k]))
     aucs = [a for a in aucs if not np.isnan(a)]
-    out["roc_auc"] = float(np.mean(aucs)) if aucs else float("nan")
-    out.update(total)
-    out["loss"] = binary_cross_entropy(logits, labels, mask)
+    values["roc_auc"] = float(np.mean(aucs)) if aucs else float("nan")
+    values.update(total)
+    values[LOSS] = binary_cross_entropy(logits, labels, mask)
+    out = {name: values[name] for name in MULTILABEL_METRICS}
+    per_category = {"f1": f1, "precision": precision, "recall": recall}
     for k in np.flatnonzero(present):
-        out[f"f1/{names[k]}"] = float(f1[k])
-        out[f"precision/{names[k]}"] = float(precision[k])
-        out[f"recall/{names[k]}"] = float(recall[k])
+        for metric in PER_CATEGORY_METRICS:
+            out[category_metric(metric, names[k])] = float(per_category[metric][k])
     return out
 
 

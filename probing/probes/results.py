@@ -1,5 +1,8 @@
 """Turning a SweepResult into the files of <workdir>/probes/<pooling>/ (WORKSPACE.md).
 
+The file names and columns come from probing.store.layout, the metric names
+from probing.probes.metrics and summary.json from probing.probes.summary.
+
   metrics.csv        layer, seed, split, metric, value
   curves.csv         layer, seed, epoch, split, loss (task probe, chosen grid point)
   summary.json       mean / std / 95% CI over seeds per layer, split and metric
@@ -24,24 +27,33 @@ from typing import Any
 import numpy as np
 
 from probing.probes.data import LabelData
-from probing.probes.metrics import HEADLINE, compute_metrics, majority_logits
+from probing.probes.metrics import (
+    BEST_EPOCH,
+    SELECTIVITY,
+    compute_metrics,
+    is_category_metric,
+    majority_logits,
+    majority_metric,
+)
 from probing.probes.settings import SweepSettings
-from probing.probes.stats import seed_summary
+from probing.probes.summary import build_summary
 from probing.probes.sweep import TARGET_NAMES_IN_FILES, SweepResult
-from probing.store.layout import SPLIT_NAMES
+from probing.store.layout import (
+    CURVES_COLUMNS,
+    CURVES_CSV,
+    HEADLINE_METRIC,
+    METRICS_COLUMNS,
+    METRICS_CSV,
+    PREDICTIONS_NPZ,
+    PROBE_CONFIG_JSON,
+    SCORING_SPLIT,
+    SELECTION_SPLIT,
+    SPLIT_NAMES,
+    SUMMARY_JSON,
+    WEIGHTS_NPZ,
+    probe_file,
+)
 from probing.store.workdir import Workdir
-
-METRICS_CSV = "metrics.csv"
-CURVES_CSV = "curves.csv"
-SUMMARY_JSON = "summary.json"
-PROBE_CONFIG_JSON = "probe_config.json"
-WEIGHTS_NPZ = "weights.npz"
-PREDICTIONS_NPZ = "predictions.npz"
-
-
-def probes_dir(pooling: str) -> str:
-    """The workdir-relative directory of one pooling's probe results."""
-    return f"probes/{pooling}"
 
 
 def _split_targets(label_data: LabelData, split_name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -54,16 +66,16 @@ def metric_table(
 ) -> list[tuple[int, int, str, str, float]]:
     """All (layer, seed, split, metric, value) rows of metrics.csv, in a fixed order."""
     kind, names = label_data.label_kind, label_data.label_names
-    headline = HEADLINE[kind]
+    headline = HEADLINE_METRIC[kind]
     train_labels, train_mask = _split_targets(label_data, "train")
     majority = {}
     for split_name in SPLIT_NAMES:
         labels, mask = _split_targets(label_data, split_name)
         constant = majority_logits(train_labels, train_mask, len(labels))
         majority[split_name] = {
-            f"majority_{k}": v
+            majority_metric(k): v
             for k, v in compute_metrics(kind, constant, labels, mask, names).items()
-            if "/" not in k
+            if not is_category_metric(k)
         }
 
     table = []
@@ -76,11 +88,11 @@ def metric_table(
                 if "control" in result.targets:
                     control = compute_metrics(kind, logits[li, 1, si], labels, mask, names)
                     values.update({f"control_{k}": v for k, v in control.items() if "/" not in k})
-                    values["selectivity"] = values[headline] - control[headline]
+                    values[SELECTIVITY] = values[headline] - control[headline]
                 values.update(majority[split_name])
-                if split_name == "val":
+                if split_name == SELECTION_SPLIT:
                     grid_point = result.chosen_grid[li]
-                    values["best_epoch"] = int(result.best_epoch[li, 0, si, grid_point])
+                    values[BEST_EPOCH] = int(result.best_epoch[li, 0, si, grid_point])
                 table.extend(
                     (int(layer), int(seed), split_name, metric, value)
                     for metric, value in values.items()
@@ -117,48 +129,16 @@ def summarize(
     label_data: LabelData,
     pooling: str,
 ) -> dict[str, Any]:
-    """summary.json: per layer, split and metric the seed summary; the best layer."""
-    headline = HEADLINE[label_data.label_kind]
-    values: dict[tuple[int, str, str], list[float]] = {}
-    for layer, _, split_name, metric, value in table:
-        values.setdefault((layer, split_name, metric), []).append(float(value))
-    layers = []
-    for li, layer in enumerate(result.layers):
-        entry: dict[str, Any] = {"layer": int(layer)}
-        for split_name in SPLIT_NAMES:
-            entry[split_name] = {
-                metric: seed_summary(np.asarray(v))
-                for (lay, sp, metric), v in values.items()
-                if lay == layer and sp == split_name
-            }
-        entry["hyperparameters"] = {
+    """summary.json of the metric table, with each layer's chosen grid point."""
+    hyperparameters = {
+        int(layer): {
             name: float(column[result.chosen_grid[li]]) for name, column in result.grid.items()
         }
-        layers.append(entry)
-
-    def mean_of(entry, split_name):
-        mean = entry[split_name][headline]["mean"]
-        return -np.inf if mean is None else mean
-
-    best = max(layers, key=lambda e: mean_of(e, "val"))  # first layer wins ties
-    best_test = best["test"][headline]
-    return {
-        "pooling": pooling,
-        "label_kind": label_data.label_kind,
-        "headline_metric": headline,
-        "num_layers": len(layers),
-        "num_seeds": len(result.seeds),
-        "layers": layers,
-        "best_layer": {
-            "layer": best["layer"],
-            "metric": headline,
-            "split": "test",
-            "mean": best_test["mean"],
-            "ci95": best_test["ci95"],
-            "val_mean": best["val"][headline]["mean"],
-            "selected_on": "val",
-        },
+        for li, layer in enumerate(result.layers)
     }
+    return build_summary(
+        table, pooling=pooling, label_kind=label_data.label_kind, hyperparameters=hyperparameters
+    )
 
 
 def weights_bytes(result: SweepResult, label_data: LabelData) -> bytes:
@@ -199,7 +179,7 @@ def predictions_bytes(result: SweepResult, label_data: LabelData) -> bytes:
         chosen grid point and best epoch, the logits metrics.csv was scored on;
       control_logits, same shape, when the shuffled-label control ran.
     """
-    test = label_data.split_rows(SPLIT_NAMES.index("test"))
+    test = label_data.split_rows(SPLIT_NAMES.index(SCORING_SPLIT))
     rows = label_data.rows[test]
     groups = rows if label_data.groups is None else label_data.groups[test]
     multilabel = label_data.label_kind == "multilabel"
@@ -215,7 +195,7 @@ def predictions_bytes(result: SweepResult, label_data: LabelData) -> bytes:
         "label_kind": np.asarray(label_data.label_kind),
         "label_names": np.asarray(label_data.label_names),
         "labels": squeeze(label_data.labels[test]).astype(np.int8),
-        "logits": squeeze(result.logits["test"][:, 0]),
+        "logits": squeeze(result.logits[SCORING_SPLIT][:, 0]),
     }
     if multilabel:
         arrays["mask"] = label_data.mask[test].astype(np.uint8)
@@ -259,25 +239,21 @@ def write_results(
     `write=False` only computes the summary: on several hosts every process
     holds the same results and one of them writes.
     """
-    directory = probes_dir(pooling)
     table = metric_table(result, label_data)
     summary = summarize(table, result, label_data, pooling)
     if not write:
         return summary
+    workdir.write_bytes(probe_file(pooling, METRICS_CSV), _csv_bytes(METRICS_COLUMNS, table))
     workdir.write_bytes(
-        f"{directory}/{METRICS_CSV}",
-        _csv_bytes(("layer", "seed", "split", "metric", "value"), table),
+        probe_file(pooling, CURVES_CSV), _csv_bytes(CURVES_COLUMNS, curve_table(result))
     )
-    workdir.write_bytes(
-        f"{directory}/{CURVES_CSV}",
-        _csv_bytes(("layer", "seed", "epoch", "split", "loss"), curve_table(result)),
-    )
-    workdir.write_json(f"{directory}/{SUMMARY_JSON}", _json_safe(summary))
+    workdir.write_json(probe_file(pooling, SUMMARY_JSON), _json_safe(summary))
     workdir.write_json(
-        f"{directory}/{PROBE_CONFIG_JSON}", _json_safe(probe_config(settings, result, label_data))
+        probe_file(pooling, PROBE_CONFIG_JSON),
+        _json_safe(probe_config(settings, result, label_data)),
     )
-    workdir.write_bytes(f"{directory}/{WEIGHTS_NPZ}", weights_bytes(result, label_data))
-    workdir.write_bytes(f"{directory}/{PREDICTIONS_NPZ}", predictions_bytes(result, label_data))
+    workdir.write_bytes(probe_file(pooling, WEIGHTS_NPZ), weights_bytes(result, label_data))
+    workdir.write_bytes(probe_file(pooling, PREDICTIONS_NPZ), predictions_bytes(result, label_data))
     return summary
 
 

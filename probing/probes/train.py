@@ -18,9 +18,10 @@ import jax
 from absl import logging
 
 from probing.probes.data import check_pooling, load_features, load_labels
-from probing.probes.results import probes_dir, write_results
+from probing.probes.results import write_results
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_streaming_sweep
+from probing.store.layout import probes_dir
 from probing.store.workdir import Workdir, WorkdirError
 
 

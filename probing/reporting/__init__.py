@@ -6,10 +6,11 @@
   more workdirs into `ProbeRun` objects, one per workdir x pooling;
 * `statistics` holds the seed statistics (Student-t CI, paired bootstrap);
 * `tables` builds the results table and Tao et al.'s first-token table;
-* `figures` draws every figure with matplotlib (Agg backend);
+* `figures` is the registry of figures (`FIGURES`), drawn with matplotlib (Agg backend);
 * `document` renders report.md and a self-contained report.html;
-* `builder` ties them together in `build_report`;
-* `synthetic` fabricates probed workdirs for tests and examples.
+* `builder` ties them together in `build_report`.
+
+probing.testing.probed fabricates probed workdirs for tests and examples.
 """
 
 from probing.reporting.builder import build_report

@@ -1,5 +1,8 @@
 """`build_report`: figures, tables, report.md and report.html for workdirs.
 
+It loads the runs, writes the results table, draws every figure of the
+registry probing.reporting.figures.FIGURES per task, and renders the document.
+
 Output folder layout::
 
     <out>/report.md        links figures/*.png
@@ -20,8 +23,10 @@ from typing import Any
 
 from absl import logging
 
-from probing.reporting import document, figures, tables
+from probing.reporting import document, tables
 from probing.reporting.document import Block, Code, Heading, Paragraph, Table
+from probing.reporting.figures import FIGURES, FigureContext
+from probing.reporting.figures.style import file_stem
 from probing.reporting.runs import ProbeRun, group_by_task, load_runs
 
 
@@ -40,23 +45,13 @@ def _report_command(workdirs: Sequence[str], out_dir: str, **options: Any) -> st
 
 
 def _recorded_commands(run: ProbeRun) -> list[str]:
-    """Commands the workdir says produced it; the generic forms when it does not."""
-    commands = []
-    for source in (run.manifest, run.config):
-        if source.get("command"):
-            commands.append(str(source["command"]))
-            break
-    else:
-        commands.append(
-            f"python -m probing.extract --config=<config> --workdir={run.workdir}"
-            "   # config not recorded in the workdir"
-        )
-    commands.append(
-        str(run.probe_config["command"])
-        if run.probe_config.get("command")
-        else f"python -m probing.train_all_layers --workdir={run.workdir}"
+    """The extraction command manifest.json recorded (a generic form when it did not),
+    then the probe training command."""
+    extraction = run.manifest.get("command") or (
+        f"python -m probing.extract --config=<config> --workdir={run.workdir}"
+        "   # config not recorded in the workdir"
     )
-    return commands
+    return [str(extraction), f"python -m probing.train_all_layers --workdir={run.workdir}"]
 
 
 def _recorded(value: Any) -> str:
@@ -81,14 +76,9 @@ def _environment_rows(run: ProbeRun) -> list[list[str]]:
         ["model dtype", _recorded(manifest.get("dtype"))],
         ["feature dtype", _recorded(manifest.get("feature_dtype"))],
     ]
-    for key in ("hardware", "device", "devices"):
-        if manifest.get(key):
-            rows.append([f"extraction {key}", str(manifest[key])])
-    for key in ("backend", "hardware", "devices"):
-        if run.probe_config.get(key):
-            rows.append([f"probe {key}", str(run.probe_config[key])])
-    date = manifest.get("date") or manifest.get("created") or manifest.get("created_at")
-    rows.append(["date", _recorded(date)])
+    if manifest.get("hardware"):
+        rows.append(["extraction hardware", str(manifest["hardware"])])
+    rows.append(["date", _recorded(manifest.get("date"))])
     for library, version in sorted(manifest.get("library_versions", {}).items()):
         rows.append([library, str(version)])
     return rows
@@ -114,7 +104,7 @@ def _first_token_blocks(runs: Sequence[ProbeRun], out_dir: str) -> list[Block]:
                 "example, as a share of the group; OTHERS sums every token below the top 10.",
             )
         )
-        name = figures.file_stem("first_tokens", os.path.basename(run.workdir.rstrip("/")))
+        name = file_stem("first_tokens", os.path.basename(run.workdir.rstrip("/")))
         with open(os.path.join(out_dir, name + ".csv"), "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(header)
@@ -183,14 +173,9 @@ def build_report(
     for task, members in by_task.items():
         logging.info("figures of task %s (%d run(s))", task, len(members))
         blocks.append(Heading(f"Figures: task {task}"))
-        task_figures = [
-            figures.plot_headline_curves(members, figures.run_colours(members), figures_dir, task),
-            figures.plot_prf_heatmaps(members, figures_dir, task),
-            *(figures.plot_category_heatmap(run, figures_dir) for run in members),
-            figures.plot_pooling_comparison(members, figures_dir, task),
-            figures.plot_loss_curves(members, figures_dir, task, layers),
-        ]
-        blocks.extend(figure for figure in task_figures if figure is not None)
+        context = FigureContext(task=task, figures_dir=figures_dir, extra_layers=layers)
+        for figure in FIGURES:
+            blocks.extend(figure(members, context))
 
     blocks.extend(_first_token_blocks(runs, out_dir))
 

@@ -19,11 +19,20 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from probing.probes.metrics import category_metric
+from probing.store.layout import (
+    CONFIG_JSON,
+    CURVES_COLUMNS,
+    CURVES_CSV,
+    HEADLINE_METRIC,
+    METRICS_COLUMNS,
+    METRICS_CSV,
+    PREDICTIONS_NPZ,
+    SCORING_SPLIT,
+    SUMMARY_JSON,
+    probe_file,
+)
 from probing.store.workdir import Workdir, WorkdirError
-
-METRICS_COLUMNS = ("layer", "seed", "split", "metric", "value")
-CURVES_COLUMNS = ("layer", "seed", "epoch", "split", "loss")
-HEADLINE_BY_LABEL_KIND = {"binary": "accuracy", "multilabel": "macro_f1"}
 
 # Baseline variants a run can be, read from its manifest and config; the
 # empty string is an ordinary trained model seeing image and text.
@@ -55,7 +64,6 @@ class ProbeRun:
       pooling: the probes/<pooling> folder the results come from.
       manifest: manifest.json of the workdir.
       config: config.json of the workdir ({} when absent).
-      probe_config: probes/<pooling>/probe_config.json ({} when absent).
       metrics: (split, metric) -> [num_layers, num_seeds] values, NaN where a
         (layer, seed) has no row in metrics.csv.
       seeds: the seed ids, in column order of every metrics array.
@@ -72,7 +80,6 @@ class ProbeRun:
     pooling: str
     manifest: dict[str, Any]
     config: dict[str, Any]
-    probe_config: dict[str, Any]
     headline_metric: str
     metrics: dict[tuple[str, str], np.ndarray]
     seeds: np.ndarray
@@ -130,17 +137,18 @@ class ProbeRun:
             return self.metrics[(split, metric)]
         except KeyError:
             raise ReportError(
-                f"{self.workdir}/probes/{self.pooling}/metrics.csv has no rows for metric "
+                f"{self.workdir}/{probe_file(self.pooling, METRICS_CSV)} has no rows for metric "
                 f"{metric!r} on split {split!r}; re-run `python -m probing.train_all_layers "
                 f"--workdir={self.workdir}`"
             ) from None
 
-    def category_metrics(self, prefix: str, split: str = "test") -> list[str]:
+    def category_metrics(self, prefix: str, split: str = SCORING_SPLIT) -> list[str]:
         """Names of per-category metrics such as "f1/<name>", in label_names order."""
         present = {metric for (s, metric) in self.metrics if s == split}
-        ordered = [f"{prefix}/{name}" for name in self.label_names]
+        ordered = [category_metric(prefix, name) for name in self.label_names]
         found = [metric for metric in ordered if metric in present]
-        extra = sorted(m for m in present if m.startswith(prefix + "/") and m not in found)
+        start = category_metric(prefix, "")
+        extra = sorted(m for m in present if m.startswith(start) and m not in found)
         return found + extra
 
 
@@ -168,7 +176,7 @@ def _parse_number(raw: str, name: str, row_number: int, column: str, kind: type)
 def _load_metrics(
     workdir: Workdir, pooling: str, num_layers: int
 ) -> tuple[dict[tuple[str, str], np.ndarray], np.ndarray]:
-    name = f"probes/{pooling}/metrics.csv"
+    name = probe_file(pooling, METRICS_CSV)
     rows = _read_csv(workdir, name, METRICS_COLUMNS)
     if not rows:
         raise ReportError(f"{workdir.location}/{name} has no rows")
@@ -202,7 +210,7 @@ def _load_metrics(
 def _load_curves(
     workdir: Workdir, pooling: str, num_layers: int, seeds: np.ndarray
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    name = f"probes/{pooling}/curves.csv"
+    name = probe_file(pooling, CURVES_CSV)
     if not workdir.exists(name):
         return {}, np.zeros(0, dtype=int)
     rows = _read_csv(workdir, name, CURVES_COLUMNS)
@@ -232,7 +240,7 @@ def _load_curves(
 
 
 def _load_predictions(workdir: Workdir, pooling: str) -> dict[str, np.ndarray] | None:
-    name = f"probes/{pooling}/predictions.npz"
+    name = probe_file(pooling, PREDICTIONS_NPZ)
     if not workdir.exists(name):
         return None
     try:
@@ -268,7 +276,7 @@ def load_workdir_runs(location: str, poolings: Sequence[str] | None = None) -> l
     workdir = Workdir(location)
     manifest = workdir.manifest()
     num_layers = int(manifest["num_layers"])
-    config = _optional_json(workdir, "config.json")
+    config = _optional_json(workdir, CONFIG_JSON)
     available = [str(p) for p in manifest.get("poolings", [])]
     wanted = [p for p in available if poolings is None or p in poolings]
     if not wanted:
@@ -277,20 +285,19 @@ def load_workdir_runs(location: str, poolings: Sequence[str] | None = None) -> l
         return []
     runs = []
     for pooling in wanted:
-        if not workdir.exists(f"probes/{pooling}/metrics.csv"):
+        if not workdir.exists(probe_file(pooling, METRICS_CSV)):
             logging.warning("%s: no probe results for pooling %r; skipped", location, pooling)
             continue
         metrics, seeds = _load_metrics(workdir, pooling, num_layers)
         curves, epochs = _load_curves(workdir, pooling, num_layers, seeds)
-        summary = _optional_json(workdir, f"probes/{pooling}/summary.json")
-        headline = summary.get("headline_metric") or HEADLINE_BY_LABEL_KIND[manifest["label_kind"]]
+        summary = _optional_json(workdir, probe_file(pooling, SUMMARY_JSON))
+        headline = summary.get("headline_metric") or HEADLINE_METRIC[manifest["label_kind"]]
         runs.append(
             ProbeRun(
                 workdir=location,
                 pooling=pooling,
                 manifest=manifest,
                 config=config,
-                probe_config=_optional_json(workdir, f"probes/{pooling}/probe_config.json"),
                 headline_metric=str(headline),
                 metrics=metrics,
                 seeds=seeds,

@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from probing.probes.metrics import SELECTIVITY
 from probing.probes.stats import image_bootstrap
 from probing.reporting.runs import ProbeRun
 from probing.reporting.statistics import mean_and_ci, paired_bootstrap_pvalue
+from probing.store.layout import EXAMPLES_JSONL, SCORING_SPLIT, SELECTION_SPLIT
 from probing.store.workdir import Workdir
 
-SELECTION_SPLIT = "val"
-SCORING_SPLIT = "test"
 # What the bootstrap of "peak better than last" resamples: test images when
 # per-example predictions exist, probe seeds (metrics.csv only) otherwise.
 IMAGE_UNIT = "image"
@@ -65,7 +65,9 @@ class ResultRow:
     last_layer: int
     last: float
     drop_from_peak: float
-    layer0: float
+    # The test mean at the first probed layer (layer 0 unless the probes skipped it);
+    # its results.csv column keeps the name "layer0" (CSV_COLUMN_NAMES).
+    first: float
     gain_over_layer0: float
     selectivity_at_best: float
     p_peak_better_than_last: float
@@ -87,10 +89,10 @@ def result_row(run: ProbeRun) -> ResultRow:
     test_mean, test_low, test_high = mean_and_ci(test)
     probed_layers = np.flatnonzero(~np.isnan(test_mean))
     last = int(probed_layers[-1])
-    first = int(probed_layers[0])
+    first_layer = int(probed_layers[0])
     selectivity = math.nan
-    if run.has(SCORING_SPLIT, "selectivity"):
-        selectivity = float(mean_and_ci(run.values(SCORING_SPLIT, "selectivity"))[0][best])
+    if run.has(SCORING_SPLIT, SELECTIVITY):
+        selectivity = float(mean_and_ci(run.values(SCORING_SPLIT, SELECTIVITY))[0][best])
     p_value, p_unit = math.nan, ""
     if best != last:
         p_value = _image_bootstrap_pvalue(run, best, last)
@@ -117,8 +119,8 @@ def result_row(run: ProbeRun) -> ResultRow:
         last_layer=last,
         last=float(test_mean[last]),
         drop_from_peak=float(test_mean[best] - test_mean[last]),
-        layer0=float(test_mean[first]),
-        gain_over_layer0=float(test_mean[best] - test_mean[first]),
+        first=float(test_mean[first_layer]),
+        gain_over_layer0=float(test_mean[best] - test_mean[first_layer]),
         selectivity_at_best=selectivity,
         p_peak_better_than_last=p_value,
         p_unit=p_unit,
@@ -146,16 +148,24 @@ def _image_bootstrap_pvalue(run: ProbeRun, better: int, worse: int) -> float:
     return result["p_a_better"]
 
 
+# results.csv columns named otherwise than their ResultRow field.
+CSV_COLUMN_NAMES = {"first": "layer0"}
+
+
 def results_csv(rows: Sequence[ResultRow]) -> str:
     """The results table as CSV text, full precision, NaN written as empty."""
     buffer = io.StringIO()
     fields = [field.name for field in dataclasses.fields(ResultRow)]
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    columns = [CSV_COLUMN_NAMES.get(field, field) for field in fields]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         values = row.as_dict()
         writer.writerow(
-            {k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+            {
+                CSV_COLUMN_NAMES.get(k, k): "" if isinstance(v, float) and math.isnan(v) else v
+                for k, v in values.items()
+            }
         )
     return buffer.getvalue()
 
@@ -257,9 +267,9 @@ def first_token_table(examples: Sequence[dict[str, Any]], top_k: int = 10) -> Fi
 def load_first_token_table(location: str, top_k: int = 10) -> FirstTokenTable | None:
     """The first-token table of a workdir, or None when it recorded no first tokens."""
     workdir = Workdir(location)
-    if not workdir.exists("examples.jsonl"):
+    if not workdir.exists(EXAMPLES_JSONL):
         return None
-    table = first_token_table(workdir.read_jsonl("examples.jsonl"), top_k)
+    table = first_token_table(workdir.read_jsonl(EXAMPLES_JSONL), top_k)
     return table if table.groups else None
 
 

@@ -1,8 +1,9 @@
-"""Synthetic workdirs with a planted signal, for tests and benchmarks.
+"""Planted workdirs: synthetic features with a known signal, for probe tests and benchmarks.
 
-`write_planted_workdir` writes a complete workdir by hand, array by array with
-`Workdir.write_array` and `Workdir.write_json`, exactly as a program other
-than probing.extract would: Gaussian noise features in every layer, plus, in
+`planted_arrays` draws the arrays and `write_workdir` writes a complete
+workdir by hand, array by array with `Workdir.write_array` and the contract
+names of probing.store.layout, exactly as a program other than
+probing.extract would: Gaussian noise features in every layer, plus, in
 the chosen layers, a shift along one direction per label that separates the
 classes. A probe should find the signal there and score chance elsewhere.
 """
@@ -13,7 +14,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from probing.store.layout import FORMAT_VERSION, GROUP, LABEL_MASK, LABELS, SPLIT, WRITTEN
+from probing.store.layout import (
+    GROUP,
+    LABEL_MASK,
+    LABELS,
+    MANIFEST_JSON,
+    SPLIT,
+    WRITTEN,
+    new_manifest,
+)
+from probing.store.layout import (
+    features as features_array,
+)
 from probing.store.workdir import Workdir
 
 ROWS_PER_IMAGE = 2
@@ -98,8 +110,8 @@ def write_workdir(
     Every pooling gets the same features. `written` defaults to all ones.
     """
     workdir = Workdir(location)
-    features = np.asarray(arrays["features"]).astype(feature_dtype)
-    num_examples, num_layers, hidden_size = features.shape
+    values = np.asarray(arrays["features"]).astype(feature_dtype)
+    num_examples, num_layers, hidden_size = values.shape
     labels = np.asarray(arrays["labels"])
     multilabel = labels.ndim == 2
     if label_names is None:
@@ -113,28 +125,26 @@ def write_workdir(
     workdir.write_array(WRITTEN, written)
     for pooling in poolings:
         workdir.write_array(
-            f"features/{pooling}",
-            features,
+            features_array(pooling),
+            values,
             chunk_shape=(min(64, num_examples), num_layers, hidden_size),
         )
     workdir.write_json(
-        "manifest.json",
-        {
-            "format_version": FORMAT_VERSION,
-            "model": {"id": "synthetic", "revision": None, "family": "none", "random_init": True},
-            "library_versions": {},
-            "dtype": "float32",
-            "feature_dtype": feature_dtype,
-            "num_examples": num_examples,
-            "num_layers": num_layers,
-            "hidden_size": hidden_size,
-            "poolings": list(poolings),
-            "label_kind": "multilabel" if multilabel else "binary",
-            "label_names": list(label_names),
-            "task": "synthetic",
-            "prompt_template": "",
-            "layer_convention": "index 0 = embedding output, i = decoder layer i",
-            "complete": bool(written.all()),
-        },
+        MANIFEST_JSON,
+        new_manifest(
+            model={"id": "synthetic", "revision": None, "family": "none", "random_init": True},
+            library_versions={},
+            dtype="float32",
+            feature_dtype=feature_dtype,
+            num_examples=num_examples,
+            num_layers=num_layers,
+            hidden_size=hidden_size,
+            poolings=list(poolings),
+            label_kind="multilabel" if multilabel else "binary",
+            label_names=list(label_names),
+            task="synthetic",
+            prompt_template="",
+            complete=bool(written.all()),
+        ),
     )
     return workdir

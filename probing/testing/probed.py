@@ -1,8 +1,11 @@
-"""Fabricated probed workdirs: the files of WORKSPACE.md, written by hand.
+"""Probed workdirs: fabricated probe results that peak at a chosen depth, for report tests.
 
 `write_probed_workdir` writes what `probing.report` reads (manifest.json,
 config.json, examples.jsonl and probes/<pooling>/{metrics,curves}.csv,
-summary.json) with plausible per-layer curves that peak at a chosen depth.
+summary.json) with plausible per-layer curves that peak at a chosen depth,
+through the contract of probing.store.layout: the manifest comes from
+`new_manifest`, the metric names from probing.probes.metrics and summary.json
+from the trainer's own `build_summary`.
 No features and no model are involved, so tests and examples of the report
 stage run in a blink and do not depend on the extraction or training code.
 """
@@ -16,12 +19,33 @@ from typing import Any
 
 import numpy as np
 
-from probing.reporting.statistics import mean_and_ci
-from probing.store.layout import FORMAT_VERSION, SPLIT_NAMES
+from probing.probes.metrics import (
+    BEST_EPOCH,
+    LOSS,
+    SCORES,
+    SELECTIVITY,
+    category_metric,
+    control_metric,
+    majority_metric,
+)
+from probing.probes.summary import build_summary
+from probing.store.layout import (
+    CONFIG_JSON,
+    CURVES_COLUMNS,
+    CURVES_CSV,
+    EXAMPLES_JSONL,
+    HEADLINE_METRIC,
+    MANIFEST_JSON,
+    METRICS_COLUMNS,
+    METRICS_CSV,
+    PROBE_CONFIG_JSON,
+    SPLIT_NAMES,
+    SUMMARY_JSON,
+    new_manifest,
+    probe_file,
+)
 from probing.store.workdir import Workdir
 
-_BINARY_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
-_MULTILABEL_METRICS = ("macro_f1", "micro_f1", "macro_precision", "macro_recall", "accuracy")
 DEFAULT_CATEGORIES = ("circle", "square", "triangle", "star")
 
 
@@ -86,33 +110,33 @@ def write_probed_workdir(
     label_names = ["matches"] if binary else list(categories)
     peak = (2 * (num_layers - 1)) // 3 if peak_layer is None else peak_layer
     high = 0.6 if random_init else 0.7 if blind else 0.9
+    label_kind = "binary" if binary else "multilabel"
+    headline_name = HEADLINE_METRIC[label_kind]
     workdir.write_json(
-        "manifest.json",
-        {
-            "format_version": FORMAT_VERSION,
-            "model": {
+        MANIFEST_JSON,
+        new_manifest(
+            model={
                 "id": model_id,
                 "revision": "local",
                 "family": model_id.split(":")[-1].split("/")[-1],
                 "random_init": random_init,
             },
-            "library_versions": {"torch": "2.14.1", "transformers": "5.0.0", "numpy": "2.4"},
-            "dtype": "float32",
-            "feature_dtype": "float32",
-            "num_examples": num_examples,
-            "num_layers": num_layers,
-            "hidden_size": 8,
-            "poolings": list(poolings),
-            "label_kind": "binary" if binary else "multilabel",
-            "label_names": label_names,
-            "task": task,
-            "prompt_template": "This image contains: {caption}.\nIs this right?",
-            "layer_convention": "index 0 is the embedding output; i is decoder layer i",
-            "complete": True,
-            "date": "2025-01-01T00:00:00Z",
-        },
+            library_versions={"torch": "2.14.1", "transformers": "5.0.0", "numpy": "2.4"},
+            dtype="float32",
+            feature_dtype="float32",
+            num_examples=num_examples,
+            num_layers=num_layers,
+            hidden_size=8,
+            poolings=list(poolings),
+            label_kind=label_kind,
+            label_names=label_names,
+            task=task,
+            prompt_template="This image contains: {caption}.\nIs this right?",
+            complete=True,
+            date="2025-01-01T00:00:00Z",
+        ),
     )
-    workdir.write_json("config.json", {"task": {"name": task, "blind": blind}})
+    workdir.write_json(CONFIG_JSON, {"task": {"name": task, "blind": blind}})
     examples = []
     tokens_positive = ["person", "man", "A", "a", "woman"]
     tokens_negative = ["A", "a", "the", "and", "dog"]
@@ -130,28 +154,28 @@ def write_probed_workdir(
             first = pool[int(rng.integers(len(pool)))]
             example["first_token_topk"] = [[first, 0.6], ["the", 0.1]]
         examples.append(example)
-    workdir.write_jsonl("examples.jsonl", examples)
+    workdir.write_jsonl(EXAMPLES_JSONL, examples)
 
     for pooling_index, pooling in enumerate(poolings):
         headline_profile = _layer_profile(num_layers, peak, 0.55, high - 0.05 * pooling_index)
         metric_rows: list[tuple[Any, ...]] = []
-        names = _BINARY_METRICS if binary else _MULTILABEL_METRICS
-        per_category = [] if binary else [f"f1/{c}" for c in categories]
+        names = SCORES[label_kind]
+        per_category = [] if binary else [category_metric("f1", c) for c in categories]
         for layer in range(num_layers):
             for seed_id in range(num_seeds):
                 for split in SPLIT_NAMES:
                     headline = headline_profile[layer] + rng.normal(0, 0.015)
                     values = {name: headline + rng.normal(0, 0.02) for name in names}
-                    values["accuracy" if binary else "macro_f1"] = headline
+                    values[headline_name] = headline
                     for offset, name in enumerate(per_category):
                         values[name] = headline - 0.05 * offset + rng.normal(0, 0.02)
                     if with_controls:
                         control = 0.5 + rng.normal(0, 0.01)
-                        values["control_" + ("accuracy" if binary else "macro_f1")] = control
-                        values["selectivity"] = headline - control
-                        values["majority_accuracy"] = 0.5
-                    values["loss"] = 1.0 - headline
-                    values["best_epoch"] = float(num_epochs - 1)
+                        values[control_metric(headline_name)] = control
+                        values[SELECTIVITY] = headline - control
+                        values[majority_metric("accuracy")] = 0.5
+                    values[LOSS] = 1.0 - headline
+                    values[BEST_EPOCH] = float(num_epochs - 1)
                     metric_rows.extend(
                         (layer, seed_id, split, name, f"{value:.6f}")
                         for name, value in values.items()
@@ -165,56 +189,13 @@ def write_probed_workdir(
                     val_loss = floor + 0.6 * np.exp(-epoch) + rng.normal(0, 0.005)
                     curve_rows.append((layer, seed_id, epoch, "train", f"{train_loss:.6f}"))
                     curve_rows.append((layer, seed_id, epoch, "val", f"{val_loss:.6f}"))
-        folder = f"probes/{pooling}"
         workdir.write_bytes(
-            f"{folder}/metrics.csv",
-            _tidy_csv(("layer", "seed", "split", "metric", "value"), metric_rows),
+            probe_file(pooling, METRICS_CSV), _tidy_csv(METRICS_COLUMNS, metric_rows)
         )
-        workdir.write_bytes(
-            f"{folder}/curves.csv",
-            _tidy_csv(("layer", "seed", "epoch", "split", "loss"), curve_rows),
+        workdir.write_bytes(probe_file(pooling, CURVES_CSV), _tidy_csv(CURVES_COLUMNS, curve_rows))
+        workdir.write_json(
+            probe_file(pooling, SUMMARY_JSON),
+            build_summary(metric_rows, pooling=pooling, label_kind=label_kind),
         )
-        workdir.write_json(f"{folder}/summary.json", _summary(metric_rows, pooling, binary))
-        workdir.write_json(f"{folder}/probe_config.json", {"num_seeds": num_seeds})
+        workdir.write_json(probe_file(pooling, PROBE_CONFIG_JSON), {"num_seeds": num_seeds})
     return workdir
-
-
-def _summary(rows: Sequence[tuple[Any, ...]], pooling: str, binary: bool) -> dict[str, Any]:
-    """summary.json of the fabricated rows, following WORKSPACE.md."""
-    headline = "accuracy" if binary else "macro_f1"
-    grouped: dict[tuple[int, str, str], list[float]] = {}
-    for layer, _, split, metric, value in rows:
-        grouped.setdefault((layer, split, metric), []).append(float(value))
-    layers = sorted({key[0] for key in grouped})
-    entries = []
-    for layer in layers:
-        entry: dict[str, Any] = {"layer": layer}
-        for split in SPLIT_NAMES:
-            per_metric = {}
-            for (row_layer, row_split, metric), values in grouped.items():
-                if row_layer == layer and row_split == split:
-                    mean, low, high = mean_and_ci(np.array(values))
-                    per_metric[metric] = {
-                        "mean": float(mean),
-                        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                        "ci95": [float(low), float(high)],
-                        "n": len(values),
-                    }
-            entry[split] = per_metric
-        entries.append(entry)
-    best = max(layers, key=lambda layer: entries[layer]["val"][headline]["mean"])
-    return {
-        "pooling": pooling,
-        "label_kind": "binary" if binary else "multilabel",
-        "headline_metric": headline,
-        "num_layers": len(layers),
-        "num_seeds": entries[0]["test"][headline]["n"],
-        "layers": entries,
-        "best_layer": {
-            "layer": best,
-            "metric": headline,
-            "split": "test",
-            "mean": entries[best]["test"][headline]["mean"],
-            "selected_on": "val",
-        },
-    }

@@ -1,0 +1,187 @@
+"""Per-layer curves of the headline metric: every run of a task, and each model's poolings.
+
+Metrics are test-split means over seeds with their 95% CI band.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.lines import Line2D
+
+from probing.probes.metrics import SELECTIVITY, control_metric, majority_metric
+from probing.reporting.document import Figure
+from probing.reporting.figures.context import FigureContext
+from probing.reporting.figures.style import (
+    CONTROL_STYLE,
+    LAYER0_STYLE,
+    OKABE_ITO,
+    PAGE_WIDTH_IN,
+    RC,
+    draw_series,
+    file_stem,
+    headline_stats,
+    run_colours,
+    save,
+)
+from probing.reporting.runs import TRAINED, ProbeRun
+from probing.reporting.statistics import mean_and_ci
+from probing.store.layout import SCORING_SPLIT
+
+
+def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure]:
+    """Headline metric per layer with a 95% CI band, raw layer and relative depth.
+
+    The same axes carry the baselines found in the runs: the shuffled-label
+    control probe (dotted), the majority class (black dash-dot), each run's
+    layer 0 (long dashes), and untrained or blind runs in their own line style;
+    a second row shows the selectivity (metric minus control) when present.
+    Baseline lines take the colour of their run; the legend names each kind once.
+    """
+    task = context.task
+    colours = run_colours(runs)
+    metric = runs[0].headline_metric
+    control = control_metric(metric)
+    majority = majority_metric(metric)
+    with_selectivity = any(run.has(SCORING_SPLIT, SELECTIVITY) for run in runs)
+    rows = 2 if with_selectivity else 1
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(
+            rows,
+            2,
+            figsize=(PAGE_WIDTH_IN, 2.5 * rows + 0.9),
+            squeeze=False,
+            sharey="row",
+            layout="constrained",
+        )
+        majority_values = set()
+        with_control = False
+        for run in runs:
+            colour = colours[run.label]
+            layers, mean, low, high = headline_stats(run, metric)
+            for column, x in enumerate((layers, run.relative_depth(layers))):
+                ax = axes[0, column]
+                draw_series(ax, x, mean, low, high, colour, run.variant, run.label)
+                ax.axhline(mean[0], color=colour, linestyle=LAYER0_STYLE, linewidth=0.7, alpha=0.6)
+                if run.has(SCORING_SPLIT, control):
+                    control_mean, _, _ = mean_and_ci(run.values(SCORING_SPLIT, control))
+                    ax.plot(
+                        x,
+                        control_mean[layers],
+                        color=colour,
+                        linestyle=CONTROL_STYLE,
+                        linewidth=1.0,
+                    )
+                    with_control = True
+                if with_selectivity and run.has(SCORING_SPLIT, SELECTIVITY):
+                    sel_mean, sel_low, sel_high = mean_and_ci(
+                        run.values(SCORING_SPLIT, SELECTIVITY)
+                    )
+                    draw_series(
+                        axes[1, column],
+                        x,
+                        sel_mean[layers],
+                        sel_low[layers],
+                        sel_high[layers],
+                        colour,
+                        run.variant,
+                        run.label,
+                        bounds=(-1.0, 1.0),
+                    )
+            if run.has(SCORING_SPLIT, majority):
+                majority_values.add(
+                    round(float(np.nanmean(run.values(SCORING_SPLIT, majority))), 6)
+                )
+        for value in sorted(majority_values):
+            for ax in axes[0]:
+                ax.axhline(value, color="black", linestyle="-.", linewidth=0.9)
+        seeds = sorted({len(run.seeds) for run in runs})
+        axes[0, 0].set_ylabel(f"test {metric}")
+        axes[0, 0].set_title("by layer index")
+        axes[0, 1].set_title("by relative depth")
+        axes[-1, 0].set_xlabel("layer (0 = embedding output)")
+        axes[-1, 1].set_xlabel("relative depth (layer / last layer)")
+        if with_selectivity:
+            axes[1, 0].set_ylabel(f"selectivity ({metric} − control)")
+            for ax in axes[1]:
+                ax.axhline(0.0, color="grey", linewidth=0.6)
+        for ax in axes[:, 0]:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        if with_control:
+            handles.append(Line2D([], [], color="grey", linestyle=CONTROL_STYLE, linewidth=1.0))
+            labels.append("shuffled-label control of each run")
+        handles.append(Line2D([], [], color="grey", linestyle=LAYER0_STYLE, linewidth=0.7))
+        labels.append("layer 0 of each run")
+        if majority_values:
+            handles.append(Line2D([], [], color="black", linestyle="-.", linewidth=0.9))
+            labels.append("majority class")
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
+        fig.suptitle(
+            f"Task {task}: test {metric} per layer, mean over {'/'.join(map(str, seeds))} "
+            "seeds with 95% CI",
+            fontsize=9,
+        )
+    caption = (
+        f"Task {task}: test {metric} per layer for every model and pooling (band: 95% CI "
+        "over seeds), by layer index (left) and relative depth (right), with the baselines "
+        "the runs provide. Bands are clipped to the metric's range."
+    )
+    return [save(fig, context.figures_dir, file_stem(task, "headline_per_layer"), caption)]
+
+
+def _model_groups(runs: Sequence[ProbeRun]) -> dict[str, list[ProbeRun]]:
+    groups: dict[str, list[ProbeRun]] = {}
+    for run in runs:
+        groups.setdefault(run.model_name, []).append(run)
+    return {
+        name: members
+        for name, members in groups.items()
+        if len({run.pooling for run in members}) > 1
+    }
+
+
+def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure]:
+    """Headline metric per layer of each pooling, one panel per model; none if no model
+    was probed with more than one pooling."""
+    groups = _model_groups(runs)
+    if not groups:
+        return []
+    metric = runs[0].headline_metric
+    columns = min(len(groups), 2)
+    rows = -(-len(groups) // columns)
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(
+            rows,
+            columns,
+            figsize=(PAGE_WIDTH_IN, 2.4 * rows + 0.4),
+            squeeze=False,
+            sharey=True,
+            layout="constrained",
+        )
+        for ax, (model, members) in zip(axes.flat, groups.items(), strict=False):
+            for index, run in enumerate(members):
+                layers, mean, low, high = headline_stats(run, metric)
+                name = run.label.split(" · ", 1)[1]
+                draw_series(
+                    ax,
+                    layers,
+                    mean,
+                    low,
+                    high,
+                    OKABE_ITO[index % len(OKABE_ITO)],
+                    TRAINED,
+                    f"pooling {name}",
+                )
+            ax.set_title(model)
+            ax.set_xlabel("layer (0 = embedding output)")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.legend(frameon=False)
+        for ax in axes.flat[len(groups) :]:
+            ax.set_visible(False)
+        for ax in axes[:, 0]:
+            ax.set_ylabel(f"test {metric}")
+    caption = f"Task {context.task}: test {metric} per layer for each pooling of the same model."
+    return [save(fig, context.figures_dir, file_stem(context.task, "pooling_comparison"), caption)]
