@@ -6,7 +6,7 @@
 For each model family and task it runs stage 1 (`configs/demo.py:<family>,<task>`:
 a tiny randomly initialised checkpoint of the real architecture on a generated
 COCO-format dataset), stage 2 (`configs/probe.py`) and finally the report over
-all workdirs. About 1 minute on a 2-core CPU once installed (the first run
+all workdirs (probing.pipeline.run_demo). About 1 minute on a 2-core CPU once installed (the first run
 also builds the tiny checkpoints and the dataset). Rerunning resumes finished
 extractions instead of recomputing them.
 
@@ -17,43 +17,15 @@ know; the real models run with configs/qwen.py and configs/fastvlm.py.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-
-from absl import app, flags, logging
+from absl import app, flags
 
 from probing.cli import run_main
-from probing.config_files import load_config
+from probing.pipeline import DEMO_FAMILIES, DEMO_TASKS, run_demo
 
 _OUT = flags.DEFINE_string("out", "runs/demo", "Directory for the workdirs and the report.")
-_FAMILIES = flags.DEFINE_list("families", ["qwen2_vl", "fast_vlm"], "Tiny model families.")
-_TASKS = flags.DEFINE_list("tasks", ["caption", "category"], "Probing tasks.")
+_FAMILIES = flags.DEFINE_list("families", list(DEMO_FAMILIES), "Tiny model families.")
+_TASKS = flags.DEFINE_list("tasks", list(DEMO_TASKS), "Probing tasks.")
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 3, "Probe seeds per layer.")
-
-
-def run_demo(
-    out_dir: str,
-    families: Sequence[str] = ("qwen2_vl", "fast_vlm"),
-    tasks: Sequence[str] = ("caption", "category"),
-    num_seeds: int = 3,
-) -> str:
-    """Runs extraction, probes and report; returns the path of report.md."""
-    from probing.extraction.runner import extract
-    from probing.probes.train import train_workdir
-    from probing.reporting.builder import build_report
-
-    probe_config = load_config("configs/probe.py")
-    with probe_config.unlocked():
-        probe_config.num_seeds = num_seeds
-    workdirs = []
-    for family in families:
-        for task in tasks:
-            workdir = os.path.join(out_dir, f"{family}_{task}")
-            logging.info("=== %s × %s -> %s", family, task, workdir)
-            extract(load_config(f"configs/demo.py:{family},{task}"), workdir)
-            train_workdir(workdir, probe_config)
-            workdirs.append(workdir)
-    return build_report(workdirs, os.path.join(out_dir, "report"))
 
 
 def main(argv: list[str]) -> None:

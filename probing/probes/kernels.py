@@ -45,8 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from probing.probes.data import TRAIN, VAL
 from probing.probes.model import LinearProbe, _optimizer, hash_bits
+from probing.store.layout import TRAIN, VAL
 
 # Stream ids folded into the root key so that draws made for different
 # purposes never share a key.

@@ -21,7 +21,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from probing.probes import devices
-from probing.probes.data import TEST, TRAIN, VAL
 from probing.probes.devices import (
     _BY_LAYER,
     _FEATURES_BY_LAYER,
@@ -47,13 +46,13 @@ from probing.probes.kernels import (
 )
 from probing.probes.settings import FEATURE_DTYPES, SweepSettings
 from probing.progress import Progress
+from probing.store.layout import SPLIT_NAMES, TEST, TRAIN, VAL
 
 # The sweep's target axis: probes of the labels, then of the shuffled-label control.
 TARGETS = ("labels", "control")
 # The names probe_config.json ("tasks") gives the targets: those of the files
 # written before the axis was renamed from "task", kept so outputs do not change.
 TARGET_NAMES_IN_FILES = {"labels": "task", "control": "control"}
-_SPLITS = ("train", "val", "test")
 
 
 @dataclasses.dataclass
@@ -236,7 +235,7 @@ def _compile_and_place(programs, state, inputs, features, layer_index, rows, mes
     padded, dim = len(layer_index), features.shape[2]
     x_like = {
         name: like((rows[name].size, padded, dim), features.dtype, _FEATURES_BY_LAYER)
-        for name in _SPLITS
+        for name in SPLIT_NAMES
     }
     stats_like = like((padded, dim), np.float32, _BY_LAYER)
     state_like = _shapes_of(state)
@@ -256,7 +255,9 @@ def _compile_and_place(programs, state, inputs, features, layer_index, rows, mes
             name: pool.submit(_compile, getattr(programs, name), *arguments)
             for name, arguments in arguments_like.items()
         }
-        splits = tuple(_place_features(features, layer_index, rows[name], mesh) for name in _SPLITS)
+        splits = tuple(
+            _place_features(features, layer_index, rows[name], mesh) for name in SPLIT_NAMES
+        )
         statistics = programs.statistics(splits[0])
         compiled = {name: future.result() for name, future in compiling.items()}
     return dataclasses.replace(programs, **compiled), splits, statistics
@@ -308,7 +309,7 @@ def _collect(programs, state, splits, statistics, losses, mesh, layer_ids, seed_
         val_score=best_score[kept],
         mean=_to_host(mean)[kept],
         scale=_to_host(scale)[kept],
-        logits={name: _to_host(x)[kept] for name, x in zip(_SPLITS, split_logits, strict=True)},
+        logits={name: _to_host(x)[kept] for name, x in zip(SPLIT_NAMES, split_logits, strict=True)},
     )
 
 
@@ -352,7 +353,7 @@ def run_sweep(
     num_outputs = labels.shape[1]
     rows = {
         name: np.flatnonzero(split == code)
-        for name, code in zip(_SPLITS, (TRAIN, VAL, TEST), strict=True)
+        for name, code in zip(SPLIT_NAMES, (TRAIN, VAL, TEST), strict=True)
     }
     grid = settings.grid()
     probes_per_epoch = (

@@ -1,0 +1,63 @@
+"""The whole job in one call: extraction, probes and report over several extraction configs.
+
+`probing.demo` runs it on the embedded default; notebooks and scripts can run
+it on their own configs. Each stage is the same function its entry point
+calls (probing.extract, probing.train_all_layers, probing.report).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from absl import logging
+
+from probing.config_files import load_config
+
+DEMO_FAMILIES = ("qwen2_vl", "fast_vlm")
+DEMO_TASKS = ("caption", "category")
+
+
+def run_pipeline(
+    extract_specs: dict[str, str], out_dir: str, probe_spec: str = "configs/probe.py", **overrides
+) -> str:
+    """Extracts, probes and reports; returns the path of report.md.
+
+    Args:
+      extract_specs: workdir name (under out_dir) -> extraction config spec
+        (`configs/<file>.py[:arg]`). A finished workdir is resumed, not redone.
+      out_dir: folder of the workdirs and of report/.
+      probe_spec: the probe config spec; `overrides` replace its fields.
+    """
+    from probing.extraction.runner import extract
+    from probing.probes.train import train_workdir
+    from probing.reporting.builder import build_report
+
+    probe_config = load_config(probe_spec)
+    unknown = sorted(set(overrides) - set(probe_config.keys()))
+    if unknown:
+        raise ValueError(f"{probe_spec} has no field(s) {', '.join(unknown)}")
+    probe_config.update(overrides)
+    workdirs = []
+    for name, spec in extract_specs.items():
+        workdir = os.path.join(out_dir, name)
+        logging.info("=== %s -> %s", spec, workdir)
+        extract(load_config(spec), workdir)
+        train_workdir(workdir, probe_config)
+        workdirs.append(workdir)
+    return build_report(workdirs, os.path.join(out_dir, "report"))
+
+
+def run_demo(
+    out_dir: str,
+    families: Sequence[str] = DEMO_FAMILIES,
+    tasks: Sequence[str] = DEMO_TASKS,
+    num_seeds: int = 3,
+) -> str:
+    """The embedded default: every tiny family × task; returns the path of report.md."""
+    specs = {
+        f"{family}_{task}": f"configs/demo.py:{family},{task}"
+        for family in families
+        for task in tasks
+    }
+    return run_pipeline(specs, out_dir, num_seeds=num_seeds)
