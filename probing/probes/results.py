@@ -221,7 +221,7 @@ def probe_config(settings: SweepSettings, result: SweepResult, label_data: Label
         "epoch_numbering": "1-based: epoch e is the model after e passes over train",
         "dropout_generator": (
             "one mask per (seed, epoch, step), shared by all layers, from a keyed "
-            "counter hash (lowbias32); see probing/probes/sweep.py"
+            "counter hash (lowbias32); see probing/probes/model.py"
         ),
     }
 

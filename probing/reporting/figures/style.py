@@ -70,7 +70,6 @@ RC = {
     "grid.alpha": 0.25,
     "grid.linewidth": 0.5,
     "svg.fonttype": "none",  # Text stays text in the SVG, editable for a paper.
-    "svg.hashsalt": "probing",  # Deterministic SVG ids across runs.
 }
 
 
@@ -92,7 +91,11 @@ def save(fig: plt.Figure, figures_dir: str, stem: str, caption: str) -> Figure:
     png = os.path.join(figures_dir, stem + ".png")
     svg = os.path.join(figures_dir, stem + ".svg")
     fig.savefig(png, dpi=300)
-    fig.savefig(svg, metadata={"Date": None})
+    # The salt must be set when the SVG is written (figures are saved after
+    # their rc_context closes): it makes the SVG's element ids, and so its
+    # bytes, the same on every run.
+    with plt.rc_context({"svg.hashsalt": "probing"}):
+        fig.savefig(svg, metadata={"Date": None})
     plt.close(fig)
     return Figure(png_path=png, svg_path=svg, caption=caption)
 
