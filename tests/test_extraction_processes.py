@@ -99,6 +99,7 @@ def _assert_same_store(actual: Workdir, expected: Workdir) -> None:
     assert actual.read_jsonl("examples.jsonl") == expected.read_jsonl("examples.jsonl")
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_recomputes_only_unwritten_rows(environment, reference, tmp_path):
     workdir = str(tmp_path / "killed")
     wd = Workdir(workdir)
@@ -143,6 +144,7 @@ def test_sigkill_then_rerun_recomputes_only_unwritten_rows(environment, referenc
     _assert_same_store(wd, reference)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process(environment, reference, tmp_path):
     workdir = str(tmp_path / "two_ranks")
     command = [

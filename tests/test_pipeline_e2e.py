@@ -19,6 +19,9 @@ from probing.probes.train import train_workdir
 from probing.reporting import build_report
 from probing.store.workdir import Workdir
 
+# Every test here extracts with tiny models first (a minute of setup).
+pytestmark = pytest.mark.slow
+
 SMOKE_RUNS = {
     "qwen2_vl_caption": "configs/qwen.py:smoke",
     "fast_vlm_category": "configs/fastvlm.py:category,smoke",

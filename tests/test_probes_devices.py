@@ -47,6 +47,7 @@ _TWO_RUNS = textwrap.dedent(
 _COMPARED = ("metrics.csv", "curves.csv", "summary.json", "weights.npz", "predictions.npz")
 
 
+@pytest.mark.slow
 def test_four_devices_write_the_same_files_as_one(tmp_path):
     env = {
         **os.environ,

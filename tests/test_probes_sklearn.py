@@ -9,6 +9,7 @@ standardised train features; elsewhere both are at chance.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 
 from probing.probes.settings import SweepSettings
@@ -16,6 +17,7 @@ from probing.probes.sweep import run_sweep
 from probing.testing.planted import planted_arrays
 
 
+@pytest.mark.slow
 def test_test_accuracy_per_layer_agrees_with_sklearn():
     arrays = planted_arrays(1200, 3, 16, [1], strength=3.0, seed=8, layer_major=True)
     features, split = arrays["features"], arrays["split"]

@@ -55,6 +55,7 @@ def _test_accuracy(result, inputs, target=0):
     )
 
 
+@pytest.mark.slow
 def test_probe_recovers_planted_signal_and_scores_chance_elsewhere(binary_sweep):
     inputs, result = binary_sweep
     accuracy = _test_accuracy(result, inputs)
@@ -65,6 +66,7 @@ def test_probe_recovers_planted_signal_and_scores_chance_elsewhere(binary_sweep)
     assert accuracy[noise_layers].max() < 0.75
 
 
+@pytest.mark.slow
 def test_shuffled_label_control_scores_near_chance(binary_sweep):
     inputs, result = binary_sweep
     assert result.targets == ("labels", "control")
@@ -73,6 +75,7 @@ def test_shuffled_label_control_scores_near_chance(binary_sweep):
     assert np.abs(control.mean() - 0.5) < 0.1
 
 
+@pytest.mark.slow
 def test_outputs_have_documented_shapes(binary_sweep):
     _, result = binary_sweep
     assert result.kernel.shape == (4, 2, 2, 8, 1)
@@ -84,6 +87,7 @@ def test_outputs_have_documented_shapes(binary_sweep):
     )
 
 
+@pytest.mark.slow
 def test_probe_trained_alone_equals_the_same_probe_inside_the_sweep(binary_sweep):
     inputs, full = binary_sweep
     features, labels, mask, split = inputs
@@ -109,6 +113,7 @@ def test_probe_trained_alone_equals_the_same_probe_inside_the_sweep(binary_sweep
     )
 
 
+@pytest.mark.slow
 def test_alone_equals_inside_when_all_layers_update_together():
     # "together" is the GPU/TPU form of a minibatch step (one batched kernel over
     # all layers); it must keep the guarantee too. Three layers, so that the
@@ -123,6 +128,7 @@ def test_alone_equals_inside_when_all_layers_update_together():
     np.testing.assert_array_equal(alone.logits["test"][0, :, 0], full.logits["test"][1, :, 0])
 
 
+@pytest.mark.slow
 def test_streaming_layer_groups_equals_one_sweep(binary_sweep):
     inputs, full = binary_sweep
     features, labels, mask, split = inputs
@@ -146,11 +152,13 @@ def test_streaming_layer_groups_equals_one_sweep(binary_sweep):
     np.testing.assert_array_equal(streamed.logits["test"], full.logits["test"])
 
 
+@pytest.mark.slow
 def test_different_seeds_train_different_probes(binary_sweep):
     _, result = binary_sweep
     assert not np.array_equal(result.kernel[0, 0, 0], result.kernel[0, 0, 1])
 
 
+@pytest.mark.slow
 def test_multilabel_planted_signal_is_recovered():
     arrays = planted_arrays(300, 4, 8, [1], num_labels=4, strength=5.0, seed=2)
     features, labels, mask, split = _as_sweep_inputs(arrays)
@@ -168,6 +176,7 @@ def test_multilabel_planted_signal_is_recovered():
     assert max(macro_f1[0], macro_f1[2], macro_f1[3]) < 0.7
 
 
+@pytest.mark.slow
 def test_grid_chooses_a_point_per_layer_and_keeps_probes_comparable():
     arrays = planted_arrays(300, 4, 8, [SIGNAL_LAYER], strength=5.0, seed=1)
     inputs = _as_sweep_inputs(arrays)
@@ -208,6 +217,7 @@ def test_bad_settings_are_rejected_with_the_field_name():
         SweepSettings(layer_update="parallel")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store_dtype", [np.float16, "bfloat16"])
 def test_compact_features_train_exactly_as_their_float32_values(binary_sweep, store_dtype):
     # The sweep reads float16/bfloat16 features as they are and standardises
@@ -249,6 +259,7 @@ def test_features_are_placed_example_major(rows):
     np.testing.assert_array_equal(placed, features[layer_index][:, rows].transpose(1, 0, 2))
 
 
+@pytest.mark.slow
 def test_gathering_each_layer_rows_equals_gathering_whole_rows(binary_sweep, monkeypatch):
     # Big minibatches read each layer's rows separately instead of one block of
     # all layers (devices.WHOLE_ROWS_MAX_BYTES); the probes must not notice.

@@ -153,6 +153,7 @@ def test_predictions_hold_the_scored_test_logits_with_rows_and_images(trained):
         assert accuracy == pytest.approx(expected, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_rerun_gives_identical_metrics(trained, tmp_path):
     location, _ = trained
     before = _read_text(os.path.join(location, "probes", "mean", "metrics.csv"))
@@ -252,6 +253,7 @@ def test_bad_config_value_is_rejected_before_training(valid_workdir):
         train_workdir(workdir.location, _config(batch_size=0))
 
 
+@pytest.mark.slow
 def test_command_line_runs_from_another_directory(tmp_path):
     location = str(tmp_path / "wd")
     write_workdir(location, planted_arrays(60, 2, 4, [1], seed=7))

@@ -45,6 +45,7 @@ def two_by_two(tmp_path_factory):
     return workdirs, out_dir, report
 
 
+@pytest.mark.slow
 def test_every_figure_and_table_is_produced(two_by_two):
     _, out_dir, report = two_by_two
     assert report == os.path.join(out_dir, "report.md")
@@ -71,6 +72,7 @@ def test_every_figure_and_table_is_produced(two_by_two):
     assert os.path.exists(os.path.join(out_dir, "first_tokens_Qwen2-VL-2B-Instruct_caption.csv"))
 
 
+@pytest.mark.slow
 def test_legends_name_model_and_pooling(two_by_two):
     _, out_dir, _ = two_by_two
     # SVG text stays text (svg.fonttype none), so legend entries can be read back.
@@ -84,6 +86,7 @@ def test_legends_name_model_and_pooling(two_by_two):
     assert "relative depth" in svg and "shuffled-label control" in svg
 
 
+@pytest.mark.slow
 def test_html_is_self_contained(two_by_two):
     _, out_dir, _ = two_by_two
     page = pathlib.Path(out_dir, "report.html").read_text()
@@ -94,6 +97,7 @@ def test_html_is_self_contained(two_by_two):
     assert "<link" not in page and "<script" not in page
 
 
+@pytest.mark.slow
 def test_report_over_one_workdir_and_cli(tmp_path):
     location = str(tmp_path / "only")
     write_probed_workdir(location, task="category", num_layers=4, num_seeds=2)
