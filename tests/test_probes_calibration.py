@@ -22,7 +22,9 @@ from scipy.stats import norm
 
 from probing.probes import bootstrap as bs
 from probing.probes.metrics import binary_metrics, multilabel_metrics
+from probing.probes.settings import SweepSettings
 from probing.probes.stats import image_bootstrap
+from probing.probes.sweep import run_sweep
 
 ROWS_PER_IMAGE = 2
 RHO = 0.8  # feature correlation of two rows of one image
@@ -80,8 +82,6 @@ def _sweep_inputs(features_by_layer, labels):
 
 @pytest.mark.slow
 def test_null_calibration_of_trained_probes_task_and_selectivity():
-    from probing.probes.sweep import SweepSettings, run_sweep
-
     settings = SweepSettings(num_seeds=3, epochs=5, batch_size=64, learning_rates=(1e-2,))
     rng = np.random.default_rng(1)
     layers, draws = 48, 24
@@ -118,8 +118,6 @@ def _population_accuracy(result, delta, direction):
 
 @pytest.mark.slow
 def test_bootstrap_interval_covers_the_bayes_accuracy_of_planted_layers():
-    from probing.probes.sweep import SweepSettings, run_sweep
-
     settings = SweepSettings(
         num_seeds=2, epochs=8, batch_size=256, learning_rates=(1e-2,), controls=False
     )

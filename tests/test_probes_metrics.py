@@ -105,6 +105,20 @@ def test_multilabel_category_without_scored_entries_is_left_out():
     got = multilabel_metrics(np.array([[1.0, 1.0], [-1.0, 1.0]]), labels, mask, ["a", "b"])
     assert "f1/b" not in got
     assert got["macro_f1"] == pytest.approx(1.0)
+    assert got["categories_left_out"] == 1
+
+
+def test_multilabel_category_without_positives_is_left_out_not_zero():
+    # Category b is scored but never positive: its F1 is undefined, not 0.
+    # sklearn's macro F1 (zero_division=0) would count it as 0 and halve the score.
+    labels = np.array([[1, 0], [0, 0], [1, 0]])
+    logits = np.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+    got = multilabel_metrics(logits, labels, np.ones_like(labels), ["a", "b"])
+    assert got["macro_f1"] == pytest.approx(1.0)
+    assert got["categories_left_out"] == 1
+    assert "f1/b" not in got and got["f1/a"] == pytest.approx(1.0)
+    with_zero = sk.f1_score(labels, (logits > 0).astype(int), average="macro", zero_division=0)
+    assert with_zero == pytest.approx(0.5)
 
 
 def test_majority_logits_predict_train_majority():

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CONFIDENCE = 0.95
+from probing.probes.stats import CONFIDENCE
+
 NUM_RESAMPLES = 10_000
 METRICS = {
     "binary": ("accuracy", "precision", "recall", "f1"),

@@ -12,10 +12,14 @@ floats keyed by metric name. Conventions follow scikit-learn's defaults with
 ROC-AUC is the Mann-Whitney statistic with average ranks for ties, NaN when a
 class is absent.
 
-Multilabel metrics count only scored entries (mask == 1). Macro averages run
-over the categories that have at least one scored entry in the split; the
-multilabel `roc_auc` is the macro average over categories that have both
-classes among their scored entries.
+Multilabel metrics count only scored entries (mask == 1). Macro averages
+(F1, precision, recall) run over the categories that have at least one
+positive among their scored entries in the split: without positives recall
+and F1 are undefined, and counting them as 0 (scikit-learn's zero_division)
+would deflate the average; `categories_left_out` counts the categories left
+out. The multilabel `roc_auc` is the macro average over categories that have
+both classes among their scored entries. probing.probes.bootstrap uses the
+same definitions.
 """
 
 from __future__ import annotations
@@ -40,8 +44,10 @@ MULTILABEL_SCORES = (
 )
 COUNTS = ("tp", "fp", "tn", "fn")
 LOSS = "loss"
+# Multilabel: categories without a positive in the split, outside the macro averages.
+CATEGORIES_LEFT_OUT = "categories_left_out"
 BINARY_METRICS = (*BINARY_SCORES, *COUNTS, LOSS)
-MULTILABEL_METRICS = (*MULTILABEL_SCORES, *COUNTS, LOSS)
+MULTILABEL_METRICS = (*MULTILABEL_SCORES, *COUNTS, LOSS, CATEGORIES_LEFT_OUT)
 METRICS = {"binary": BINARY_METRICS, "multilabel": MULTILABEL_METRICS}
 SCORES = {"binary": BINARY_SCORES, "multilabel": MULTILABEL_SCORES}
 # Precision, recall and F1 of a label kind (macro averages for multilabel).
@@ -165,8 +171,9 @@ def multilabel_metrics(
 ) -> dict[str, float]:
     """Masked multilabel metrics of [n, K] logits, plus f1/precision/recall per category.
 
-    Categories without any scored entry in these rows get no per-category
-    entry and do not enter the macro averages.
+    Categories without a positive among their scored entries in these rows
+    get no per-category entry and do not enter the macro averages; their
+    number is `categories_left_out`.
     """
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels, np.float64)
@@ -181,11 +188,12 @@ def multilabel_metrics(
     tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
     precision, recall, f1 = _scores_from_counts(tp, fp, fn)
     present = mask.sum(axis=0) > 0
-    values: dict[str, float] = {}
-    if present.any():
-        values["macro_f1"] = float(f1[present].mean())
-        values["macro_precision"] = float(precision[present].mean())
-        values["macro_recall"] = float(recall[present].mean())
+    with_positives = (labels * mask > 0.5).sum(axis=0) > 0
+    values: dict[str, float] = {CATEGORIES_LEFT_OUT: int(logits.shape[1] - with_positives.sum())}
+    if with_positives.any():
+        values["macro_f1"] = float(f1[with_positives].mean())
+        values["macro_precision"] = float(precision[with_positives].mean())
+        values["macro_recall"] = float(recall[with_positives].mean())
     else:
         values.update(
             macro_f1=float("nan"), macro_precision=float("nan"), macro_recall=float("nan")
@@ -203,7 +211,7 @@ def multilabel_metrics(
     values[LOSS] = binary_cross_entropy(logits, labels, mask)
     out = {name: values[name] for name in MULTILABEL_METRICS}
     per_category = {"f1": f1, "precision": precision, "recall": recall}
-    for k in np.flatnonzero(present):
+    for k in np.flatnonzero(with_positives):
         for metric in PER_CATEGORY_METRICS:
             out[category_metric(metric, names[k])] = float(per_category[metric][k])
     return out

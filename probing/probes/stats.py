@@ -67,8 +67,8 @@ def headline_from_counts(counts: np.ndarray, label_kind: str) -> np.ndarray:
     """The headline metric from confusion counts [..., C, 4] (tp, fp, fn, tn).
 
     Binary: accuracy. Multilabel: macro-F1 over the outputs with at least one
-    scored entry, F1 = 0 where it is undefined, exactly as
-    probing.probes.metrics.multilabel_metrics defines it.
+    positive (tp + fn > 0), exactly as probing.probes.metrics.multilabel_metrics
+    defines it.
     """
     tp, fp, fn, tn = np.moveaxis(counts, -1, 0)
     if label_kind == "binary":
@@ -78,7 +78,7 @@ def headline_from_counts(counts: np.ndarray, label_kind: str) -> np.ndarray:
         raise ValueError(f"label_kind must be 'binary' or 'multilabel', got {label_kind!r}")
     denominator = 2 * tp + fp + fn
     f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
-    present = (tp + fp + fn + tn) > 0
+    present = (tp + fn) > 0
     return (f1 * present).sum(axis=-1) / np.maximum(present.sum(axis=-1), 1)
 
 
