@@ -13,6 +13,8 @@ import pytest
 
 from configs.probe import get_config
 from probing.probes.data import load_features, load_labels
+from probing.probes.intervals import ImageIntervals
+from probing.probes.stats import seed_summary
 from probing.probes.train import train_workdir
 from probing.store.layout import LABEL_MASK, LABELS, SPLIT, WRITTEN
 from probing.store.workdir import Workdir, WorkdirError
@@ -103,8 +105,24 @@ def test_outputs_follow_the_contract(trained):
     assert summary["headline_metric"] == "accuracy" and summary["num_seeds"] == 2
     assert [entry["layer"] for entry in summary["layers"]] == [0, 1, 2, 3]
     accuracy = summary["layers"][SIGNAL_LAYER]["test"]["accuracy"]
-    assert set(accuracy) == {"mean", "std", "ci95", "n"} and accuracy["n"] == 2
+    assert set(accuracy) == {"mean", "ci95", "seed_spread", "std", "n"} and accuracy["n"] == 2
     assert accuracy["ci95"][0] <= accuracy["mean"] <= accuracy["ci95"][1]
+    # ci95 is the image bootstrap of predictions.npz, seed_spread the t interval over seeds.
+    with np.load(os.path.join(directory, "predictions.npz")) as archive:
+        predictions = {key: archive[key] for key in archive.files}
+    boot = ImageIntervals(predictions, num_resamples=10_000)
+    assert accuracy["ci95"] == boot.ci95()[SIGNAL_LAYER]["accuracy"]
+    values = [float(r["value"]) for r in rows if (r["layer"], r["split"], r["metric"]) == (str(SIGNAL_LAYER), "test", "accuracy")]  # fmt: skip
+    assert accuracy["seed_spread"] == seed_summary(np.array(values))["ci95"]
+    assert summary["intervals"]["ci95"] == "95% CI: cluster bootstrap over test images"
+    assert summary["intervals"]["num_test_images"] == len(np.unique(predictions["group"]))
+    assert "selectivity" in summary["intervals"]["metrics"]
+    assert summary["best_layer"]["vs_last"]["ci95"][0] > 0  # layer 2 beats noise layer 3
+    strongest = summary["baselines"]["strongest"]["accuracy"]
+    majority = [float(r["value"]) for r in rows if (r["split"], r["metric"]) == ("test", "majority_accuracy")]  # fmt: skip
+    assert strongest["baseline"] == "majority" and strongest["value"] == pytest.approx(majority[0])
+    beats = [entry["beats_strongest_baseline"] for entry in summary["layers"]]
+    assert beats[SIGNAL_LAYER] is True and beats.count(True) == 1
     assert summary["best_layer"]["layer"] == SIGNAL_LAYER
     assert summary["best_layer"]["selected_on"] == "val"
     assert summary["best_layer"]["mean"] > 0.9

@@ -5,7 +5,8 @@ from probing.probes.metrics and summary.json from probing.probes.summary.
 
   metrics.csv        layer, seed, split, metric, value
   curves.csv         layer, seed, epoch, split, loss (task probe, chosen grid point)
-  summary.json       mean / std / 95% CI over seeds per layer, split and metric
+  summary.json       per layer, split and metric: mean, 95% CI (cluster bootstrap over
+                     test images), seed spread; trivial baselines; the best layer
   probe_config.json  the settings used, the grid and what was chosen per layer
   weights.npz        the trained probes and the standardisation
   predictions.npz    per test example: row, image id, logits of the chosen probes
@@ -26,11 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from probing.probes.bootstrap import NUM_RESAMPLES
 from probing.probes.data import LabelData
+from probing.probes.intervals import ImageIntervals, trivial_baselines
 from probing.probes.metrics import (
     BEST_EPOCH,
+    CATEGORIES_LEFT_OUT,
     SELECTIVITY,
     compute_metrics,
+    control_metric,
     is_category_metric,
     majority_logits,
     majority_metric,
@@ -75,7 +80,7 @@ def metric_table(
         majority[split_name] = {
             majority_metric(k): v
             for k, v in compute_metrics(kind, constant, labels, mask, names).items()
-            if not is_category_metric(k)
+            if not is_category_metric(k) and k != CATEGORIES_LEFT_OUT
         }
 
     table = []
@@ -87,7 +92,13 @@ def metric_table(
                 values = compute_metrics(kind, logits[li, 0, si], labels, mask, names)
                 if "control" in result.targets:
                     control = compute_metrics(kind, logits[li, 1, si], labels, mask, names)
-                    values.update({f"control_{k}": v for k, v in control.items() if "/" not in k})
+                    values.update(
+                        {
+                            control_metric(k): v
+                            for k, v in control.items()
+                            if not is_category_metric(k) and k != CATEGORIES_LEFT_OUT
+                        }
+                    )
                     values[SELECTIVITY] = values[headline] - control[headline]
                 values.update(majority[split_name])
                 if split_name == SELECTION_SPLIT:
@@ -128,16 +139,37 @@ def summarize(
     result: SweepResult,
     label_data: LabelData,
     pooling: str,
+    num_resamples: int = NUM_RESAMPLES,
 ) -> dict[str, Any]:
-    """summary.json of the metric table, with each layer's chosen grid point."""
+    """summary.json of the metric table, with each layer's chosen grid point.
+
+    Intervals (`ci95`) are the image bootstrap of the test predictions with
+    `num_resamples` resamples (0: none, the seed spread only), keyed by the
+    probe seed so reruns write the same file.
+    """
     hyperparameters = {
         int(layer): {
             name: float(column[result.chosen_grid[li]]) for name, column in result.grid.items()
         }
         for li, layer in enumerate(result.layers)
     }
+    train_labels, train_mask = _split_targets(label_data, "train")
+    test_labels, test_mask = _split_targets(label_data, SCORING_SPLIT)
+    baselines = trivial_baselines(
+        label_data.label_kind, train_labels, train_mask, test_labels, test_mask
+    )
+    intervals = None
+    if num_resamples:
+        intervals = ImageIntervals(predictions_arrays(result, label_data), num_resamples)
     return build_summary(
-        table, pooling=pooling, label_kind=label_data.label_kind, hyperparameters=hyperparameters
+        table,
+        pooling=pooling,
+        label_kind=label_data.label_kind,
+        hyperparameters=hyperparameters,
+        intervals=intervals and intervals.ci95(),
+        interval_info=intervals and intervals.describe(),
+        compare_layers=intervals and intervals.compare_layers,
+        baselines=baselines,
     )
 
 
@@ -166,10 +198,18 @@ def weights_bytes(result: SweepResult, label_data: LabelData) -> bytes:
 
 
 def predictions_bytes(result: SweepResult, label_data: LabelData) -> bytes:
-    """predictions.npz: the test-split outputs of the chosen probes, per example.
+    """predictions.npz: `predictions_arrays` in one file."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **predictions_arrays(result, label_data))
+    return buffer.getvalue()
 
-    With these, `stats.image_bootstrap` compares two layers, or the same layer
-    of two models probed on the same images, resampling test images. Keys:
+
+def predictions_arrays(result: SweepResult, label_data: LabelData) -> dict[str, np.ndarray]:
+    """The test-split outputs of the chosen probes, per example (predictions.npz).
+
+    With these, probing.probes.bootstrap gives every metric an interval over
+    test images and compares two layers, the task and the control probe, or
+    the same layer of two models probed on the same images. Keys:
       rows [n]: workdir row index of each test row, in row order;
       group [n]: its image id (arrays/group; the row index when the workdir
         has no group array, i.e. one image per row);
@@ -201,9 +241,7 @@ def predictions_bytes(result: SweepResult, label_data: LabelData) -> bytes:
         arrays["mask"] = label_data.mask[test].astype(np.uint8)
     if "control" in result.targets:
         arrays["control_logits"] = squeeze(result.logits["test"][:, 1])
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
+    return arrays
 
 
 def probe_config(settings: SweepSettings, result: SweepResult, label_data: LabelData) -> dict:
@@ -240,7 +278,7 @@ def write_results(
     holds the same results and one of them writes.
     """
     table = metric_table(result, label_data)
-    summary = summarize(table, result, label_data, pooling)
+    summary = summarize(table, result, label_data, pooling, settings.bootstrap_resamples)
     if not write:
         return summary
     workdir.write_bytes(probe_file(pooling, METRICS_CSV), _csv_bytes(METRICS_COLUMNS, table))
