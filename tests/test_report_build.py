@@ -130,7 +130,9 @@ def test_baseline_runs_are_labelled(tmp_path):
         "tiny:qwen2_vl · mean",
         "tiny:qwen2_vl (untrained) · mean",
         "tiny:qwen2_vl (text only) · mean",
-        "majority class",
+        "strongest trivial baseline (always-positive)",
+        "layer not above the strongest baseline",
+        "95% CI: cluster bootstrap over test images",
     ):
         assert label in svg
 

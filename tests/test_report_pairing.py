@@ -39,6 +39,9 @@ def test_p_resamples_images_when_predictions_exist(trained_location):
     assert row.p_peak_better_than_last == pytest.approx(1 / (1 + tables.BOOTSTRAP_RESAMPLES))
     (cells,) = tables.results_cells([row])
     assert cells[-1].endswith("(image)")
+    # It is summary.json's paired bootstrap, on the resamples behind every ci95.
+    assert row.p_peak_better_than_last == run.summary["best_layer"]["vs_last"]["p_a_better"]
+    assert row.ci_source == "bootstrap"
     # The bootstrap scores the same logits metrics.csv was computed from.
     predictions = run.predictions
     observed = image_bootstrap(
@@ -52,12 +55,17 @@ def test_p_resamples_images_when_predictions_exist(trained_location):
     assert observed == pytest.approx(row.drop_from_peak, abs=1e-12)
 
 
-def test_p_falls_back_to_seeds_without_predictions(trained_location, tmp_path):
-    os.rename(
-        os.path.join(trained_location, "probes", "mean", "predictions.npz"),
-        tmp_path / "kept.npz",
-    )
+def test_p_falls_back_to_images_then_seeds_for_older_runs(trained_location, tmp_path):
+    directory = os.path.join(trained_location, "probes", "mean")
+    os.rename(os.path.join(directory, "summary.json"), tmp_path / "summary.json")
     try:
+        # A run trained before summary.json held the bootstrap: images of predictions.npz.
+        (run,) = load_runs([trained_location])
+        row = tables.result_row(run)
+        assert (row.p_unit, row.ci_source) == (tables.IMAGE_UNIT, "seeds")
+        assert row.p_peak_better_than_last == pytest.approx(1 / (1 + tables.BOOTSTRAP_RESAMPLES))
+        os.rename(os.path.join(directory, "predictions.npz"), tmp_path / "kept.npz")
+        # ... and without predictions.npz either: probe seeds.
         (run,) = load_runs([trained_location])
         assert run.predictions is None
         row = tables.result_row(run)
@@ -66,10 +74,9 @@ def test_p_falls_back_to_seeds_without_predictions(trained_location, tmp_path):
         assert row.p_peak_better_than_last < 0.01
         assert "(seed)" in tables.results_cells([row])[0][-1]
     finally:
-        os.rename(
-            tmp_path / "kept.npz",
-            os.path.join(trained_location, "probes", "mean", "predictions.npz"),
-        )
+        os.rename(tmp_path / "summary.json", os.path.join(directory, "summary.json"))
+        if os.path.exists(tmp_path / "kept.npz"):
+            os.rename(tmp_path / "kept.npz", os.path.join(directory, "predictions.npz"))
 
 
 def test_unreadable_predictions_are_reported_with_the_file(trained_location, tmp_path):

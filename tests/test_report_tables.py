@@ -7,6 +7,7 @@ metrics.csv with the csv module, independently of probing.reporting.runs.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 
@@ -16,7 +17,7 @@ from scipy import stats
 
 from probing.reporting import tables
 from probing.reporting.runs import ReportError, load_runs
-from probing.reporting.statistics import mean_and_ci, paired_bootstrap_pvalue
+from probing.reporting.statistics import BOOTSTRAP, SEEDS, mean_and_ci, paired_bootstrap_pvalue
 from probing.testing.probed import write_probed_workdir
 
 
@@ -73,12 +74,36 @@ def _recompute_from_csv(path: str, metric: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("task,metric", [("caption", "accuracy"), ("category", "macro_f1")])
-def test_results_row_equals_values_recomputed_from_metrics_csv(tmp_path, task, metric):
+@pytest.mark.parametrize("with_intervals", [True, False])
+def test_results_row_equals_values_recomputed_from_metrics_csv(
+    tmp_path, task, metric, with_intervals
+):
     location = str(tmp_path / task)
-    write_probed_workdir(location, task=task, num_layers=6, num_seeds=4, peak_layer=3, seed=7)
+    write_probed_workdir(
+        location,
+        task=task,
+        num_layers=6,
+        num_seeds=4,
+        peak_layer=3,
+        seed=7,
+        with_intervals=with_intervals,
+    )
     (run,) = load_runs([location])
     row = tables.result_row(run)
     expected = _recompute_from_csv(os.path.join(location, "probes/mean/metrics.csv"), metric)
+    if with_intervals:
+        # The interval is summary.json's bootstrap ci95, not the seed interval.
+        with open(os.path.join(location, "probes/mean/summary.json")) as f:
+            ci95 = json.load(f)["layers"][expected["best_layer"]]["test"][metric]["ci95"]
+        expected["peak_ci_low"], expected["peak_ci_high"] = ci95
+        assert row.ci_source == BOOTSTRAP and "(seeds)" not in tables.results_cells([row])[0][4]
+        # The fabricated baseline (0.6) is above layer 0 (0.55) and below the peak.
+        assert row.strongest_baseline == "always_positive"
+        assert row.layers_not_above_baseline.split()[0] == "0"
+        assert str(expected["best_layer"]) not in row.layers_not_above_baseline.split()
+    else:
+        assert row.ci_source == SEEDS and tables.results_cells([row])[0][4].endswith("(seeds)")
+        assert row.strongest_baseline == "" and row.layers_not_above_baseline == ""
     assert row.metric == metric
     assert row.best_layer == expected["best_layer"]
     assert row.relative_depth == pytest.approx(expected["best_layer"] / 5)
@@ -104,6 +129,8 @@ def test_best_layer_is_chosen_on_val_and_scored_on_test(tmp_path):
         f.write("\n".join(lines) + "\n")
     (run,) = load_runs([location])
     row = tables.result_row(run)
+    # metrics.csv no longer matches summary.json: the report falls back to the seed interval.
+    assert row.ci_source == SEEDS
     assert (row.best_layer, row.selected_on) == (1, "val")
     assert row.peak == pytest.approx(0.805)
     assert row.last == pytest.approx(0.955)

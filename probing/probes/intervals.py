@@ -19,12 +19,10 @@ import numpy as np
 from probing.probes import bootstrap as bs
 from probing.probes.baselines import baseline_metrics, strongest_baselines
 from probing.probes.metrics import SELECTIVITY, control_metric
-from probing.probes.stats import CONFIDENCE
+from probing.probes.stats import CI_LABEL, CONFIDENCE
 from probing.probes.summary import SEED_SPREAD
 from probing.store.layout import HEADLINE_METRIC
 
-# How every summary.json, report caption and table header names the interval.
-CI_LABEL = "95% CI: cluster bootstrap over test images"
 BASELINES_NOTE = (
     "fitted on the train split's label frequencies, scored on the test labels; `prior` "
     "(random guessing at the train prior) is the metric of its expected confusion counts "

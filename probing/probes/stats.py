@@ -17,6 +17,8 @@ from scipy import stats as scipy_stats
 
 # The level of every interval: summary.json's ci95, the report's bands and tables.
 CONFIDENCE = 0.95
+# How summary.json, report captions and table headers name the default interval.
+CI_LABEL = "95% CI: cluster bootstrap over test images"
 
 
 def seed_summary(values: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, object]:

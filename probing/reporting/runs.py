@@ -74,6 +74,9 @@ class ProbeRun:
       predictions: the arrays of probes/<pooling>/predictions.npz (per test
         example logits of every layer and seed, image ids, labels), or None
         for workdirs trained before the trainer wrote it.
+      summary: probes/<pooling>/summary.json ({} when absent): the bootstrap
+        intervals (`ci95`), the best layer's paired comparison with the last
+        and the trivial baselines come from it.
     """
 
     workdir: str
@@ -87,6 +90,7 @@ class ProbeRun:
     epochs: np.ndarray
     label: str = ""
     predictions: dict[str, np.ndarray] | None = None
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def model_id(self) -> str:
@@ -304,6 +308,7 @@ def load_workdir_runs(location: str, poolings: Sequence[str] | None = None) -> l
                 curves=curves,
                 epochs=epochs,
                 predictions=_load_predictions(workdir, pooling),
+                summary=summary,
             )
         )
     if not runs:

@@ -1,16 +1,37 @@
-"""Seed statistics of probe results: confidence intervals and a paired bootstrap.
+"""The report's intervals: the image bootstrap of summary.json, or the seed spread without it.
 
-Every probe is trained with several seeds; the report summarises a metric by
-its mean over seeds and the Student-t 95% interval of that mean, the same
-definition summary.json uses (WORKSPACE.md), so the two always agree.
+`layer_interval` gives a metric's test mean over seeds (from metrics.csv) per
+layer and its 95% interval: summary.json's `ci95`, the cluster bootstrap over
+test images the trainer computed from the saved test logits, whenever
+summary.json has it for every probed layer and its means agree with
+metrics.csv; otherwise (workdirs trained before the bootstrap, or a stale
+summary.json) the Student-t interval over probe seeds, labelled as such,
+since it covers training noise only. `strongest_baseline` reads the trivial
+baselines summary.json holds.
 """
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import numpy as np
+from absl import logging
 from scipy import stats
 
-from probing.probes.stats import CONFIDENCE
+from probing.probes.stats import CI_LABEL, CONFIDENCE
+from probing.store.layout import SCORING_SPLIT
+
+if TYPE_CHECKING:
+    from probing.reporting.runs import ProbeRun
+
+# What an interval of the report is, in captions, headers and results.csv.
+BOOTSTRAP = "bootstrap"
+SEEDS = "seeds"
+CI_LABELS = {
+    BOOTSTRAP: CI_LABEL,
+    SEEDS: "95% CI over probe seeds (training noise only: no bootstrap in summary.json)",
+}
 
 
 def mean_and_ci(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,3 +86,58 @@ def paired_bootstrap_pvalue(
     picks = rng.integers(0, differences.size, size=(num_resamples, differences.size))
     resampled_means = differences[picks].mean(axis=1)
     return float((1 + np.sum(resampled_means <= 0.0)) / (1 + num_resamples))
+
+
+def layer_interval(run: ProbeRun, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(mean, low, high, source) per layer of `metric` on the test split.
+
+    mean is the seed mean of metrics.csv; source is BOOTSTRAP when the
+    interval is summary.json's ci95, SEEDS when it is the seed interval.
+    """
+    mean, low, high = mean_and_ci(run.values(SCORING_SPLIT, metric))
+    entries = {int(e["layer"]): e.get(SCORING_SPLIT, {}).get(metric) for e in _layers(run)}
+    probed = np.flatnonzero(~np.isnan(mean))
+    found = [entries.get(int(layer)) for layer in probed]
+    if not found or any(e is None or e.get("ci95") is None for e in found):
+        return mean, low, high, SEEDS
+    if any(
+        e["mean"] is None or not math.isclose(e["mean"], mean[layer], abs_tol=1e-6)
+        for e, layer in zip(found, probed, strict=True)
+    ):
+        logging.warning(
+            "%s: summary.json disagrees with metrics.csv on %s; showing the seed interval",
+            run.workdir,
+            metric,
+        )
+        return mean, low, high, SEEDS
+    low, high = np.full_like(mean, np.nan), np.full_like(mean, np.nan)
+    for entry, layer in zip(found, probed, strict=True):
+        low[layer], high[layer] = entry["ci95"]
+    return mean, low, high, BOOTSTRAP
+
+
+def _layers(run: ProbeRun) -> list[dict]:
+    layers = run.summary.get("layers") if isinstance(run.summary, dict) else None
+    return layers if isinstance(layers, list) else []
+
+
+def strongest_baseline(run: ProbeRun, metric: str) -> tuple[str, float] | None:
+    """(name, value) of the strongest trivial baseline of `metric` in summary.json, or None."""
+    entry = run.summary.get("baselines", {}).get("strongest", {}).get(metric)
+    if not entry or entry.get("value") is None:
+        return None
+    return str(entry["baseline"]), float(entry["value"])
+
+
+def layers_not_above_baseline(run: ProbeRun, metric: str) -> list[int]:
+    """Probed layers whose interval does not lie above the strongest baseline ([] without one)."""
+    baseline = strongest_baseline(run, metric)
+    if baseline is None:
+        return []
+    mean, low, _, _ = layer_interval(run, metric)
+    return [int(layer) for layer in np.flatnonzero(~np.isnan(mean)) if not low[layer] > baseline[1]]
+
+
+def interval_label(sources: set[str] | list[str]) -> str:
+    """The caption words of the intervals of a figure or table."""
+    return "; ".join(CI_LABELS[source] for source in sorted(set(sources)))

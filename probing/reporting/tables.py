@@ -2,11 +2,14 @@
 
 The results table has one row per run (workdir x pooling): the best layer,
 chosen on the val split and scored on the test split, its relative depth, the
-peak with its 95% CI over seeds, the last layer and the drop from the peak,
-the gain over layer 0, the selectivity at the best layer, and a paired
-bootstrap p-value for "the peak layer beats the last layer". The bootstrap
-resamples test images when the trainer saved per-example predictions
-(probes/<pooling>/predictions.npz) and probe seeds otherwise.
+peak with its 95% CI (the cluster bootstrap over test images of summary.json;
+the seed interval, marked "(seeds)", for runs trained without it), the last
+layer and the drop from the peak, the gain over layer 0, the selectivity at
+the best layer, the strongest trivial baseline and the layers whose interval
+does not lie above it, and a paired bootstrap p-value for "the peak layer
+beats the last layer". That p comes from summary.json (the same resamples as
+the intervals); for older runs it resamples test images of predictions.npz,
+or probe seeds without it.
 """
 
 from __future__ import annotations
@@ -22,9 +25,16 @@ from typing import Any
 import numpy as np
 
 from probing.probes.metrics import SELECTIVITY
-from probing.probes.stats import image_bootstrap
+from probing.probes.stats import CI_LABEL, image_bootstrap
 from probing.reporting.runs import ProbeRun
-from probing.reporting.statistics import mean_and_ci, paired_bootstrap_pvalue
+from probing.reporting.statistics import (
+    SEEDS,
+    layer_interval,
+    layers_not_above_baseline,
+    mean_and_ci,
+    paired_bootstrap_pvalue,
+    strongest_baseline,
+)
 from probing.store.layout import EXAMPLES_JSONL, SCORING_SPLIT, SELECTION_SPLIT
 from probing.store.workdir import Workdir
 
@@ -34,14 +44,18 @@ IMAGE_UNIT = "image"
 SEED_UNIT = "seed"
 BOOTSTRAP_RESAMPLES = 10_000
 PAIRING_NOTE = (
-    "Best layer chosen on val, values on test, mean over seeds. last − peak and gain over "
-    "layer 0 are differences of test means. p: one-sided paired bootstrap (10,000 "
-    "resamples, add-one corrected) of 'peak layer better than last layer'. p (image): test "
-    "images are resampled with all their rows, and on each resample the headline metric "
-    "of the peak and the last layer is recomputed from the saved test predictions and "
-    "averaged over seeds. p (seed), for workdirs without predictions.npz: the probe seeds "
-    "are resampled, so with few seeds p only says whether every seed agrees: read it with "
-    "the CI."
+    f"Best layer chosen on val, values on test, mean over seeds. {CI_LABEL}: test images "
+    "are resampled with all their rows (10,000 resamples), the metric is recomputed from "
+    "the saved test logits and averaged over seeds; the percentile interval is shown. "
+    "Intervals marked (seeds) are the Student-t interval over probe seeds of runs trained "
+    "without the bootstrap: training noise only, not a confidence interval. last − peak "
+    "and gain over layer 0 are differences of test means. Baseline: the strongest trivial "
+    "baseline (majority, always-positive or prior guessing, fitted on train); 'layers ≤ "
+    "baseline' lists the layers whose CI does not lie above it. p: one-sided paired "
+    "bootstrap (add-one corrected) of 'peak layer better than last layer'. p (image): on "
+    "the same image resamples as the intervals. p (seed), for workdirs without "
+    "predictions.npz: the probe seeds are resampled, so with few seeds p only says whether "
+    "every seed agrees."
 )
 
 
@@ -72,6 +86,12 @@ class ResultRow:
     selectivity_at_best: float
     p_peak_better_than_last: float
     p_unit: str = ""
+    # What peak_ci_* is: statistics.BOOTSTRAP or statistics.SEEDS.
+    ci_source: str = ""
+    strongest_baseline: str = ""
+    strongest_baseline_value: float = math.nan
+    # Space-separated layer ids whose interval does not lie above the strongest baseline.
+    layers_not_above_baseline: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,7 +106,7 @@ def result_row(run: ProbeRun) -> ResultRow:
     if np.all(np.isnan(selection_mean)):
         raise ValueError(f"{run.workdir}: no {selected_on} values of {metric} in any layer")
     best = int(np.nanargmax(selection_mean))
-    test_mean, test_low, test_high = mean_and_ci(test)
+    test_mean, test_low, test_high, ci_source = layer_interval(run, metric)
     probed_layers = np.flatnonzero(~np.isnan(test_mean))
     last = int(probed_layers[-1])
     first_layer = int(probed_layers[0])
@@ -94,8 +114,11 @@ def result_row(run: ProbeRun) -> ResultRow:
     if run.has(SCORING_SPLIT, SELECTIVITY):
         selectivity = float(mean_and_ci(run.values(SCORING_SPLIT, SELECTIVITY))[0][best])
     p_value, p_unit = math.nan, ""
+    baseline = strongest_baseline(run, metric)
     if best != last:
-        p_value = _image_bootstrap_pvalue(run, best, last)
+        p_value = _summary_pvalue(run, best, last)
+        if math.isnan(p_value):
+            p_value = _image_bootstrap_pvalue(run, best, last)
         p_unit = IMAGE_UNIT
         if math.isnan(p_value):
             p_value = paired_bootstrap_pvalue(
@@ -124,7 +147,20 @@ def result_row(run: ProbeRun) -> ResultRow:
         selectivity_at_best=selectivity,
         p_peak_better_than_last=p_value,
         p_unit=p_unit,
+        ci_source=ci_source,
+        strongest_baseline=baseline[0] if baseline else "",
+        strongest_baseline_value=baseline[1] if baseline else math.nan,
+        layers_not_above_baseline=" ".join(map(str, layers_not_above_baseline(run, metric))),
     )
+
+
+def _summary_pvalue(run: ProbeRun, better: int, worse: int) -> float:
+    """summary.json's paired bootstrap p of best > last, when it compares these two layers."""
+    best = run.summary.get("best_layer", {})
+    versus = best.get("vs_last")
+    if not versus or (best.get("layer"), best.get("last_layer")) != (better, worse):
+        return math.nan
+    return float(versus["p_a_better"])
 
 
 def _image_bootstrap_pvalue(run: ProbeRun, better: int, worse: int) -> float:
@@ -181,11 +217,13 @@ RESULTS_HEADER = (
     "metric",
     "best layer",
     "rel. depth",
-    "peak [95% CI]",
+    f"peak [{CI_LABEL}]",
     "last layer",
     "last − peak",
     "gain over layer 0",
     "selectivity",
+    "strongest baseline",
+    "layers ≤ baseline",
     "p (peak > last)",
 )
 
@@ -195,6 +233,12 @@ def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
     cells = []
     for row in rows:
         peak = f"{_number(row.peak)} [{_number(row.peak_ci_low)}, {_number(row.peak_ci_high)}]"
+        if row.ci_source == SEEDS:
+            peak += " (seeds)"
+        baseline = ""
+        if row.strongest_baseline:
+            name = row.strongest_baseline.replace("_", "-")
+            baseline = f"{_number(row.strongest_baseline_value)} ({name})"
         p_value = "best is last" if row.best_layer == row.last_layer else ""
         if not math.isnan(row.p_peak_better_than_last):
             p_value = f"{_number(row.p_peak_better_than_last, digits=4)} ({row.p_unit})"
@@ -209,6 +253,8 @@ def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
                 _number(-row.drop_from_peak, signed=True),
                 _number(row.gain_over_layer0, signed=True),
                 _number(row.selectivity_at_best),
+                baseline,
+                row.layers_not_above_baseline or ("none" if baseline else ""),
                 p_value,
             ]
         )

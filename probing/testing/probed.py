@@ -28,6 +28,7 @@ from probing.probes.metrics import (
     control_metric,
     majority_metric,
 )
+from probing.probes.stats import CI_LABEL
 from probing.probes.summary import build_summary
 from probing.store.layout import (
     CONFIG_JSON,
@@ -39,6 +40,7 @@ from probing.store.layout import (
     METRICS_COLUMNS,
     METRICS_CSV,
     PROBE_CONFIG_JSON,
+    SCORING_SPLIT,
     SPLIT_NAMES,
     SUMMARY_JSON,
     new_manifest,
@@ -82,6 +84,7 @@ def write_probed_workdir(
     num_epochs: int = 4,
     num_examples: int = 40,
     seed: int = 0,
+    with_intervals: bool = True,
 ) -> Workdir:
     """Writes a workdir whose probes/<pooling>/ hold fabricated results.
 
@@ -103,6 +106,10 @@ def write_probed_workdir(
       num_examples: rows of examples.jsonl.
       seed: seed of the noise, so every call with the same arguments writes
         the same files.
+      with_intervals: summary.json carries `ci95` intervals (fabricated: the
+        seed mean ± 0.04, in the schema the trainer's bootstrap writes) and
+        trivial baselines; False writes the summary of a run trained without
+        the bootstrap (seed spread only).
     """
     rng = np.random.default_rng(seed)
     workdir = Workdir(location)
@@ -193,9 +200,40 @@ def write_probed_workdir(
             probe_file(pooling, METRICS_CSV), _tidy_csv(METRICS_COLUMNS, metric_rows)
         )
         workdir.write_bytes(probe_file(pooling, CURVES_CSV), _tidy_csv(CURVES_COLUMNS, curve_rows))
+        extras = _fabricated_intervals(metric_rows, headline_name) if with_intervals else {}
         workdir.write_json(
             probe_file(pooling, SUMMARY_JSON),
-            build_summary(metric_rows, pooling=pooling, label_kind=label_kind),
+            build_summary(metric_rows, pooling=pooling, label_kind=label_kind, **extras),
         )
         workdir.write_json(probe_file(pooling, PROBE_CONFIG_JSON), {"num_seeds": num_seeds})
     return workdir
+
+
+# Half-width of the fabricated intervals; the strongest baseline of every
+# fabricated run sits at 0.6, so the first layers (from 0.55) do not beat it.
+FABRICATED_HALF_WIDTH = 0.04
+FABRICATED_BASELINE = 0.6
+
+
+def _fabricated_intervals(rows: Sequence[tuple[Any, ...]], headline: str) -> dict[str, Any]:
+    """build_summary's intervals, interval_info and baselines for fabricated rows."""
+    sums: dict[tuple[int, str], list[float]] = {}
+    for layer, _, split, metric, value in rows:
+        if split == SCORING_SPLIT:
+            sums.setdefault((layer, metric), []).append(float(value))
+    intervals: dict[int, dict[str, list[float]]] = {}
+    for (layer, metric), values in sums.items():
+        mean = float(np.mean(values))
+        intervals.setdefault(layer, {})[metric] = [
+            mean - FABRICATED_HALF_WIDTH,
+            mean + FABRICATED_HALF_WIDTH,
+        ]
+    strongest = {"baseline": "always_positive", "value": FABRICATED_BASELINE}
+    return {
+        "intervals": intervals,
+        "interval_info": {"ci95": CI_LABEL, "fabricated": True},
+        "baselines": {
+            "values": {"always_positive": {headline: FABRICATED_BASELINE}},
+            "strongest": {headline: strongest},
+        },
+    }

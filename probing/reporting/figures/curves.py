@@ -1,6 +1,8 @@
 """Per-layer curves of the headline metric: every run of a task, and each model's poolings.
 
-Metrics are test-split means over seeds with their 95% CI band.
+Metrics are test-split means over seeds with their 95% CI band: the cluster
+bootstrap over test images of summary.json (the seed interval, labelled so,
+for runs trained without it).
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from probing.reporting.figures.style import (
     save,
 )
 from probing.reporting.runs import TRAINED, ProbeRun
-from probing.reporting.statistics import mean_and_ci
+from probing.reporting.statistics import (
+    interval_label,
+    layer_interval,
+    layers_not_above_baseline,
+    mean_and_ci,
+    strongest_baseline,
+)
 from probing.store.layout import SCORING_SPLIT
 
 
@@ -35,10 +43,13 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
     """Headline metric per layer with a 95% CI band, raw layer and relative depth.
 
     The same axes carry the baselines found in the runs: the shuffled-label
-    control probe (dotted), the majority class (black dash-dot), each run's
+    control probe (dotted), the strongest trivial baseline of summary.json
+    (black dash-dot; the majority class for runs without one), each run's
     layer 0 (long dashes), and untrained or blind runs in their own line style;
-    a second row shows the selectivity (metric minus control) when present.
-    Baseline lines take the colour of their run; the legend names each kind once.
+    layers whose interval does not lie above the strongest baseline get a
+    cross. A second row shows the selectivity (metric minus control) when
+    present. Baseline lines take the colour of their run; the legend names
+    each kind once.
     """
     task = context.task
     colours = run_colours(runs)
@@ -56,14 +67,19 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             sharey="row",
             layout="constrained",
         )
-        majority_values = set()
-        with_control = False
+        baseline_values = set()
+        sources = set()
+        with_control = with_flags = False
         for run in runs:
             colour = colours[run.label]
-            layers, mean, low, high = headline_stats(run, metric)
+            layers, mean, low, high, source = headline_stats(run, metric)
+            sources.add(source)
+            flagged = np.isin(layers, layers_not_above_baseline(run, metric))
+            with_flags = with_flags or bool(flagged.any())
             for column, x in enumerate((layers, run.relative_depth(layers))):
                 ax = axes[0, column]
                 draw_series(ax, x, mean, low, high, colour, run.variant, run.label)
+                ax.plot(x[flagged], mean[flagged], "x", color=colour, markersize=5, mew=1.0)
                 ax.axhline(mean[0], color=colour, linestyle=LAYER0_STYLE, linewidth=0.7, alpha=0.6)
                 if run.has(SCORING_SPLIT, control):
                     control_mean, _, _ = mean_and_ci(run.values(SCORING_SPLIT, control))
@@ -76,9 +92,8 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
                     )
                     with_control = True
                 if with_selectivity and run.has(SCORING_SPLIT, SELECTIVITY):
-                    sel_mean, sel_low, sel_high = mean_and_ci(
-                        run.values(SCORING_SPLIT, SELECTIVITY)
-                    )
+                    sel_mean, sel_low, sel_high, sel_source = layer_interval(run, SELECTIVITY)
+                    sources.add(sel_source)
                     draw_series(
                         axes[1, column],
                         x,
@@ -90,11 +105,13 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
                         run.label,
                         bounds=(-1.0, 1.0),
                     )
-            if run.has(SCORING_SPLIT, majority):
-                majority_values.add(
-                    round(float(np.nanmean(run.values(SCORING_SPLIT, majority))), 6)
-                )
-        for value in sorted(majority_values):
+            strongest = strongest_baseline(run, metric)
+            if strongest is not None:
+                baseline_values.add((strongest[0], round(strongest[1], 6)))
+            elif run.has(SCORING_SPLIT, majority):
+                value = float(np.nanmean(run.values(SCORING_SPLIT, majority)))
+                baseline_values.add(("majority class", round(value, 6)))
+        for _, value in sorted(baseline_values):
             for ax in axes[0]:
                 ax.axhline(value, color="black", linestyle="-.", linewidth=0.9)
         seeds = sorted({len(run.seeds) for run in runs})
@@ -115,19 +132,24 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             labels.append("shuffled-label control of each run")
         handles.append(Line2D([], [], color="grey", linestyle=LAYER0_STYLE, linewidth=0.7))
         labels.append("layer 0 of each run")
-        if majority_values:
+        if baseline_values:
+            names = sorted({name.replace("_", "-") for name, _ in baseline_values})
             handles.append(Line2D([], [], color="black", linestyle="-.", linewidth=0.9))
-            labels.append("majority class")
+            labels.append(f"strongest trivial baseline ({', '.join(names)})")
+        if with_flags:
+            handles.append(Line2D([], [], color="grey", marker="x", linestyle="none"))
+            labels.append("layer not above the strongest baseline (CI low ≤ baseline)")
         fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
         fig.suptitle(
             f"Task {task}: test {metric} per layer, mean over {'/'.join(map(str, seeds))} "
-            "seeds with 95% CI",
+            f"seeds; {interval_label(sources)}",
             fontsize=9,
         )
     caption = (
-        f"Task {task}: test {metric} per layer for every model and pooling (band: 95% CI "
-        "over seeds), by layer index (left) and relative depth (right), with the baselines "
-        "the runs provide. Bands are clipped to the metric's range."
+        f"Task {task}: test {metric} per layer for every model and pooling (band: "
+        f"{interval_label(sources)}), by layer index (left) and relative depth (right), "
+        "with the baselines the runs provide; a cross marks a layer whose interval does not "
+        "lie above the strongest trivial baseline. Bands are clipped to the metric's range."
     )
     return [save(fig, context.figures_dir, file_stem(task, "headline_per_layer"), caption)]
 
@@ -161,9 +183,11 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
             sharey=True,
             layout="constrained",
         )
+        sources = set()
         for ax, (model, members) in zip(axes.flat, groups.items(), strict=False):
             for index, run in enumerate(members):
-                layers, mean, low, high = headline_stats(run, metric)
+                layers, mean, low, high, source = headline_stats(run, metric)
+                sources.add(source)
                 name = run.label.split(" · ", 1)[1]
                 draw_series(
                     ax,
@@ -183,5 +207,8 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
             ax.set_visible(False)
         for ax in axes[:, 0]:
             ax.set_ylabel(f"test {metric}")
-    caption = f"Task {context.task}: test {metric} per layer for each pooling of the same model."
+    caption = (
+        f"Task {context.task}: test {metric} per layer for each pooling of the same model "
+        f"(band: {interval_label(sources)})."
+    )
     return [save(fig, context.figures_dir, file_stem(context.task, "pooling_comparison"), caption)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -27,8 +28,7 @@ from probing.reporting.runs import (
     UNTRAINED,
     ProbeRun,
 )
-from probing.reporting.statistics import mean_and_ci
-from probing.store.layout import SCORING_SPLIT
+from probing.reporting.statistics import layer_interval
 
 # Okabe & Ito (2008), reordered so the first colours are the most distinct on
 # white; yellow goes last because thin yellow lines are hard to see in print.
@@ -100,12 +100,13 @@ def save(fig: plt.Figure, figures_dir: str, stem: str, caption: str) -> Figure:
     return Figure(png_path=png, svg_path=svg, caption=caption)
 
 
-def headline_stats(run: ProbeRun, metric: str) -> tuple[np.ndarray, ...]:
-    """Probed layers and the test mean, CI low and CI high of `metric` there."""
-    mean, low, high = mean_and_ci(run.values(SCORING_SPLIT, metric))
+def headline_stats(run: ProbeRun, metric: str) -> tuple[Any, ...]:
+    """Probed layers, the test mean, CI low and CI high of `metric` there, and the
+    interval's source (statistics.BOOTSTRAP or statistics.SEEDS)."""
+    mean, low, high, source = layer_interval(run, metric)
     layers = np.arange(run.num_layers)
     keep = ~np.isnan(mean)
-    return layers[keep], mean[keep], low[keep], high[keep]
+    return layers[keep], mean[keep], low[keep], high[keep], source
 
 
 def draw_series(
@@ -120,7 +121,7 @@ def draw_series(
     bounds: tuple[float, float] | None = (0.0, 1.0),
 ) -> None:
     """A mean line with its CI band; the band is clipped to the metric's `bounds`,
-    since with two or three seeds the t interval can reach past a score's range."""
+    since with two or three seeds a seed interval can reach past a score's range."""
     linestyle, marker = VARIANT_STYLE[variant]
     if bounds is not None:
         low, high = np.clip(low, *bounds), np.clip(high, *bounds)
