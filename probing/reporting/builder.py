@@ -159,10 +159,10 @@ def build_report(
             f"{len(runs)} probe run(s) (workdir × pooling) from {len(set(workdirs))} "
             f"workdir(s), tasks: {', '.join(by_task)}. Generated {generated}. Metrics are "
             "test-split means over probe seeds; the best layer is chosen on the val split. "
-            f"Intervals are the {CI_LABEL[4:]} (all rows of an image resampled together, "
-            "10,000 resamples), from the saved test logits; the spread over probe seeds is "
-            "training noise and is not used as an interval. Layer 0 is the embedding output; "
-            "relative depth is layer / last layer."
+            f"Intervals: {CI_LABEL} (all rows of an image resampled together, from the "
+            "saved test logits); the spread over probe seeds is training noise and is not "
+            "used as an interval. Layer 0 is the embedding output; relative depth is layer / "
+            "last layer."
         ),
         Heading("Results"),
     ]

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from probing.probes.metrics import SELECTIVITY
+from probing.probes.metrics import CATEGORIES_LEFT_OUT, SELECTIVITY
 from probing.probes.stats import CI_LABEL, image_bootstrap
 from probing.reporting.runs import ProbeRun
 from probing.reporting.statistics import (
@@ -55,7 +55,8 @@ PAIRING_NOTE = (
     "bootstrap (add-one corrected) of 'peak layer better than last layer'. p (image): on "
     "the same image resamples as the intervals. p (seed), for workdirs without "
     "predictions.npz: the probe seeds are resampled, so with few seeds p only says whether "
-    "every seed agrees."
+    "every seed agrees. (k left out): categories without a positive in the test split, "
+    "outside the macro averages."
 )
 
 
@@ -92,6 +93,8 @@ class ResultRow:
     strongest_baseline_value: float = math.nan
     # Space-separated layer ids whose interval does not lie above the strongest baseline.
     layers_not_above_baseline: str = ""
+    # Multilabel: test categories without a positive, outside the macro averages.
+    categories_left_out: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +118,9 @@ def result_row(run: ProbeRun) -> ResultRow:
         selectivity = float(mean_and_ci(run.values(SCORING_SPLIT, SELECTIVITY))[0][best])
     p_value, p_unit = math.nan, ""
     baseline = strongest_baseline(run, metric)
+    left_out = math.nan
+    if run.has(SCORING_SPLIT, CATEGORIES_LEFT_OUT):
+        left_out = float(np.nanmean(run.values(SCORING_SPLIT, CATEGORIES_LEFT_OUT)[best]))
     if best != last:
         p_value = _summary_pvalue(run, best, last)
         if math.isnan(p_value):
@@ -151,6 +157,7 @@ def result_row(run: ProbeRun) -> ResultRow:
         strongest_baseline=baseline[0] if baseline else "",
         strongest_baseline_value=baseline[1] if baseline else math.nan,
         layers_not_above_baseline=" ".join(map(str, layers_not_above_baseline(run, metric))),
+        categories_left_out=left_out,
     )
 
 
@@ -245,7 +252,9 @@ def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
         cells.append(
             [
                 f"{row.model} · {row.pooling}",
-                row.metric,
+                row.metric
+                if math.isnan(row.categories_left_out)
+                else f"{row.metric} ({row.categories_left_out:g} left out)",
                 f"{row.best_layer} / {row.num_layers - 1}",
                 _number(row.relative_depth, 2),
                 peak,

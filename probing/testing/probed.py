@@ -21,6 +21,7 @@ import numpy as np
 
 from probing.probes.metrics import (
     BEST_EPOCH,
+    CATEGORIES_LEFT_OUT,
     LOSS,
     SCORES,
     SELECTIVITY,
@@ -182,6 +183,8 @@ def write_probed_workdir(
                         values[SELECTIVITY] = headline - control
                         values[majority_metric("accuracy")] = 0.5
                     values[LOSS] = 1.0 - headline
+                    if not binary:
+                        values[CATEGORIES_LEFT_OUT] = 1  # one category without positives
                     values[BEST_EPOCH] = float(num_epochs - 1)
                     metric_rows.extend(
                         (layer, seed_id, split, name, f"{value:.6f}")
