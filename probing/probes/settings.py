@@ -188,7 +188,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.layer_update = defaults.layer_update
     # Resamples of the cluster bootstrap over test images behind every `ci95` of
     # summary.json and the report (probing/probes/bootstrap.py); 0 = no intervals,
-    # only the seed spread. 10,000 take ~5 s at 29 layers x 5 seeds x 4,000 test
-    # images on 2 CPU cores (benchmarks/bootstrap.py).
+    # only the seed spread. On 2 CPU cores (benchmarks/bootstrap.py), 10,000 take ~4 s
+    # for a binary task at 29 layers x 5 seeds x 4,000 test images, but ~6 min for an
+    # 80-category multilabel one (the cost grows with layers x seeds x categories):
+    # there use a GPU or ~2,000 (interval ends then move by < 0.1 bootstrap sd).
     config.bootstrap_resamples = defaults.bootstrap_resamples
     return config
