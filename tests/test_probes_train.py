@@ -16,7 +16,7 @@ from probing.probes.data import load_features, load_labels
 from probing.probes.intervals import ImageIntervals
 from probing.probes.stats import seed_summary
 from probing.probes.train import train_workdir
-from probing.store.layout import LABEL_MASK, LABELS, SPLIT, WRITTEN
+from probing.store.layout import GROUP, LABEL_MASK, LABELS, SPLIT, WRITTEN
 from probing.store.workdir import Workdir, WorkdirError
 from probing.testing.planted import planted_arrays, write_workdir
 
@@ -269,6 +269,16 @@ def test_bad_config_value_is_rejected_before_training(valid_workdir):
     workdir, _ = valid_workdir
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         train_workdir(workdir.location, _config(batch_size=0))
+
+
+def test_one_test_image_is_an_error_before_training(valid_workdir):
+    workdir, arrays = valid_workdir
+    group = arrays["group"].copy()
+    group[arrays["split"] == 2] = 999  # every test row one image
+    workdir.write_array(GROUP, group)
+    with pytest.raises(ValueError, match="the test split has 1 image"):
+        train_workdir(workdir.location, _config())
+    assert not os.path.exists(os.path.join(workdir.local_path, "probes"))
 
 
 @pytest.mark.slow

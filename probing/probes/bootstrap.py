@@ -265,6 +265,10 @@ def bootstrap(
     Raises:
       ValueError: fewer than two test images, or shapes that do not match.
     """
+    if num_resamples < 1 or chunk_size < 1:
+        raise ValueError(
+            f"num_resamples and chunk_size must be >= 1, got {num_resamples}, {chunk_size}"
+        )
     sets, positive, scored, label_kind = _as_outputs(logits, labels, mask, label_kind)
     if len(group) != positive.shape[0]:
         raise ValueError(f"group has {len(group)} rows, labels {positive.shape[0]}")

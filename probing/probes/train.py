@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 
 from probing.probes.data import check_pooling, load_features, load_labels
 from probing.probes.results import write_results
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_streaming_sweep
-from probing.store.layout import probes_dir
+from probing.store.layout import SCORING_SPLIT, SPLIT_NAMES, probes_dir
 from probing.store.workdir import Workdir, WorkdirError
 
 
@@ -35,6 +36,21 @@ def _layers_to_probe(config: Any, num_layers: int) -> list[int]:
             f"config.layers: {bad} do not exist; the workdir has layers 0..{num_layers - 1}"
         )
     return layers
+
+
+def _check_bootstrap(workdir: Workdir, label_data, settings: SweepSettings) -> None:
+    """The image bootstrap of summary.json needs two test images; say so before training."""
+    if not settings.bootstrap_resamples:
+        return
+    test = label_data.split_rows(SPLIT_NAMES.index(SCORING_SPLIT))
+    groups = label_data.rows[test] if label_data.groups is None else label_data.groups[test]
+    count = np.unique(groups).size
+    if count < 2:
+        raise ValueError(
+            f"{workdir.location}: the {SCORING_SPLIT} split has {count} image(s); the cluster "
+            "bootstrap over test images behind summary.json's ci95 needs at least 2. Re-split "
+            "the task or set --config.bootstrap_resamples=0 (no intervals)"
+        )
 
 
 def train_pooling(workdir: str | Workdir, config: Any, pooling: str) -> dict[str, Any]:
@@ -97,8 +113,8 @@ def train_workdir(
         raise WorkdirError(f"{workdir.location}/manifest.json lists no poolings")
     # Validate everything up front: a bad second pooling should not surface
     # after the first one has trained.
-    SweepSettings.from_config(config)
-    load_labels(workdir)
+    settings = SweepSettings.from_config(config)
+    _check_bootstrap(workdir, load_labels(workdir), settings)
     for pooling in poolings:
         check_pooling(workdir, pooling)
     return {pooling: train_pooling(workdir, config, pooling) for pooling in poolings}
