@@ -29,7 +29,16 @@ def _kvstore_spec(location: str) -> dict[str, Any]:
         if location.startswith(scheme):
             bucket, _, prefix = location[len(scheme) :].partition("/")
             path = prefix.rstrip("/") + "/" if prefix else ""
-            return {"driver": driver, "bucket": bucket, "path": path}
+            spec = {"driver": driver, "bucket": bucket, "path": path}
+            if driver == "s3":
+                # S3-compatible stores (MinIO, R2, ...) are named by the variables
+                # the AWS tools read.
+                if os.environ.get("AWS_ENDPOINT_URL"):
+                    spec["endpoint"] = os.environ["AWS_ENDPOINT_URL"]
+                region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                if region:
+                    spec["aws_region"] = region
+            return spec
     if "://" in location and not location.startswith("file://"):
         raise WorkdirError(
             f"workdir {location!r}: unsupported URL scheme; use a local path, "
@@ -116,7 +125,13 @@ class Workdir:
 
     # --------------------------------------------------------------- arrays
     def array_spec(self, name: str) -> dict[str, Any]:
-        return {"driver": "zarr3", "kvstore": self.kvstore(name)}
+        # A chunk equal to the fill value is written anyway, so that an absent
+        # chunk file always means lost data, which readers can then refuse.
+        return {
+            "driver": "zarr3",
+            "kvstore": self.kvstore(name),
+            "store_data_equal_to_fill_value": True,
+        }
 
     def array_exists(self, name: str) -> bool:
         return self.exists(f"{name}/zarr.json")
