@@ -177,7 +177,7 @@ class WorkdirLock:
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except NotADirectoryError as e:
+        except (NotADirectoryError, FileExistsError) as e:
             raise LockError(
                 f"workdir {self.workdir.location} is not a directory (a file is in the "
                 "way); pass a directory path as --workdir"
