@@ -287,7 +287,8 @@ def test_clean_features_pass(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("value", "what"), [(float("nan"), "NaN"), (float("inf"), "Inf"), (3e38, "standardisation")]
+    ("value", "what"),
+    [(float("nan"), "NaN or Inf"), (float("-inf"), "NaN or Inf"), (3e38, "standardisation")],
 )
 def test_bad_values_are_named_by_layer_and_row(tmp_path, value, what):
     wd = _store(tmp_path)

@@ -182,4 +182,8 @@ def default_config() -> ml_collections.ConfigDict:
     # "auto" (sequential on CPU only). Each mode is deterministic; the two differ in the
     # last float bits.
     config.layer_update = defaults.layer_update
+    # Probe a workdir whose extraction has not finished (manifest complete: false),
+    # using its written rows only; summary.json and results.json then say so.
+    # Off by default: an incomplete store is refused.
+    config.allow_partial = False
     return config

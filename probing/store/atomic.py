@@ -23,7 +23,7 @@ from typing import Any
 from probing.store import layout
 from probing.store.workdir import Workdir, WorkdirError
 
-RESULTS_MANIFEST = "results.json"
+RESULTS_MANIFEST = layout.RESULTS_JSON
 # Files the probe writer owns; anything else found in an old results folder is
 # a user's and is carried over into the new one.
 OWNED_FILES = (

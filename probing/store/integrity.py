@@ -158,7 +158,7 @@ def check_features(
     chunk = int(array.chunk_layout.read_chunk.shape[0] or num_rows)
     # Whole chunks per block, so that each chunk file is read once.
     per_block = max(1, _BLOCK_VALUES // max(1, chunk * num_layers * hidden)) * chunk
-    bad: dict[str, list[tuple[int, int]]] = {"NaN": [], "Inf": [], "huge": []}
+    bad: dict[str, list[tuple[int, int]]] = {"nonfinite": [], "huge": []}
     missing: list[int] = []
     max_abs = 0.0
     for start in range(0, num_rows, per_block):
@@ -181,17 +181,15 @@ def check_features(
         x = block[keep].astype(np.float32)
         rows = keep + start
         magnitude = np.abs(x)
-        # NaN compares false, so it is found by isnan, never by the magnitude.
+        finite = np.isfinite(x)
         for kind, hit in (
-            ("NaN", np.isnan(x).any(axis=2)),
-            ("Inf", np.isinf(x).any(axis=2)),
-            ("huge", (np.isfinite(magnitude) & (magnitude > limit)).any(axis=2)),
+            ("nonfinite", ~finite.all(axis=2)),
+            ("huge", (finite & (magnitude > limit)).any(axis=2)),
         ):
             r, layer = np.nonzero(hit)
             bad[kind].extend(zip(rows[r].tolist(), layer.tolist(), strict=True))
-        finite = magnitude[np.isfinite(magnitude)]
-        if finite.size:
-            max_abs = max(max_abs, float(finite.max()))
+        if finite.any():
+            max_abs = max(max_abs, float(magnitude[finite].max()))
     where = f"{workdir.location}/{name}"
     if missing:
         raise FeatureError(
@@ -200,8 +198,7 @@ def check_features(
             "the extract command to recompute them"
         )
     for kind, what in (
-        ("NaN", "NaN"),
-        ("Inf", "Inf"),
+        ("nonfinite", "NaN or Inf"),
         ("huge", f"values beyond ±{limit:.3g} (the float32 standardisation would overflow)"),
     ):
         if bad[kind]:
