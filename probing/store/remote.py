@@ -95,9 +95,9 @@ def _check_local(workdir: Workdir, write: bool) -> None:
 
 
 def check_remote_reachable(
-    location: str | Workdir, timeout_s: float = DEFAULT_TIMEOUT_S, write: bool = True
+    location: str | Workdir, timeout_s: float | None = None, write: bool = True
 ) -> None:
-    """Raises WorkdirError within about `timeout_s` unless the workdir can be used.
+    """Raises WorkdirError within about `timeout_s` (default 15 s) unless the workdir can be used.
 
     Local: the path is a directory (or can be created) and writable.
     gs:// / s3://: the store answers a read, and with `write` accepts and
@@ -109,7 +109,7 @@ def check_remote_reachable(
         return
     spec = workdir.kvstore("")
     driver = spec["driver"]
-    deadline = time.monotonic() + float(timeout_s)
+    deadline = time.monotonic() + float(DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
     where = workdir.location
     kv = _wait(ts.KvStore.open(spec), deadline, where, "opening the bucket", driver, spec)
     _wait(kv.read("manifest.json"), deadline, where, "reading", driver, spec)
