@@ -267,3 +267,18 @@ def test_report_reads_a_repeated_workdir_once(tmp_path):
     train_workdir(workdir.location, _probe_config())
     runs = load_runs([workdir.location, workdir.location + "/", str(tmp_path / "w" / ".")])
     assert len(runs) == 1
+
+
+def test_checkpoint_with_truncated_weights_is_named_before_the_task(tmp_path, local_checkpoint):
+    (weights_file,) = glob.glob(os.path.join(local_checkpoint, "*.safetensors"))
+    with open(weights_file, "r+b") as f:
+        f.truncate(os.path.getsize(weights_file) // 2)
+    config = _config(tmp_path, model=local_checkpoint)
+    with config.unlocked():
+        config.data.source = "coco"  # would fail if the task were built
+        config.data.coco_root = str(tmp_path / "no_coco_here")
+    with pytest.raises(ValueError, match=r"model\.safetensors is truncated"):
+        extract(config, str(tmp_path / "w"))
+    os.remove(weights_file)
+    with pytest.raises(ValueError, match="has no weights file"):
+        extract(config, str(tmp_path / "w"))

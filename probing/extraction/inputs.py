@@ -15,12 +15,16 @@ from probing.store import digests, layout
 from probing.store import workdir as store
 
 
-def input_digests(table, model_name: str, model_path: str, revision: str | None, model) -> dict:
-    """The `inputs` part of the fingerprint of one run."""
+def input_digests(table, checkpoint: dict[str, Any], model) -> dict:
+    """The `inputs` part of the fingerprint of one run.
+
+    `checkpoint` is `probing.store.digests.digest_checkpoint` of the model,
+    taken before it was loaded.
+    """
     arrays = {"labels": table.labels, "split": table.split, "group": table.group}
     if table.label_mask is not None:
         arrays["label_mask"] = table.label_mask
-    checkpoint = digests.digest_checkpoint(model_path, model_id=model_name, revision=revision)
+    checkpoint = dict(checkpoint)
     # For a hub id, transformers knows the commit it loaded from the cache.
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     if commit and "snapshot" not in checkpoint:

@@ -30,6 +30,7 @@ from probing.extraction.pooling import validate_poolings
 from probing.extraction.settings import ExtractSettings
 from probing.progress import Progress
 from probing.store import workdir as store
+from probing.store.digests import digest_checkpoint
 from probing.store.lock import LockError, WorkdirLock, check_job_member, job_id_from_env
 from probing.store.remote import check_remote_reachable
 
@@ -46,6 +47,9 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     # a bucket that does not answer, a workdir held by another run.
     model_path = resolve_model_path(config.model.name)
     preflight.check_hub_model(model_path, config.model.revision)
+    # Digested now, so that a checkpoint without weights or with truncated ones
+    # is one clear line before anything is built.
+    checkpoint = digest_checkpoint(model_path, config.model.name, config.model.revision)
     check_remote_reachable(workdir)
     threads = torch.get_num_threads()
     if settings.torch_threads > 0:
@@ -55,7 +59,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     lock = None
     try:
         lock = _lock_workdir(workdir, rank, has_process_group)
-        run = _prepare(config, settings, workdir, model_path, rank, has_process_group)
+        run = _prepare(config, settings, workdir, checkpoint, rank, has_process_group)
         rejections = _run_batches(run, rank, world)
         return _finish(run, rejections, rank, has_process_group)
     finally:
@@ -109,7 +113,7 @@ def _prepare(
     config,
     settings: ExtractSettings,
     workdir: str,
-    model_path: str,
+    checkpoint: dict[str, Any],
     rank: int,
     has_process_group: bool,
 ) -> _Run:
@@ -127,7 +131,7 @@ def _prepare(
     context = preflight.context_length(model)
     preflight.check_context(adapter, table, token_counts, context)
     wd = store.Workdir(workdir)
-    digests = input_digests(table, config.model.name, model_path, config.model.revision, model)
+    digests = input_digests(table, checkpoint, model)
     manifest = output.build_manifest(
         config, settings, poolings, table, adapter, processor, started, digests
     )
