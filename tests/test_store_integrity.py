@@ -1,4 +1,4 @@
-"""A workdir that cannot lie: locks, input digests, damaged stores, atomic probe results, remote checks."""
+"""A workdir that cannot lie: locks, input digests, damaged or incomplete stores, remote checks."""
 
 from __future__ import annotations
 
