@@ -131,3 +131,17 @@ def test_sigkill_during_probe_writes_never_leaves_a_mix(tmp_path):
         child.wait()
         assert len(_runs_in(target)) == 1, f"attempt {attempt}: {_runs_in(target)}"
         atomic.verify_probe_dir(workdir, "probes/mean")
+
+
+def test_a_failed_metadata_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    wd = Workdir(str(tmp_path / "w"))
+    wd.write_json("manifest.json", {"v": 1})
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        wd.write_json("manifest.json", {"v": 2})
+    assert os.listdir(wd.local_path) == ["manifest.json"]
+    assert wd.read_json("manifest.json") == {"v": 1}

@@ -8,6 +8,7 @@ TensorStore's kvstore layer, so a workdir on a bucket works like a local one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -98,11 +99,18 @@ class Workdir:
             path = os.path.join(self.local_path, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                # A full disk (or a kill signal raised as an exception) leaves no
+                # temporary file behind; the previous version of the file stays.
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
         else:
             self._store().write(name, data).result()
 
