@@ -1,25 +1,95 @@
-"""Running an absl entry point so that bad input reads as a message, not a traceback.
+"""Running an absl entry point so that bad input reads as one line, not a traceback.
 
 Every error raised for bad input in `probing` (a missing COCO root, a workdir
 that is not a store, an unknown model family, a bad config value, ...) is a
 ValueError (or FileNotFoundError) whose message names the culprit and says
-what to do. `run_main` prints that message as one line and exits with status
-2; set PROBING_TRACEBACK=1 to see the full traceback instead.
+what to do. `run_main` prints that message as one line,
+`<program>: error: <message>`, and exits with status 2; so do bad flags: a
+config file that does not exist or fails to load, a bad config argument, a
+misspelt config field (with the "did you mean" suggestion in the line).
+Set PROBING_TRACEBACK=1 to see the full traceback instead.
 """
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from absl import app
+from absl import app, flags
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
 
 
+def _fail(program: str, message: str) -> None:
+    # One line, so that logs and launch scripts show the whole message.
+    print(f"{program}: error: {message} (PROBING_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+    sys.exit(2)
+
+
+def _unquote(text: str) -> str:
+    """ml_collections nests repr()s in its AttributeError message; undo them."""
+    for _ in range(3):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            break
+        if not isinstance(value, str):
+            break
+        text = value
+    return text
+
+
+def flag_error_line(error: BaseException, argv: Sequence[str]) -> str:
+    """One line for an error raised while parsing the flags (and the config they name)."""
+    if isinstance(error, AttributeError | KeyError):
+        lines = [line.strip() for line in _unquote(str(error)).splitlines() if line.strip()]
+        field = lines[0].strip("'\"") if lines else "?"
+        culprit = next(
+            (a.split("=")[0] for a in argv if a.startswith("--config.") and field in a), None
+        )
+        where = f"{culprit}: " if culprit else ""
+        hint = " ".join(lines[1:]) or "check the spelling against the config file"
+        return f"{where}the config has no field {field!r}. {hint}"
+    text = str(error)
+    if "Traceback (most recent call last)" in text:
+        # A config file's own exception, wrapped with its traceback: keep the
+        # flag and the exception's last line.
+        head = text.split(": Error whilst parsing", 1)[0].splitlines()[0]
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        last = re.sub(r"^[A-Za-z_.]*(Error|Exception): ", "", last)
+        return f"{head}: {last}"
+    return " ".join(text.split())
+
+
+def _check_loaded_configs(program: str) -> None:
+    """A config file that failed to load surfaces only on first use; surface it now."""
+    for name in list(flags.FLAGS):
+        value = flags.FLAGS[name].value
+        if type(value).__name__ == "_ErrorConfig":
+            try:
+                value._ReportError()
+            except Exception as error:
+                text = " ".join(str(error).split())
+                text = text.replace("Failed loading config file config_config ", "")
+                _fail(program, f"--{name}={flags.FLAGS[name].config_filename}: {text}")
+
+
 def run_main(main: Callable[[list[str]], None], program: str) -> None:
     """`app.run(main)`, turning user errors into `program: error: message`."""
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            rest = flags.FLAGS(argv)
+        except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+            if os.environ.get("PROBING_TRACEBACK"):
+                raise
+            _fail(program, flag_error_line(error, argv))
+        if not os.environ.get("PROBING_TRACEBACK"):
+            _check_loaded_configs(program)
+        return rest
 
     def guarded(argv: list[str]) -> None:
         try:
@@ -27,8 +97,6 @@ def run_main(main: Callable[[list[str]], None], program: str) -> None:
         except USER_ERRORS as error:
             if os.environ.get("PROBING_TRACEBACK"):
                 raise
-            print(f"{program}: error: {error}", file=sys.stderr)
-            print("(set PROBING_TRACEBACK=1 to see the traceback)", file=sys.stderr)
-            sys.exit(2)
+            _fail(program, " ".join(str(error).split()))
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse)

@@ -28,6 +28,11 @@ _TASKS = flags.DEFINE_list("tasks", None, "Only workdirs of these tasks (default
 _LAYERS = flags.DEFINE_list(
     "layers", [], "Extra layers whose loss curves are drawn, besides the best and the worst."
 )
+_ALLOW_PARTIAL = flags.DEFINE_bool(
+    "allow_partial",
+    False,
+    "Also report workdirs whose extraction has not finished (labelled '[partial store]').",
+)
 flags.mark_flags_as_required(["workdirs", "out"])
 
 
@@ -46,6 +51,7 @@ def main(argv: Sequence[str]) -> None:
         poolings=_POOLINGS.value,
         tasks=_TASKS.value,
         layers=layers,
+        allow_partial=_ALLOW_PARTIAL.value,
         command=shlex.join(["python", "-m", "probing.report", *sys.argv[1:]]),
     )
     print(path)

@@ -26,6 +26,8 @@ def test_missing_coco_root_names_the_path(tmp_path):
     config = load_config("configs/qwen.py")
     with config.unlocked():
         config.data.coco_root = str(tmp_path / "no_coco_here")
+        # A hub id is checked before the data (and fails offline): a local model.
+        config.model.name = "tiny:qwen2_vl"
     with pytest.raises(Exception, match="no_coco_here"):
         extract(config, str(tmp_path / "workdir"))
     # Nothing was written: the error came before any work.
@@ -37,8 +39,20 @@ def test_missing_annotation_file_names_the_file(tmp_path):
     config = load_config("configs/qwen.py")
     with config.unlocked():
         config.data.coco_root = str(tmp_path / "coco")
+        config.model.name = "tiny:qwen2_vl"
     with pytest.raises(Exception, match=r"train2017\.json"):
         extract(config, str(tmp_path / "workdir"))
+
+
+def test_uncached_hub_id_offline_fails_before_the_task_is_built(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = load_config("configs/qwen.py")
+    with config.unlocked():
+        config.data.coco_root = str(tmp_path / "no_coco_here")  # would fail if built
+        config.model.name = "no-such-org/no-such-model"
+    with pytest.raises(ModelLoadError, match=r"no-such-org/no-such-model.*offline mode"):
+        extract(config, str(tmp_path / "workdir"))
+    assert not (tmp_path / "workdir").exists()
 
 
 def test_unloadable_model_names_it(tmp_path):

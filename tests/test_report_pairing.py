@@ -55,9 +55,19 @@ def test_p_resamples_images_when_predictions_exist(trained_location):
     assert observed == pytest.approx(row.drop_from_peak, abs=1e-12)
 
 
+def _without_results_json(location, tmp_path):
+    """A folder as trainers before results.json wrote it (or a hand-written one)."""
+    os.rename(os.path.join(location, "probes", "mean", "results.json"), tmp_path / "results.json")
+
+
+def _restore_results_json(location, tmp_path):
+    os.replace(tmp_path / "results.json", os.path.join(location, "probes", "mean", "results.json"))
+
+
 def test_p_falls_back_to_images_then_seeds_for_older_runs(trained_location, tmp_path):
     directory = os.path.join(trained_location, "probes", "mean")
     os.rename(os.path.join(directory, "summary.json"), tmp_path / "summary.json")
+    _without_results_json(trained_location, tmp_path)
     try:
         # A run trained before summary.json held the bootstrap: images of predictions.npz.
         (run,) = load_runs([trained_location])
@@ -77,10 +87,12 @@ def test_p_falls_back_to_images_then_seeds_for_older_runs(trained_location, tmp_
         os.rename(tmp_path / "summary.json", os.path.join(directory, "summary.json"))
         if os.path.exists(tmp_path / "kept.npz"):
             os.rename(tmp_path / "kept.npz", os.path.join(directory, "predictions.npz"))
+        _restore_results_json(trained_location, tmp_path)
 
 
 def test_unreadable_predictions_are_reported_with_the_file(trained_location, tmp_path):
     path = os.path.join(trained_location, "probes", "mean", "predictions.npz")
+    _without_results_json(trained_location, tmp_path)
     os.rename(path, tmp_path / "kept.npz")
     try:
         with open(path, "wb") as f:
@@ -89,6 +101,19 @@ def test_unreadable_predictions_are_reported_with_the_file(trained_location, tmp
             load_runs([trained_location])
         np.savez(path, layers=np.arange(4))
         with pytest.raises(ValueError, match="lacks group, labels, logits"):
+            load_runs([trained_location])
+    finally:
+        os.replace(tmp_path / "kept.npz", path)
+        _restore_results_json(trained_location, tmp_path)
+
+
+def test_a_replaced_result_file_is_refused(trained_location, tmp_path):
+    # With results.json, any file replaced after the run was written is refused.
+    path = os.path.join(trained_location, "probes", "mean", "predictions.npz")
+    os.rename(path, tmp_path / "kept.npz")
+    try:
+        np.savez(path, layers=np.arange(4))
+        with pytest.raises(ValueError, match=r"predictions\.npz does not match results\.json"):
             load_runs([trained_location])
     finally:
         os.replace(tmp_path / "kept.npz", path)

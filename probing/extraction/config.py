@@ -66,8 +66,10 @@ def extraction_config() -> ml_collections.ConfigDict:
     config.task = default_task_config()
     config.model = default_model_config()
     config.extract = extract_settings()
-    # Replace an existing workdir written with a different configuration
-    # instead of refusing it (a matching workdir is always resumed).
+    # Replace the features of an existing workdir written with a different
+    # configuration or from different inputs instead of refusing it (a matching
+    # workdir is always resumed). Only what extraction wrote is replaced; while
+    # the workdir also holds probes/, report/ or other files, it is refused.
     config.overwrite = False
     return config
 

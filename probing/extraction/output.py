@@ -5,8 +5,9 @@ last, so that its presence means every array exists) or, when manifest.json
 is already there, checks that the stored fingerprint matches this run:
 restarting the same command on a partly written workdir resumes it, while a
 workdir written with a different configuration (model, revision, prompt,
-poolings, dtype, library versions, ...) is refused unless `config.overwrite`
-is set. `WindowWriter` writes the features of a finished window chunk by
+poolings, dtype, library versions, ...) or from different inputs (task rows,
+images, checkpoint files) is refused unless `config.overwrite` is set, which
+replaces only what extraction wrote. `WindowWriter` writes the features of a finished window chunk by
 chunk and only then marks its rows durable in `arrays/written`, so an
 interrupted run loses at most the windows in flight.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import re
 import time
 from typing import Any
 
@@ -29,9 +31,11 @@ import probing
 from probing.extraction import environment
 from probing.extraction.batches import to_storage
 from probing.extraction.forward import ForwardResult
+from probing.extraction.inputs import explain_mismatch
 from probing.extraction.settings import PERFORMANCE_KNOBS, ExtractionError, ExtractSettings
 from probing.store import layout
 from probing.store import workdir as store
+from probing.store.lock import LOCK_NAME
 
 _WAIT_FOR_RANK0_S = 1800.0
 
@@ -56,9 +60,13 @@ def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def fingerprint(config: ml_collections.ConfigDict, processor) -> dict[str, Any]:
+def fingerprint(
+    config: ml_collections.ConfigDict, processor, inputs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Everything that determines the features; a resumed run must match it.
 
+    `inputs` are the digests of the task rows, images and checkpoint
+    (`probing.extraction.inputs`): the same config may read edited files.
     The command line, date and hardware are recorded in manifest.json but
     are deliberately not part of it: the same run may resume elsewhere.
     """
@@ -71,15 +79,25 @@ def fingerprint(config: ml_collections.ConfigDict, processor) -> dict[str, Any]:
     for knob in PERFORMANCE_KNOBS:
         config_dict.get("extract", {}).pop(knob, None)
     digest = hashlib.sha256(json.dumps(processor_settings, sort_keys=True).encode()).hexdigest()
-    return {
+    out = {
         "config": config_dict,
         "library_versions": library_versions(),
         "processor_settings_sha256": digest,
     }
+    if inputs is not None:
+        out["inputs"] = inputs
+    return out
 
 
 def build_manifest(
-    config, settings: ExtractSettings, poolings, table, adapter, processor, started: str
+    config,
+    settings: ExtractSettings,
+    poolings,
+    table,
+    adapter,
+    processor,
+    started: str,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """manifest.json of this run (complete=False until every row is done)."""
     return layout.new_manifest(
@@ -103,7 +121,7 @@ def build_manifest(
         with_image=bool(table.with_image),
         padding_side=adapter.padding_side,
         first_token_topk=settings.first_token_topk,
-        fingerprint=fingerprint(config, processor),
+        fingerprint=fingerprint(config, processor, inputs),
         # Where and when; not part of the fingerprint (a resume may run elsewhere).
         command=environment.command_line(),
         hardware=environment.hardware(),
@@ -137,29 +155,71 @@ def _write_metadata(wd: store.Workdir, config, table) -> None:
     wd.write_array(layout.GROUP, table.group.astype(np.int64))
 
 
-def _check_resumable(wd: store.Workdir, manifest: dict[str, Any]) -> None:
+def _differences(wd: store.Workdir, manifest: dict[str, Any]) -> list[str]:
     old = wd.read_json(layout.MANIFEST_JSON)
-    differing = diff_keys(old.get("fingerprint"), manifest["fingerprint"])
+    return diff_keys(old.get("fingerprint"), manifest["fingerprint"])
+
+
+def _check_resumable(wd: store.Workdir, manifest: dict[str, Any], table) -> None:
+    differing = _differences(wd, manifest)
     if differing:
-        raise ExtractionError(
-            f"workdir {wd.location} holds features of a different run; differing: "
-            f"{', '.join(differing[:12])}. Use another --workdir, or pass "
-            "--config.overwrite=True to replace it."
-        )
+        raise ExtractionError(explain_mismatch(wd, differing, table.examples))
+
+
+# What extraction writes at the top of a workdir; overwrite deletes these and
+# nothing else (probes/, report/ and a user's files are never touched).
+_OWN_FILES = (
+    layout.MANIFEST_JSON,
+    layout.CONFIG_JSON,
+    layout.EXAMPLES_JSONL,
+    layout.SPLITS_JSON,
+    layout.TASK_STATS_JSON,
+    layout.SKIPPED_JSONL,
+)
+_OWN_PREFIXES = (layout.FEATURES_DIR + "/", "arrays/")
+
+
+def _is_own(key: str) -> bool:
+    if key.startswith(_OWN_PREFIXES) or key == LOCK_NAME:
+        return True
+    # Leftovers of Workdir.write_bytes' atomic replace (NAME.tmp<pid>) are ours too.
+    base = re.sub(r"\.tmp\d+$", "", key)
+    rejected = re.fullmatch(r"rejected_rows(\.rank\d+)?\.jsonl", base) is not None
+    return base in _OWN_FILES or rejected or key.startswith(".probing-write-check-")
 
 
 def _wipe(wd: store.Workdir) -> None:
-    """Deletes everything in an existing workdir (overwrite), manifest first."""
+    """Deletes what extraction wrote (overwrite), manifest first; refuses if more is there.
+
+    The choice for anything else (probes/, report/, a user's notes): refuse,
+    not move aside. Nothing is lost, and it works alike on buckets, where a
+    move is a copy.
+    """
     kvstore = ts.KvStore.open(wd.kvstore("")).result()
+    keys = [k.decode() for k in kvstore.list().result()]
+    foreign = sorted({k.split("/")[0] + ("/" if "/" in k else "") for k in keys if not _is_own(k)})
+    if foreign:
+        raise ExtractionError(
+            f"workdir {wd.location}: config.overwrite=True would replace features that "
+            f"{', '.join(foreign[:6])} {'was' if len(foreign) == 1 else 'were'} made from; "
+            "move them out of the workdir (or delete them) first, or use another --workdir"
+        )
     # The manifest goes first, so that no rank can take the old store for ready.
     name = layout.MANIFEST_JSON
     kvstore.delete_range(ts.KvStore.KeyRange(name, name + "\0")).result()
-    kvstore.delete_range(ts.KvStore.KeyRange()).result()
+    for prefix in _OWN_PREFIXES:
+        end = prefix[:-1] + chr(ord("/") + 1)
+        kvstore.delete_range(ts.KvStore.KeyRange(prefix, end)).result()
+    for key in keys:
+        if _is_own(key) and key != LOCK_NAME and not key.startswith(_OWN_PREFIXES):
+            kvstore.delete_range(ts.KvStore.KeyRange(key, key + "\0")).result()
 
 
 def _create_store(wd: store.Workdir, config, settings: ExtractSettings, manifest, table) -> None:
     if wd.exists(layout.MANIFEST_JSON):
-        logging.warning("config.overwrite=True: replacing %s", wd.location)
+        logging.warning(
+            "config.overwrite=True: replacing the features of another run in %s", wd.location
+        )
         _wipe(wd)
     _write_metadata(wd, config, table)
     chunk_rows = settings.batch_size
@@ -193,12 +253,14 @@ def prepare_workdir(
     With a process group the other ranks wait at a barrier; without one (SLURM
     arrays) they wait for rank 0's manifest.json, which is written last.
     """
-    fresh = not wd.exists(layout.MANIFEST_JSON) or bool(config.overwrite)
     if rank == 0:
-        if fresh:
+        exists = wd.exists(layout.MANIFEST_JSON)
+        # A matching workdir is resumed even with overwrite=True: a launch
+        # script that keeps the flag must not restart from zero on preemption.
+        if not exists or (config.overwrite and _differences(wd, manifest)):
             _create_store(wd, config, settings, manifest, table)
         else:
-            _check_resumable(wd, manifest)
+            _check_resumable(wd, manifest, table)
             logging.info("Resuming extraction in %s", wd.location)
     if has_process_group:
         environment.barrier()
@@ -209,7 +271,7 @@ def prepare_workdir(
                 raise ExtractionError(f"rank {rank}: rank 0 never created {wd.location}")
             time.sleep(1.0)
     if rank != 0:
-        _check_resumable(wd, manifest)
+        _check_resumable(wd, manifest, table)
 
 
 def done_rows(wd: store.Workdir) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Checks that fail fast: prompt lengths against the model's context, before any work is done.
+"""Checks that fail fast, before any work: a hub id that cannot be had, prompt lengths vs context.
 
 `prompt_token_counts` also feeds the work plan (rows are sorted by it into
 forward batches with less padding).
@@ -6,6 +6,7 @@ forward batches with less padding).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,3 +66,47 @@ def check_batch_length(inputs, rows, limit: int | None) -> None:
             f"rows {rows[0]}..{rows[-1]}: {inputs['input_ids'].shape[1]} tokens exceed the "
             f"model's context of {limit}; lower the image resolution or shorten the prompt"
         )
+
+
+def _offline() -> bool:
+    import huggingface_hub.constants
+
+    flags = (os.environ.get(n, "").lower() for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f in ("1", "true", "yes", "on") for f in flags) or bool(
+        huggingface_hub.constants.HF_HUB_OFFLINE
+    )
+
+
+def check_hub_model(name: str, revision: str | None, timeout_s: float = 10.0) -> None:
+    """Fails in seconds, before the task is built, if a hub id can be neither read nor fetched.
+
+    A local directory passes. A hub id passes when its config.json is in the
+    local cache; otherwise, in offline mode (HF_HUB_OFFLINE) it fails at once
+    saying so, and online it must answer the hub within `timeout_s`.
+    """
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    from probing.models import ModelLoadError
+
+    if os.path.isdir(name):
+        return
+    cached = try_to_load_from_cache(name, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return
+    where = f"model.name {name!r}" + (f" (revision {revision})" if revision else "")
+    if _offline():
+        raise ModelLoadError(
+            f"{where} is a hub id and offline mode is on (HF_HUB_OFFLINE / "
+            "TRANSFORMERS_OFFLINE), but it is not in the local cache; download it where there "
+            f"is network (`huggingface-cli download {name}`) or point model.name at a local "
+            "directory"
+        )
+    try:
+        HfApi().model_info(name, revision=revision, timeout=timeout_s)
+    except Exception as error:  # connection, auth and not-found errors share no base type
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelLoadError(
+            f"{where}: the hub did not answer within {timeout_s:.0f} s and the model is not in "
+            f"the local cache ({first}); check the network or the id, set HF_TOKEN for a gated "
+            "model, or point model.name at a local directory"
+        ) from None

@@ -7,7 +7,8 @@ forward batches (`probing.extraction.plan`), pooling every layer inside
 forward hooks (`probing.extraction.forward`), and writes the features window
 by window before marking rows durable in `arrays/written`. Restarting the same
 command resumes; the windows make resumed and distributed runs bit-identical
-to a single uninterrupted one.
+to a single uninterrupted one. The workdir is locked for the run (one writer
+per workdir, `probing.store.lock`); a second run on it stops at once.
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ from absl import logging
 from probing.extraction import environment, output, preflight
 from probing.extraction.batches import ForwardBatch, make_loader
 from probing.extraction.forward import PooledForward, check_prefix_sharing_supported
+from probing.extraction.inputs import input_digests
 from probing.extraction.plan import WorkPlan, plan_work
 from probing.extraction.pooling import validate_poolings
 from probing.extraction.settings import ExtractSettings
 from probing.progress import Progress
 from probing.store import workdir as store
+from probing.store.digests import digest_checkpoint
+from probing.store.lock import LockError, WorkdirLock, check_job_member, job_id_from_env
+from probing.store.remote import check_remote_reachable
 
 
 def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -36,22 +41,57 @@ def extract(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     from probing.models import resolve_model_path
 
     settings = ExtractSettings.from_config(config.extract)
-    # A local checkpoint path that does not exist fails here, before the task
-    # is built (hard negatives can take minutes on real COCO).
-    resolve_model_path(config.model.name)
+    # Everything that can fail in seconds fails here, before the task is built
+    # (hard negatives can take minutes on real COCO) and the model loaded: a
+    # local checkpoint path that does not exist, a hub id that cannot be had,
+    # a bucket that does not answer, a workdir held by another run.
+    model_path = resolve_model_path(config.model.name)
+    preflight.check_hub_model(model_path, config.model.revision)
+    # Digested now, so that a checkpoint without weights or with truncated ones
+    # is one clear line before anything is built.
+    checkpoint = digest_checkpoint(model_path, config.model.name, config.model.revision)
+    check_remote_reachable(workdir)
     threads = torch.get_num_threads()
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     rank, world = environment.rank_and_world()
     has_process_group = environment.init_process_group()
+    lock = None
     try:
-        run = _prepare(config, settings, workdir, rank, has_process_group)
+        lock = _lock_workdir(workdir, rank, has_process_group)
+        run = _prepare(config, settings, workdir, checkpoint, rank, has_process_group)
         rejections = _run_batches(run, rank, world)
         return _finish(run, rejections, rank, has_process_group)
     finally:
+        if lock is not None:
+            lock.release()
         torch.set_num_threads(threads)
         if has_process_group:
             environment.close_process_group()
+
+
+def _lock_workdir(workdir: str, rank: int, has_process_group: bool) -> WorkdirLock | None:
+    """One writer per workdir: rank 0 holds the lock for the job, the other ranks check it.
+
+    SLURM array tasks (ranks without a process group) start and end at
+    different times, so only their rank 0 takes the lock and the others do
+    not check it.
+    """
+    job = job_id_from_env()
+    lock, error = None, None
+    if rank == 0:
+        try:
+            lock = WorkdirLock(workdir, job_id=job).acquire()
+        except LockError as e:
+            error = e
+    if has_process_group:
+        # Every rank reaches this barrier, also when rank 0 was refused.
+        environment.barrier()
+        if rank != 0:
+            check_job_member(workdir, job)
+    if error is not None:
+        raise error
+    return lock
 
 
 @dataclasses.dataclass
@@ -70,7 +110,12 @@ class _Run:
 
 
 def _prepare(
-    config, settings: ExtractSettings, workdir: str, rank: int, has_process_group: bool
+    config,
+    settings: ExtractSettings,
+    workdir: str,
+    checkpoint: dict[str, Any],
+    rank: int,
+    has_process_group: bool,
 ) -> _Run:
     """Task, model and checks (all before any work), then a fresh or resumable workdir."""
     from probing.models import load_model
@@ -86,7 +131,10 @@ def _prepare(
     context = preflight.context_length(model)
     preflight.check_context(adapter, table, token_counts, context)
     wd = store.Workdir(workdir)
-    manifest = output.build_manifest(config, settings, poolings, table, adapter, processor, started)
+    digests = input_digests(table, checkpoint, model)
+    manifest = output.build_manifest(
+        config, settings, poolings, table, adapter, processor, started, digests
+    )
     output.prepare_workdir(wd, config, settings, manifest, table, rank, has_process_group)
     return _Run(settings, wd, table, model, adapter, poolings, token_counts, context, manifest)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ from probing.probes.metrics import (
 from probing.probes.settings import SweepSettings
 from probing.probes.summary import build_summary
 from probing.probes.sweep import TARGET_NAMES_IN_FILES, SweepResult
+from probing.store.atomic import write_probe_dir
 from probing.store.layout import (
     CURVES_COLUMNS,
     CURVES_CSV,
@@ -56,7 +58,7 @@ from probing.store.layout import (
     SPLIT_NAMES,
     SUMMARY_JSON,
     WEIGHTS_NPZ,
-    probe_file,
+    probes_dir,
 )
 from probing.store.workdir import Workdir
 
@@ -271,28 +273,39 @@ def write_results(
     label_data: LabelData,
     settings: SweepSettings,
     write: bool = True,
+    partial: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Writes every file of probes/<pooling>/ and returns the summary.
+    """Writes every file of probes/<pooling>/ as one unit and returns the summary.
 
-    `write=False` only computes the summary: on several hosts every process
-    holds the same results and one of them writes.
+    The files go through `probing.store.atomic.write_probe_dir`: a reader (or
+    a kill) sees the previous run or this one, never a mix. `partial`
+    ({"rows_written", "num_examples"}) marks results of an incomplete store
+    in summary.json and results.json. `write=False` only computes the
+    summary: on several hosts every process holds the same results and one
+    of them writes.
     """
     table = metric_table(result, label_data)
     summary = summarize(table, result, label_data, pooling, settings.bootstrap_resamples)
+    if partial:
+        summary["partial_store"] = dict(partial)
     if not write:
         return summary
-    workdir.write_bytes(probe_file(pooling, METRICS_CSV), _csv_bytes(METRICS_COLUMNS, table))
-    workdir.write_bytes(
-        probe_file(pooling, CURVES_CSV), _csv_bytes(CURVES_COLUMNS, curve_table(result))
-    )
-    workdir.write_json(probe_file(pooling, SUMMARY_JSON), _json_safe(summary))
-    workdir.write_json(
-        probe_file(pooling, PROBE_CONFIG_JSON),
-        _json_safe(probe_config(settings, result, label_data)),
-    )
-    workdir.write_bytes(probe_file(pooling, WEIGHTS_NPZ), weights_bytes(result, label_data))
-    workdir.write_bytes(probe_file(pooling, PREDICTIONS_NPZ), predictions_bytes(result, label_data))
+    files = {
+        METRICS_CSV: _csv_bytes(METRICS_COLUMNS, table),
+        CURVES_CSV: _csv_bytes(CURVES_COLUMNS, curve_table(result)),
+        SUMMARY_JSON: _json_bytes(_json_safe(summary)),
+        PROBE_CONFIG_JSON: _json_bytes(_json_safe(probe_config(settings, result, label_data))),
+        WEIGHTS_NPZ: weights_bytes(result, label_data),
+        PREDICTIONS_NPZ: predictions_bytes(result, label_data),
+    }
+    meta = {"partial_store": dict(partial)} if partial else None
+    write_probe_dir(workdir, probes_dir(pooling), files, meta)
     return summary
+
+
+def _json_bytes(obj: Any) -> bytes:
+    """The bytes Workdir.write_json writes (same layout as before the atomic writer)."""
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
 
 
 def _json_safe(obj: Any) -> Any:

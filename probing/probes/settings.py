@@ -193,4 +193,8 @@ def default_config() -> ml_collections.ConfigDict:
     # 80-category multilabel one (the cost grows with layers x seeds x categories):
     # there use a GPU or ~2,000 (interval ends then move by < 0.1 bootstrap sd).
     config.bootstrap_resamples = defaults.bootstrap_resamples
+    # Probe a workdir whose extraction has not finished (manifest complete: false),
+    # using its written rows only; summary.json and results.json then say so.
+    # Off by default: an incomplete store is refused.
+    config.allow_partial = False
     return config

@@ -1,10 +1,12 @@
 """Stage 2 for a workdir: trains the probe sweep of each pooling and writes probes/<pooling>/.
 
-train_workdir validates every input (settings, labels, poolings) before
-anything is compiled or trained, then runs probing.probes.sweep's streaming
+train_workdir validates every input (settings, a complete store unless
+config.allow_partial, labels, poolings, every pooling's features free of NaN,
+Inf, overflowing magnitudes and lost chunks) before anything is compiled or
+trained, then runs probing.probes.sweep's streaming
 sweep per pooling and writes metrics.csv, curves.csv, summary.json,
 probe_config.json, weights.npz and predictions.npz through
-probing.probes.results. On several hosts every process trains, process 0
+probing.probes.results, as one unit (probing.store.atomic). On several hosts every process trains, process 0
 writes.
 """
 
@@ -22,7 +24,9 @@ from probing.probes.data import check_pooling, load_features, load_labels
 from probing.probes.results import write_results
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_streaming_sweep
-from probing.store.layout import SCORING_SPLIT, SPLIT_NAMES, probes_dir
+from probing.store.integrity import check_all_features, check_features, require_complete
+from probing.store.layout import SCORING_SPLIT, SPLIT_NAMES, WRITTEN, probes_dir
+from probing.store.remote import check_remote_reachable
 from probing.store.workdir import Workdir, WorkdirError
 
 
@@ -53,12 +57,30 @@ def _check_bootstrap(workdir: Workdir, label_data, settings: SweepSettings) -> N
         )
 
 
-def train_pooling(workdir: str | Workdir, config: Any, pooling: str) -> dict[str, Any]:
-    """Trains and writes the probes of one pooling; returns its summary.json content."""
+def _partial(workdir: Workdir, config: Any) -> dict[str, Any] | None:
+    """Refuses an incomplete store unless config.allow_partial; then says how partial it is."""
+    manifest = require_complete(workdir, bool(config.get("allow_partial", False)))
+    if manifest.get("complete") is True:
+        return None
+    written = int((workdir.read_array(WRITTEN) == 1).sum())
+    return {"rows_written": written, "num_examples": int(manifest["num_examples"])}
+
+
+def train_pooling(
+    workdir: str | Workdir, config: Any, pooling: str, features_checked: bool = False
+) -> dict[str, Any]:
+    """Trains and writes the probes of one pooling; returns its summary.json content.
+
+    `features_checked`: `check_features` already passed for this pooling
+    (train_workdir checks every pooling before training any).
+    """
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     settings = SweepSettings.from_config(config)
+    partial = _partial(workdir, config)
     label_data = load_labels(workdir)
     check_pooling(workdir, pooling)
+    if not features_checked:
+        check_features(workdir, pooling)
     layers = _layers_to_probe(config, label_data.num_layers)
 
     if settings.layer_group_size and settings.layer_group_size < len(layers):
@@ -79,7 +101,7 @@ def train_pooling(workdir: str | Workdir, config: Any, pooling: str) -> dict[str
         settings,
     )
     summary = write_results(
-        workdir, pooling, result, label_data, settings, write=jax.process_index() == 0
+        workdir, pooling, result, label_data, settings, jax.process_index() == 0, partial
     )
     best = summary["best_layer"]
     logging.info(
@@ -107,14 +129,32 @@ def train_workdir(
       pooling name -> its summary (the content of probes/<pooling>/summary.json).
     """
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    # A bucket that does not answer fails in seconds, not after minutes of retries.
+    check_remote_reachable(workdir, write=jax.process_index() == 0)
     manifest = workdir.manifest()
     poolings = list(poolings or manifest["poolings"])
     if not poolings:
         raise WorkdirError(f"{workdir.location}/manifest.json lists no poolings")
-    # Validate everything up front: a bad second pooling should not surface
-    # after the first one has trained.
+    # Validate everything up front: a bad second pooling (or NaN, Inf, a huge
+    # value or a lost chunk in its features) should not surface after the
+    # first one has trained.
     settings = SweepSettings.from_config(config)
-    _check_bootstrap(workdir, load_labels(workdir), settings)
+    _partial(workdir, config)
+    label_data = load_labels(workdir)
+    _check_bootstrap(workdir, label_data, settings)
     for pooling in poolings:
         check_pooling(workdir, pooling)
-    return {pooling: train_pooling(workdir, config, pooling) for pooling in poolings}
+    written = np.zeros(int(manifest["num_examples"]), bool)
+    written[label_data.rows] = True
+    for report in check_all_features(workdir, poolings, written):
+        logging.info(
+            "%s: %d rows checked, largest |x| %.3g (limit %.3g)",
+            report.name,
+            report.rows_checked,
+            report.max_abs,
+            report.threshold,
+        )
+    return {
+        pooling: train_pooling(workdir, config, pooling, features_checked=True)
+        for pooling in poolings
+    }

@@ -28,7 +28,13 @@ from probing.reporting import document, tables
 from probing.reporting.document import Block, Code, Heading, Paragraph, Table
 from probing.reporting.figures import FIGURES, FigureContext
 from probing.reporting.figures.style import file_stem
-from probing.reporting.runs import ProbeRun, group_by_task, load_runs
+from probing.reporting.runs import (
+    ProbeRun,
+    ReportError,
+    dedupe_workdirs,
+    group_by_task,
+    load_runs,
+)
 
 
 def _report_command(workdirs: Sequence[str], out_dir: str, **options: Any) -> str:
@@ -123,6 +129,7 @@ def build_report(
     tasks: Sequence[str] | None = None,
     layers: Sequence[int] = (),
     command: str | None = None,
+    allow_partial: bool = False,
 ) -> str:
     """Writes the report of `workdirs` to `out_dir` and returns the path of report.md.
 
@@ -134,13 +141,18 @@ def build_report(
       layers: extra layers whose loss curves are drawn, besides best and worst.
       command: the command line to record; default: the equivalent
         `python -m probing.report` invocation.
+      allow_partial: also report workdirs whose extraction has not finished
+        (their runs are labelled "[partial store]").
 
     Raises:
       ReportError: no workdirs, a workdir without probe results, an empty
         selection, or one task name used with different label kinds.
     """
-    runs = load_runs(workdirs, poolings, tasks)
+    workdirs = dedupe_workdirs(workdirs)
+    runs = load_runs(workdirs, poolings, tasks, allow_partial)
     by_task = group_by_task(runs)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ReportError(f"--out={out_dir} is a file; pass a folder for the report")
     os.makedirs(out_dir, exist_ok=True)
     figures_dir = os.path.join(out_dir, "figures")
     command = command or _report_command(

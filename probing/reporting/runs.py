@@ -20,6 +20,9 @@ import numpy as np
 from absl import logging
 
 from probing.probes.metrics import category_metric
+from probing.reporting.consistency import check_seeds_agree, dedupe_workdirs
+from probing.store.atomic import verify_probe_dir
+from probing.store.integrity import require_complete
 from probing.store.layout import (
     CONFIG_JSON,
     CURVES_COLUMNS,
@@ -31,7 +34,9 @@ from probing.store.layout import (
     SCORING_SPLIT,
     SUMMARY_JSON,
     probe_file,
+    probes_dir,
 )
+from probing.store.remote import check_remote_reachable
 from probing.store.workdir import Workdir, WorkdirError
 
 # Baseline variants a run can be, read from its manifest and config; the
@@ -91,6 +96,11 @@ class ProbeRun:
     label: str = ""
     predictions: dict[str, np.ndarray] | None = None
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def partial(self) -> bool:
+        """Probed from a store whose extraction had not finished (allow_partial)."""
+        return self.manifest.get("complete") is not True
 
     @property
     def model_id(self) -> str:
@@ -268,17 +278,22 @@ def _optional_json(workdir: Workdir, name: str) -> dict[str, Any]:
     return workdir.read_json(name) if workdir.exists(name) else {}
 
 
-def load_workdir_runs(location: str, poolings: Sequence[str] | None = None) -> list[ProbeRun]:
+def load_workdir_runs(
+    location: str, poolings: Sequence[str] | None = None, allow_partial: bool = False
+) -> list[ProbeRun]:
     """Every probed pooling of one workdir, or of the selected `poolings`.
 
     Returns [] when `poolings` excludes every pooling of the workdir.
 
     Raises:
-      ReportError: the workdir holds no probe results for any selected pooling.
-      WorkdirError: it is not a workdir (no manifest.json).
+      ReportError: the workdir holds no probe results for any selected
+        pooling, or a results folder mixes files of different runs.
+      WorkdirError: it is not a workdir (no manifest.json), or its extraction
+        has not finished and `allow_partial` is off.
     """
     workdir = Workdir(location)
-    manifest = workdir.manifest()
+    check_remote_reachable(workdir, write=False)
+    manifest = require_complete(workdir, allow_partial, flag="--allow_partial")
     num_layers = int(manifest["num_layers"])
     config = _optional_json(workdir, CONFIG_JSON)
     available = [str(p) for p in manifest.get("poolings", [])]
@@ -292,8 +307,13 @@ def load_workdir_runs(location: str, poolings: Sequence[str] | None = None) -> l
         if not workdir.exists(probe_file(pooling, METRICS_CSV)):
             logging.warning("%s: no probe results for pooling %r; skipped", location, pooling)
             continue
+        # A folder whose files are not one run is refused before anything is parsed.
+        verified = verify_probe_dir(workdir, probes_dir(pooling)) is not None
         metrics, seeds = _load_metrics(workdir, pooling, num_layers)
         curves, epochs = _load_curves(workdir, pooling, num_layers, seeds)
+        predictions = _load_predictions(workdir, pooling)
+        if not verified:
+            check_seeds_agree(workdir, pooling, seeds, curves, predictions)
         summary = _optional_json(workdir, probe_file(pooling, SUMMARY_JSON))
         headline = summary.get("headline_metric") or HEADLINE_METRIC[manifest["label_kind"]]
         runs.append(
@@ -307,7 +327,7 @@ def load_workdir_runs(location: str, poolings: Sequence[str] | None = None) -> l
                 seeds=seeds,
                 curves=curves,
                 epochs=epochs,
-                predictions=_load_predictions(workdir, pooling),
+                predictions=predictions,
                 summary=summary,
             )
         )
@@ -330,27 +350,31 @@ def _assign_labels(runs: list[ProbeRun]) -> None:
     for run, key in zip(runs, base, strict=True):
         clashes = base.count(key) > 1
         suffix = f" [{os.path.basename(run.workdir.rstrip('/'))}]" if clashes else ""
-        run.label = key[1] + suffix
+        # Every figure, table and legend names a partially extracted store as such.
+        run.label = key[1] + suffix + (" [partial store]" if run.partial else "")
 
 
 def load_runs(
     workdirs: Sequence[str],
     poolings: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
+    allow_partial: bool = False,
 ) -> list[ProbeRun]:
-    """Probe runs of all `workdirs`, filtered by pooling and task.
+    """Probe runs of all `workdirs` (each once), filtered by pooling and task.
 
     Raises:
-      ReportError: no workdirs were given, one has no probe results, or the
-        selection leaves nothing to report.
+      ReportError: no workdirs were given, one has no probe results, mixes
+        files of different probe runs, is incomplete (unless
+        `allow_partial`), or the selection leaves nothing to report.
     """
     workdirs = [location for location in workdirs if location.strip()]
     if not workdirs:
         raise ReportError("no workdirs given; pass --workdirs=DIR[,DIR...]")
+    workdirs = dedupe_workdirs(workdirs)
     runs: list[ProbeRun] = []
     for location in workdirs:
         try:
-            runs.extend(load_workdir_runs(location, poolings))
+            runs.extend(load_workdir_runs(location, poolings, allow_partial))
         except WorkdirError as error:
             raise ReportError(str(error)) from error
     if tasks:

@@ -61,6 +61,8 @@ SUMMARY_JSON = "summary.json"
 PROBE_CONFIG_JSON = "probe_config.json"
 WEIGHTS_NPZ = "weights.npz"
 PREDICTIONS_NPZ = "predictions.npz"
+# Written last: every other file's sha256, so a reader can refuse a mixed folder.
+RESULTS_JSON = "results.json"
 METRICS_COLUMNS = ("layer", "seed", "split", "metric", "value")
 CURVES_COLUMNS = ("layer", "seed", "epoch", "split", "loss")
 

@@ -8,6 +8,7 @@ TensorStore's kvstore layer, so a workdir on a bucket works like a local one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -29,7 +30,16 @@ def _kvstore_spec(location: str) -> dict[str, Any]:
         if location.startswith(scheme):
             bucket, _, prefix = location[len(scheme) :].partition("/")
             path = prefix.rstrip("/") + "/" if prefix else ""
-            return {"driver": driver, "bucket": bucket, "path": path}
+            spec = {"driver": driver, "bucket": bucket, "path": path}
+            if driver == "s3":
+                # S3-compatible stores (MinIO, R2, ...) are named by the variables
+                # the AWS tools read.
+                if os.environ.get("AWS_ENDPOINT_URL"):
+                    spec["endpoint"] = os.environ["AWS_ENDPOINT_URL"]
+                region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                if region:
+                    spec["aws_region"] = region
+            return spec
     if "://" in location and not location.startswith("file://"):
         raise WorkdirError(
             f"workdir {location!r}: unsupported URL scheme; use a local path, "
@@ -89,11 +99,18 @@ class Workdir:
             path = os.path.join(self.local_path, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                # A full disk (or a kill signal raised as an exception) leaves no
+                # temporary file behind; the previous version of the file stays.
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
         else:
             self._store().write(name, data).result()
 
@@ -116,7 +133,13 @@ class Workdir:
 
     # --------------------------------------------------------------- arrays
     def array_spec(self, name: str) -> dict[str, Any]:
-        return {"driver": "zarr3", "kvstore": self.kvstore(name)}
+        # A chunk equal to the fill value is written anyway, so that an absent
+        # chunk file always means lost data, which readers can then refuse.
+        return {
+            "driver": "zarr3",
+            "kvstore": self.kvstore(name),
+            "store_data_equal_to_fill_value": True,
+        }
 
     def array_exists(self, name: str) -> bool:
         return self.exists(f"{name}/zarr.json")

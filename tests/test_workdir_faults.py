@@ -1,0 +1,284 @@
+"""Fault injection (issue 14): each way a workdir could lie is refused, and nothing computed is lost.
+
+Cases: inputs edited between a run and its resume (captions, removed images,
+weights, tokenizer), a second writer, overwrite beside user files, a remote
+workdir that does not answer, incomplete and damaged stores before training,
+mixed and repeated probe results in the report.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from probing.config_files import REPO_ROOT
+from probing.extraction.runner import extract
+from probing.extraction.settings import ExtractionError
+from probing.models import resolve_model_path
+from probing.probes.train import train_workdir
+from probing.reporting.runs import ReportError, load_runs
+from probing.store import layout
+from probing.store.integrity import FeatureError, IncompleteWorkdirError
+from probing.store.lock import LockError
+from probing.store.remote import RemoteWorkdirError
+from probing.store.workdir import Workdir
+from probing.testing.planted import planted_arrays, write_workdir
+
+
+def _config(tmp_path, model: str = "tiny:qwen2_vl"):
+    from configs.demo import get_config
+
+    config = get_config("qwen2_vl,caption")
+    config.model.name = model
+    config.data.synthetic.num_images = 40
+    config.data.synthetic.cache_dir = str(tmp_path / "data")  # this test's own copy
+    config.task.split_sizes.val = 8
+    config.task.split_sizes.test = 8
+    config.extract.batch_size = 8
+    config.extract.poolings = ("mean",)
+    return config
+
+
+def _features(workdir: str) -> np.ndarray:
+    return Workdir(workdir).read_array(layout.features("mean"))
+
+
+@pytest.fixture()
+def local_checkpoint(tmp_path):
+    """A copy of the tiny checkpoint at a local path that the test may edit."""
+    path = str(tmp_path / "ckpt")
+    shutil.copytree(resolve_model_path("tiny:qwen2_vl"), path)
+    return path
+
+
+# -------------------------------------------------- resume with other inputs
+
+
+@pytest.mark.slow
+def test_resume_refuses_edited_captions_naming_the_row(tmp_path, single_thread):
+    config, workdir = _config(tmp_path), str(tmp_path / "w")
+    extract(config, workdir)
+    before = _features(workdir)
+    (captions,) = glob.glob(str(tmp_path / "data" / "**" / "captions_*.json"), recursive=True)
+    with open(captions) as f:
+        data = json.load(f)
+    for annotation in data["annotations"]:
+        annotation["caption"] = annotation["caption"].replace("a ", "one ", 1)
+    with open(captions, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ExtractionError) as refused:
+        extract(config, workdir)
+    message = str(refused.value)
+    assert "the task rows (row " in message and "prompt was" in message
+    assert "another --workdir" in message and "overwrite=True" in message
+    np.testing.assert_array_equal(_features(workdir), before)  # nothing lost
+
+
+@pytest.mark.slow
+def test_resume_refuses_removed_images(tmp_path, single_thread):
+    config, workdir = _config(tmp_path), str(tmp_path / "w")
+    extract(config, workdir)
+    with config.unlocked():
+        config.data.skip_unreadable_images = True
+    images = sorted(glob.glob(str(tmp_path / "data" / "**" / "*.png"), recursive=True))
+    for path in images[:3]:
+        os.remove(path)
+    with pytest.raises(ExtractionError, match=r"the task rows \(") as refused:
+        extract(config, workdir)
+    # The config changed too (the skip flag), and both are named.
+    assert "skip_unreadable_images" in str(refused.value)
+
+
+@pytest.mark.slow
+def test_resume_refuses_replaced_weights_and_tokenizer(tmp_path, local_checkpoint, single_thread):
+    config, workdir = _config(tmp_path, model=local_checkpoint), str(tmp_path / "w")
+    extract(config, workdir)
+    (weights_file,) = glob.glob(os.path.join(local_checkpoint, "*.safetensors"))
+    shutil.copy(weights_file, tmp_path / "original.safetensors")
+    tensors = load_file(weights_file)
+    # Same names, shapes and dtypes (an identical safetensors header), new values.
+    save_file({k: v * 1.5 for k, v in tensors.items()}, weights_file, metadata={"format": "pt"})
+    with pytest.raises(ExtractionError, match="the model weights"):
+        extract(config, workdir)
+    shutil.copy(tmp_path / "original.safetensors", weights_file)
+    extract(config, workdir)  # the original weights match again: resumed
+
+    # A tokenizer file rewritten (here only re-indented) at the same path.
+    tokenizer = os.path.join(local_checkpoint, "tokenizer.json")
+    with open(tokenizer) as f:
+        data = json.load(f)
+    with open(tokenizer, "w") as f:
+        json.dump(data, f, indent=1)
+    with pytest.raises(ExtractionError, match=r"checkpoint file tokenizer\.json"):
+        extract(config, workdir)
+
+
+# ----------------------------------------------------------- one writer only
+
+
+def test_second_extraction_stops_at_once_naming_the_holder(tmp_path):
+    workdir = str(tmp_path / "w")
+    code = (
+        "import sys, time\n"
+        "from probing.store.lock import WorkdirLock\n"
+        "WorkdirLock(sys.argv[1], command='probing.extract (first)').acquire()\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, workdir], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        config = _config(tmp_path)
+        with config.unlocked():
+            config.data.source = "coco"  # would fail if the task were built
+            config.data.coco_root = str(tmp_path / "no_coco_here")
+        started = time.monotonic()
+        with pytest.raises(LockError, match=rf"pid {holder.pid}.*probing\.extract \(first\)"):
+            extract(config, workdir)
+        assert time.monotonic() - started < 10
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+# ------------------------------------------------------------------ overwrite
+
+
+@pytest.mark.slow
+def test_overwrite_keeps_user_files_and_resumes_a_matching_run(tmp_path, single_thread):
+    config, workdir = _config(tmp_path), str(tmp_path / "w")
+    extract(config, workdir)
+    before = _features(workdir)
+    os.makedirs(os.path.join(workdir, "report"))
+    with open(os.path.join(workdir, "report", "notes.md"), "w") as f:
+        f.write("my notes")
+    with config.unlocked():
+        config.overwrite = True
+    # Same run: resumed (nothing recomputed, nothing deleted) despite overwrite=True.
+    mtime = os.path.getmtime(os.path.join(workdir, "features", "mean", "zarr.json"))
+    extract(config, workdir)
+    assert os.path.getmtime(os.path.join(workdir, "features", "mean", "zarr.json")) == mtime
+    # Another run: refused while report/ is there; nothing touched.
+    with config.unlocked():
+        config.extract.feature_dtype = "float16"
+    with pytest.raises(ExtractionError, match=r"report/.*move them out"):
+        extract(config, workdir)
+    np.testing.assert_array_equal(_features(workdir), before)
+    with open(os.path.join(workdir, "report", "notes.md")) as f:
+        assert f.read() == "my notes"
+    # Moved out: overwrite replaces the features.
+    shutil.move(os.path.join(workdir, "report"), str(tmp_path / "report"))
+    manifest = extract(config, workdir)
+    assert manifest["complete"] and os.path.exists(os.path.join(workdir, ".lock"))
+
+
+# ------------------------------------------------------------------- remote
+
+
+def test_remote_workdir_that_does_not_answer_fails_before_the_task(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    config = _config(tmp_path)
+    with config.unlocked():
+        config.data.source = "coco"  # would fail if the task were built
+        config.data.coco_root = str(tmp_path / "no_coco_here")
+    monkeypatch.setattr("probing.store.remote.DEFAULT_TIMEOUT_S", 3.0)
+    started = time.monotonic()
+    with pytest.raises(RemoteWorkdirError, match=r"s3://bucket/run.*no AWS credentials found"):
+        extract(config, "s3://bucket/run")
+    assert time.monotonic() - started < 15
+
+
+# ------------------------------------------- damaged or incomplete stores
+
+
+def _planted(location, written=None, poolings=("mean", "last")):
+    arrays = planted_arrays(120, 3, 4, [1], strength=5.0, seed=1)
+    return write_workdir(location, arrays, poolings=poolings, written=written)
+
+
+def _probe_config(**overrides):
+    from configs.probe import get_config
+
+    config = get_config()
+    config.num_seeds = 1
+    config.epochs = 2
+    config.update(overrides)
+    return config
+
+
+def test_training_refuses_an_incomplete_store_unless_allowed(tmp_path):
+    written = np.ones(120, np.uint8)
+    written[100:] = 0
+    workdir = _planted(str(tmp_path / "w"), written, poolings=("mean",))
+    with pytest.raises(IncompleteWorkdirError, match=r"100 of 120 rows written.*allow_partial"):
+        train_workdir(workdir.location, _probe_config())
+    assert not os.path.exists(os.path.join(workdir.location, "probes"))
+    summary = train_workdir(workdir.location, _probe_config(allow_partial=True))["mean"]
+    assert summary["partial_store"] == {"rows_written": 100, "num_examples": 120}
+    with open(os.path.join(workdir.location, "probes", "mean", "results.json")) as f:
+        assert json.load(f)["partial_store"]["rows_written"] == 100
+    with pytest.raises(ReportError, match="allow_partial"):
+        load_runs([workdir.location])
+    (run,) = load_runs([workdir.location], allow_partial=True)
+    assert run.label.endswith("[partial store]")
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("huge", r"features/last: layer\(s\) 2 hold values beyond .* rows 17;"),
+        ("inf", r"features/last: layer\(s\) 2 hold NaN or Inf in rows 17;"),
+        ("chunk", r"features/last: chunk files of written rows are missing .* rows 64, 65"),
+    ],
+)
+def test_damage_in_the_second_pooling_stops_before_any_training(tmp_path, damage, expected):
+    workdir = _planted(str(tmp_path / "w"))
+    if damage == "chunk":
+        os.remove(os.path.join(workdir.location, "features", "last", "c", "1", "0", "0"))
+    else:
+        array = workdir.open_array(layout.features("last"))
+        array[17, 2, 0].write(3e38 if damage == "huge" else np.inf).result()
+    with pytest.raises(FeatureError, match=expected):
+        train_workdir(workdir.location, _probe_config())
+    # The first pooling was not trained either: the check precedes all training.
+    assert not os.path.exists(os.path.join(workdir.location, "probes"))
+
+
+def test_report_reads_a_repeated_workdir_once(tmp_path):
+    workdir = _planted(str(tmp_path / "w"), poolings=("mean",))
+    train_workdir(workdir.location, _probe_config())
+    runs = load_runs([workdir.location, workdir.location + "/", str(tmp_path / "w" / ".")])
+    assert len(runs) == 1
+
+
+def test_checkpoint_with_truncated_weights_is_named_before_the_task(tmp_path, local_checkpoint):
+    (weights_file,) = glob.glob(os.path.join(local_checkpoint, "*.safetensors"))
+    with open(weights_file, "r+b") as f:
+        f.truncate(os.path.getsize(weights_file) // 2)
+    config = _config(tmp_path, model=local_checkpoint)
+    with config.unlocked():
+        config.data.source = "coco"  # would fail if the task were built
+        config.data.coco_root = str(tmp_path / "no_coco_here")
+    with pytest.raises(ValueError, match=r"model\.safetensors is truncated"):
+        extract(config, str(tmp_path / "w"))
+    os.remove(weights_file)
+    with pytest.raises(ValueError, match="has no weights file"):
+        extract(config, str(tmp_path / "w"))
