@@ -29,8 +29,18 @@ measured on a GPU.
 
 from probing.extraction.config import coco_study_config
 
+# TO REVIEW BEFORE A REAL RUN: pin the commit hash of KamilaMila/FastVLM-0.5B
+# that was validated (huggingface.co/KamilaMila/FastVLM-0.5B/commits/main).
+# This is a community conversion, not Apple's release, and its files may be
+# replaced under "main"; no hash is written here because none could be
+# verified without hub access. Until it is pinned, the manifest's
+# model.resolved_revision records the commit that was actually loaded.
+FASTVLM_REVISION = "main"
+
 
 def get_config(arg=None):
     # FastVLM-0.5B converted to transformers' native fast_vlm format (Apple's
     # apple/FastVLM-0.5B repository needs trust_remote_code and is not this class).
-    return coco_study_config(arg, model_name="KamilaMila/FastVLM-0.5B", family="fast_vlm")
+    return coco_study_config(
+        arg, model_name="KamilaMila/FastVLM-0.5B", family="fast_vlm", revision=FASTVLM_REVISION
+    )

@@ -31,4 +31,8 @@ from probing.extraction.config import coco_study_config
 
 
 def get_config(arg=None):
-    return coco_study_config(arg, model_name="Qwen/Qwen2-VL-2B-Instruct", family="qwen2_vl")
+    # "main" follows the hub branch; the manifest records the commit actually
+    # loaded (model.resolved_revision). Pin that commit here once validated.
+    return coco_study_config(
+        arg, model_name="Qwen/Qwen2-VL-2B-Instruct", family="qwen2_vl", revision="main"
+    )

@@ -61,6 +61,8 @@ class ModelAdapter:
         self.model = model
         self.processor = processor
         self.set_prompt_format(prompt_format)
+        # The hub commit loaded, set by load_model (None: local or unknown).
+        self.resolved_revision: str | None = None
 
     # -- tokenizer padding -------------------------------------------------
 

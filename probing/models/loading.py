@@ -224,6 +224,9 @@ def load_model(
     model.requires_grad_(False)
 
     adapter = adapter_class(model, processor, prompt_format=model_config.prompt_format)
+    # The commit a hub id resolved to (None for local directories): what the
+    # manifest records, since a branch name like "main" moves.
+    adapter.resolved_revision = getattr(hf_config, "_commit_hash", None)
     if model_config.padding_side is not None:
         adapter.set_padding_side(model_config.padding_side)
     return model, processor, adapter
