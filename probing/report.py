@@ -28,6 +28,12 @@ _TASKS = flags.DEFINE_list("tasks", None, "Only workdirs of these tasks (default
 _LAYERS = flags.DEFINE_list(
     "layers", [], "Extra layers whose loss curves are drawn, besides the best and the worst."
 )
+_TABLE1_CATEGORY = flags.DEFINE_string(
+    "first_token_category",
+    "",
+    "Category of Tao's Table 1 (first tokens with vs without it); default person, or the "
+    "most frequent category when no image has one (generated data).",
+)
 flags.mark_flags_as_required(["workdirs", "out"])
 
 
@@ -47,6 +53,7 @@ def main(argv: Sequence[str]) -> None:
         tasks=_TASKS.value,
         layers=layers,
         command=shlex.join(["python", "-m", "probing.report", *sys.argv[1:]]),
+        first_token_category=_TABLE1_CATEGORY.value,
     )
     print(path)
 

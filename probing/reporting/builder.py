@@ -27,7 +27,8 @@ from probing.reporting import document, tables
 from probing.reporting.document import Block, Code, Heading, Paragraph, Table
 from probing.reporting.figures import FIGURES, FigureContext
 from probing.reporting.figures.style import file_stem
-from probing.reporting.runs import ProbeRun, group_by_task, load_runs
+from probing.reporting.first_tokens import table1_blocks
+from probing.reporting.runs import ProbeRun, group_runs, load_runs
 
 
 def _report_command(workdirs: Sequence[str], out_dir: str, **options: Any) -> str:
@@ -67,7 +68,9 @@ def _environment_rows(run: ProbeRun) -> list[list[str]]:
         ["model id", _recorded(model.get("id"))],
         ["revision", _recorded(model.get("revision"))],
         ["family", _recorded(model.get("family"))],
+        ["resolved revision", _recorded(model.get("resolved_revision"))],
         ["random init", str(bool(model.get("random_init", False))).lower()],
+        ["prompt format", _recorded(model.get("prompt_format"))],
         ["task", run.task],
         ["label kind", run.label_kind],
         ["prompt template", _recorded(manifest.get("prompt_template"))],
@@ -76,6 +79,11 @@ def _environment_rows(run: ProbeRun) -> list[list[str]]:
         ["model dtype", _recorded(manifest.get("dtype"))],
         ["feature dtype", _recorded(manifest.get("feature_dtype"))],
     ]
+    composition = manifest.get("token_composition", {}).get("mean_tokens")
+    if composition:
+        rows.append(
+            ["tokens per row (mean)", ", ".join(f"{k} {v:g}" for k, v in composition.items())]
+        )
     if manifest.get("hardware"):
         rows.append(["extraction hardware", str(manifest["hardware"])])
     rows.append(["date", _recorded(manifest.get("date"))])
@@ -88,7 +96,8 @@ def _first_token_blocks(runs: Sequence[ProbeRun], out_dir: str) -> list[Block]:
     blocks: list[Block] = []
     seen = set()
     for run in runs:
-        if run.workdir in seen:
+        # Category workdirs get Tao's Table 1 by category presence (table1_blocks).
+        if run.workdir in seen or run.label_kind != "binary":
             continue
         seen.add(run.workdir)
         table = tables.load_first_token_table(run.workdir)
@@ -122,6 +131,7 @@ def build_report(
     tasks: Sequence[str] | None = None,
     layers: Sequence[int] = (),
     command: str | None = None,
+    first_token_category: str = "",
 ) -> str:
     """Writes the report of `workdirs` to `out_dir` and returns the path of report.md.
 
@@ -133,13 +143,15 @@ def build_report(
       layers: extra layers whose loss curves are drawn, besides best and worst.
       command: the command line to record; default: the equivalent
         `python -m probing.report` invocation.
+      first_token_category: the category of Tao's Table 1 (default person, or
+        the most frequent category of data without people).
 
     Raises:
       ReportError: no workdirs, a workdir without probe results, an empty
         selection, or one task name used with different label kinds.
     """
     runs = load_runs(workdirs, poolings, tasks)
-    by_task = group_by_task(runs)
+    by_task = group_runs(runs)
     os.makedirs(out_dir, exist_ok=True)
     figures_dir = os.path.join(out_dir, "figures")
     command = command or _report_command(
@@ -165,8 +177,10 @@ def build_report(
     for task in by_task:
         task_rows = [row for row in rows if row.task == task]
         blocks.append(Heading(f"Task {task}", 3))
+        baselines = tables.baseline_cells(by_task[task])
+        note = tables.PAIRING_NOTE + (" " + tables.BASELINE_NOTE if baselines else "")
         blocks.append(
-            Table(tables.RESULTS_HEADER, tables.results_cells(task_rows), tables.PAIRING_NOTE)
+            Table(tables.RESULTS_HEADER, tables.results_cells(task_rows) + baselines, note)
         )
     blocks.append(Paragraph("Full-precision values: results.csv."))
 
@@ -178,6 +192,7 @@ def build_report(
             blocks.extend(figure(members, context))
 
     blocks.extend(_first_token_blocks(runs, out_dir))
+    blocks.extend(table1_blocks(runs, out_dir, first_token_category))
 
     blocks.append(Heading("Environment"))
     seen = set()

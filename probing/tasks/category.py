@@ -174,7 +174,9 @@ def build_category_rows(
             images_without_categories += not present.any()
             rng = np.random.default_rng([seed, CANDIDATE_STREAM, image_id])
             scored = _scored_columns(present, task.category_form, per_image, rng)
-            base = {"image_id": int(image_id)}
+            # Every category the image shows (not only scored ones): what
+            # Tao's Table 1 splits rows by. Never part of a prompt.
+            base = {"image_id": int(image_id), "present": sorted(image_categories)}
             if not withcat:
                 prompt = render_categories(template, [])
                 add(split, {**base, "prompt": prompt}, present, scored)

@@ -30,6 +30,9 @@ from probing.reporting.runs import TRAINED, ProbeRun
 from probing.reporting.statistics import mean_and_ci
 from probing.store.layout import SCORING_SPLIT
 
+# The prompt-text baseline's horizontal line (probing.reporting.baselines).
+PROMPT_BASELINE_STYLE = (0, (6, 2, 1, 2, 1, 2))
+
 
 def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure]:
     """Headline metric per layer with a 95% CI band, raw layer and relative depth.
@@ -58,6 +61,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
         )
         majority_values = set()
         with_control = False
+        with_baseline = False
         for run in runs:
             colour = colours[run.label]
             layers, mean, low, high = headline_stats(run, metric)
@@ -65,6 +69,15 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
                 ax = axes[0, column]
                 draw_series(ax, x, mean, low, high, colour, run.variant, run.label)
                 ax.axhline(mean[0], color=colour, linestyle=LAYER0_STYLE, linewidth=0.7, alpha=0.6)
+                baseline = run.prompt_baseline
+                if baseline is not None and metric in baseline.metrics:
+                    ax.axhline(
+                        baseline.metrics[metric],
+                        color=colour,
+                        linestyle=PROMPT_BASELINE_STYLE,
+                        linewidth=1.1,
+                    )
+                    with_baseline = True
                 if run.has(SCORING_SPLIT, control):
                     control_mean, _, _ = mean_and_ci(run.values(SCORING_SPLIT, control))
                     ax.plot(
@@ -115,6 +128,11 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             labels.append("shuffled-label control of each run")
         handles.append(Line2D([], [], color="grey", linestyle=LAYER0_STYLE, linewidth=0.7))
         labels.append("layer 0 of each run")
+        if with_baseline:
+            handles.append(
+                Line2D([], [], color="grey", linestyle=PROMPT_BASELINE_STYLE, linewidth=1.1)
+            )
+            labels.append("text-only baseline of each run (prompt text alone)")
         if majority_values:
             handles.append(Line2D([], [], color="black", linestyle="-.", linewidth=0.9))
             labels.append("majority class")
@@ -135,7 +153,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
 def _model_groups(runs: Sequence[ProbeRun]) -> dict[str, list[ProbeRun]]:
     groups: dict[str, list[ProbeRun]] = {}
     for run in runs:
-        groups.setdefault(run.model_name, []).append(run)
+        groups.setdefault(run.series or run.model_name, []).append(run)
     return {
         name: members
         for name, members in groups.items()
@@ -164,7 +182,7 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
         for ax, (model, members) in zip(axes.flat, groups.items(), strict=False):
             for index, run in enumerate(members):
                 layers, mean, low, high = headline_stats(run, metric)
-                name = run.label.split(" · ", 1)[1]
+                name = run.pooling
                 draw_series(
                     ax,
                     layers,
