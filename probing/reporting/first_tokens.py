@@ -33,8 +33,12 @@ DEFAULT_CATEGORY = "person"
 
 
 def _greedy(example: dict[str, Any]) -> str | None:
+    """The greedy first token; quoted when it is only whitespace, so a table shows it."""
     topk = example.get(FIRST_TOKEN_FIELD)
-    return str(topk[0][0]) if topk else None
+    if not topk:
+        return None
+    token = str(topk[0][0])
+    return repr(token) if not token.strip() else token
 
 
 def presence_groups(
