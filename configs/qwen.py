@@ -10,9 +10,11 @@
 
 Arguments (comma-separated, any order): the task, caption (default) or
 category; the construction, study2025 (default: the 2025 study's, one random
-negative caption, 3 candidate categories, mean and last pooling) or tao (Tao et
-al. 2024: 5 positives with hard negatives, all 80 categories, last-token
-features); for categories nocat (default) or withcat; smoke swaps in the
+negative caption, 3 candidate categories among its 40 with its singular object
+prompt, chat template, mean, last and text_mean pooling) or tao (Tao et al.
+2024: 5 positives with hard negatives, all 80 categories, raw prompts,
+last-token features); for categories nocat (default) or withcat (the setups
+in full: probing.extraction.config.apply_paper_setup); smoke swaps in the
 tiny random checkpoint of the same architecture and a small generated
 dataset. COCO 2017 is expected under coco_root as
 annotations/{instances,captions}_train2017.json and train2017/*.jpg; the model

@@ -112,7 +112,9 @@ def default_task_config() -> ml_collections.ConfigDict:
     # "subset": like "all" over the categories in category_subset only.
     config.category_form = "candidates"
     # Comma-separated category names for category_form="subset" (and, if set,
-    # the pool the candidates are drawn from for "candidates").
+    # the pool the candidates are drawn from for "candidates"), or a named set:
+    # "study2025" (the 2025 study's 40 COCO categories; on the generated
+    # dataset, which has none of them, all of its own).
     config.category_subset = ""
     # Candidate categories scored per image (category_form="candidates").
     config.candidates_per_image = 3
