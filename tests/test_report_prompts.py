@@ -44,6 +44,7 @@ def report(tmp_path_factory):
     return workdirs, out_dir, build_report(workdirs, out_dir, first_token_category="circle")
 
 
+@pytest.mark.slow
 def test_labels_name_the_prompt_and_never_repeat(report):
     workdirs, _, _ = report
     runs = load_runs(workdirs)
@@ -56,6 +57,7 @@ def test_labels_name_the_prompt_and_never_repeat(report):
         assert len({run.label for run in members}) == len(members)
 
 
+@pytest.mark.slow
 def test_category_forms_never_share_an_axis(report):
     _, out_dir, path = report
     markdown = pathlib.Path(path).read_text()
@@ -65,6 +67,7 @@ def test_category_forms_never_share_an_axis(report):
     assert "category-candidates-_headline_per_layer.png" in figures
 
 
+@pytest.mark.slow
 def test_table1_nocat_beside_withcat(report):
     _, out_dir, path = report
     markdown = pathlib.Path(path).read_text()
@@ -81,6 +84,7 @@ def test_table1_nocat_beside_withcat(report):
     ]
 
 
+@pytest.mark.slow
 def test_text_only_baseline_beside_withcat(report):
     _, _, path = report
     markdown = pathlib.Path(path).read_text()
@@ -94,6 +98,7 @@ def test_text_only_baseline_beside_withcat(report):
     )
 
 
+@pytest.mark.slow
 def test_withcat_lists_give_labels_away_nocat_does_not(report):
     workdirs, _, _ = report
     scores = {}

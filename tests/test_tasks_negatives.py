@@ -128,6 +128,7 @@ def tables(data, cache):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("negatives", ["hard", "random"])
 def test_kept_negatives_are_false_and_not_repeated(dataset, tables, negatives):
     table = tables[negatives]
@@ -149,6 +150,7 @@ def test_kept_negatives_are_false_and_not_repeated(dataset, tables, negatives):
     assert sum(s["negative_sampling"]["rejected_true"] for s in table.stats["splits"].values())
 
 
+@pytest.mark.slow
 def test_hard_negatives_stay_hard(tables):
     hard = tables["hard"].stats
     assert hard["num_candidates_per_positive"] == 5000
@@ -156,6 +158,7 @@ def test_hard_negatives_stay_hard(tables):
     assert hard["hard_negative_fallbacks"] == 0
 
 
+@pytest.mark.slow
 def test_without_the_check_hard_negatives_are_often_true(data, dataset, cache):
     """The check is what removes them: the unchecked construction is measured, not fixed."""
     table = build_task(

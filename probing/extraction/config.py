@@ -21,7 +21,9 @@ def extract_settings() -> ml_collections.ConfigDict:
     # parallel writers (torchrun ranks) never share a chunk.
     config.batch_size = 8
     # Poolings written in one pass, each to features/<name>: mean, max, last,
-    # first, index:K, image_mean, text_mean (see probing.extraction.pooling).
+    # last_prompt, first, index:K, image_mean, text_mean (see
+    # probing.extraction.pooling; "last" under the chat prompt format is the
+    # template's last token, last_prompt the prompt's).
     config.poolings = ("mean", "last")
     # Storage dtype of features/*: float32, float16 or bfloat16. float16 halves
     # the store; probes standardise per layer, so its precision suffices.
