@@ -3,8 +3,9 @@
   python -m probing.extract --config=configs/demo.py:qwen2_vl,caption --workdir=runs/demo/q_cap
   python -m probing.demo      # all families × tasks, probes and report (about 1 min on 2 CPUs)
 
-The argument is "<family>,<task>": family qwen2_vl (default) or fast_vlm
-(any family `probing.models.tiny` builds), task caption (default) or category.
+The argument is "<family>,<task>[,withcat]": family qwen2_vl (default) or
+fast_vlm (any family `probing.models.tiny` builds), task caption (default) or
+category, and for categories the prompt nocat (default) or withcat.
 One extraction takes about 5-15 s on a 2-core CPU. Nothing is downloaded:
 the checkpoint is built locally (random weights, real architecture, real
 image processor, a tokenizer trained on the fly) and loaded with
@@ -17,7 +18,12 @@ from probing.models.tiny import tiny_families
 
 def get_config(arg=None):
     args = parse_config_arg(
-        arg, {"family": ("qwen2_vl", *tiny_families()), "task": ("caption", "category")}
+        arg,
+        {
+            "family": ("qwen2_vl", *tiny_families()),
+            "task": ("caption", "category"),
+            "prompt": ("nocat", "withcat"),
+        },
     )
     config = extraction_config()
     # "tiny:<family>" builds (once, cached) a tiny random checkpoint of that
@@ -28,6 +34,11 @@ def get_config(arg=None):
     # small enough for the whole demo to stay within a few minutes.
     config.data.synthetic.num_images = 240
     config.task.kind = args["task"]
+    # Category runs: NoCat, or Tao's WithCat (the image's other categories
+    # listed), with the first generated tokens recorded for Tao's Table 1.
+    config.task.category_prompt = args["prompt"]
+    if args["task"] == "category":
+        config.extract.first_token_topk = 5
     config.task.split_sizes.val = 40
     config.task.split_sizes.test = 40
     config.extract.batch_size = 16

@@ -10,9 +10,11 @@
 
 Arguments (comma-separated, any order): the task, caption (default) or
 category; the construction, study2025 (default: the 2025 study's, one random
-negative caption, 3 candidate categories, mean and last pooling) or tao (Tao et
-al. 2024: 5 positives with hard negatives, all 80 categories, last-token
-features); for categories nocat (default) or withcat; smoke swaps in the
+negative caption, 3 candidate categories among its 40 with its singular object
+prompt, chat template, mean, last and text_mean pooling) or tao (Tao et al.
+2024: 5 positives with hard negatives, all 80 categories, raw prompts,
+last-token features); for categories nocat (default) or withcat (the setups
+in full: probing.extraction.config.apply_paper_setup); smoke swaps in the
 tiny random checkpoint of the same architecture and a small generated
 dataset. COCO 2017 is expected under coco_root as
 annotations/{instances,captions}_train2017.json and train2017/*.jpg; the model
@@ -29,8 +31,18 @@ measured on a GPU.
 
 from probing.extraction.config import coco_study_config
 
+# TO REVIEW BEFORE A REAL RUN: pin the commit hash of KamilaMila/FastVLM-0.5B
+# that was validated (huggingface.co/KamilaMila/FastVLM-0.5B/commits/main).
+# This is a community conversion, not Apple's release, and its files may be
+# replaced under "main"; no hash is written here because none could be
+# verified without hub access. Until it is pinned, the manifest's
+# model.resolved_revision records the commit that was actually loaded.
+FASTVLM_REVISION = "main"
+
 
 def get_config(arg=None):
     # FastVLM-0.5B converted to transformers' native fast_vlm format (Apple's
     # apple/FastVLM-0.5B repository needs trust_remote_code and is not this class).
-    return coco_study_config(arg, model_name="KamilaMila/FastVLM-0.5B", family="fast_vlm")
+    return coco_study_config(
+        arg, model_name="KamilaMila/FastVLM-0.5B", family="fast_vlm", revision=FASTVLM_REVISION
+    )

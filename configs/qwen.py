@@ -10,9 +10,11 @@
 
 Arguments (comma-separated, any order): the task, caption (default) or
 category; the construction, study2025 (default: the 2025 study's, one random
-negative caption, 3 candidate categories, mean and last pooling) or tao (Tao et
-al. 2024: 5 positives with hard negatives, all 80 categories, last-token
-features); for categories nocat (default) or withcat; smoke swaps in the
+negative caption, 3 candidate categories among its 40 with its singular object
+prompt, chat template, mean, last and text_mean pooling) or tao (Tao et al.
+2024: 5 positives with hard negatives, all 80 categories, raw prompts,
+last-token features); for categories nocat (default) or withcat (the setups
+in full: probing.extraction.config.apply_paper_setup); smoke swaps in the
 tiny random checkpoint of the same architecture and a small generated
 dataset. COCO 2017 is expected under coco_root as
 annotations/{instances,captions}_train2017.json and train2017/*.jpg; the model
@@ -31,4 +33,8 @@ from probing.extraction.config import coco_study_config
 
 
 def get_config(arg=None):
-    return coco_study_config(arg, model_name="Qwen/Qwen2-VL-2B-Instruct", family="qwen2_vl")
+    # "main" follows the hub branch; the manifest records the commit actually
+    # loaded (model.resolved_revision). Pin that commit here once validated.
+    return coco_study_config(
+        arg, model_name="Qwen/Qwen2-VL-2B-Instruct", family="qwen2_vl", revision="main"
+    )

@@ -33,6 +33,12 @@ _ALLOW_PARTIAL = flags.DEFINE_bool(
     False,
     "Also report workdirs whose extraction has not finished (labelled '[partial store]').",
 )
+_TABLE1_CATEGORY = flags.DEFINE_string(
+    "first_token_category",
+    "",
+    "Category of Tao's Table 1 (first tokens with vs without it); default person, or the "
+    "most frequent category when no image has one (generated data).",
+)
 flags.mark_flags_as_required(["workdirs", "out"])
 
 
@@ -53,6 +59,7 @@ def main(argv: Sequence[str]) -> None:
         layers=layers,
         allow_partial=_ALLOW_PARTIAL.value,
         command=shlex.join(["python", "-m", "probing.report", *sys.argv[1:]]),
+        first_token_category=_TABLE1_CATEGORY.value,
     )
     print(path)
 

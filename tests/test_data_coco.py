@@ -142,3 +142,72 @@ def test_truncated_image_caught_by_decode(root):
 def test_unknown_image_id(pristine):
     with pytest.raises(DatasetError, match="image id 42 is not in COCO split"):
         CocoDataset(pristine, ["train2017"]).captions(42)
+
+
+@pytest.mark.parametrize(
+    ("kind", "edit", "message"),
+    [
+        (
+            "instances",
+            lambda d: d["images"][4].update(id=d["images"][1]["id"]),
+            r"instances_train2017\.json: images\[4\]\.id = (\d+) repeats images\[1\]\.id",
+        ),
+        (
+            "captions",
+            lambda d: d["images"][2].update(id=d["images"][0]["id"]),
+            r"captions_train2017\.json: images\[2\]\.id = \d+ repeats images\[0\]\.id",
+        ),
+        (
+            "captions",
+            lambda d: d["annotations"][7].update(caption=""),
+            r"captions_train2017\.json: annotations\[7\]\.caption = '' is empty",
+        ),
+        (
+            "captions",
+            lambda d: d["annotations"][8].update(caption=" \t\n "),
+            r"captions_train2017\.json: annotations\[8\]\.caption = ' \\t\\n ' is empty",
+        ),
+        (
+            "captions",
+            lambda d: d["annotations"][9].update(caption=None),
+            r"annotations\[9\]\.caption = None is not text",
+        ),
+        (
+            "instances",
+            lambda d: d["images"][3].update(id="abc"),
+            r"instances_train2017\.json: images\[3\]\.id = 'abc' is not an integer",
+        ),
+        (
+            "captions",
+            lambda d: d["annotations"][5].update(image_id="abc"),
+            r"captions_train2017\.json: annotations\[5\]\.image_id = 'abc' is not an integer",
+        ),
+        (
+            "instances",
+            lambda d: d["annotations"][2].update(category_id=1.5),
+            r"instances_train2017\.json: annotations\[2\]\.category_id = 1\.5 is not an integer",
+        ),
+        (
+            "instances",
+            lambda d: d["categories"][0].update(id=True),
+            r"categories\[0\]\.id = True is not an integer",
+        ),
+    ],
+)
+def test_malformed_annotations_name_file_index_and_value(root, kind, edit, message):
+    _edit_json(_annotation(root, kind), edit)
+    with pytest.raises(DatasetError, match=message):
+        CocoDataset(root, ["train2017"])
+
+
+def test_scene_records_are_readable(pristine):
+    dataset = CocoDataset(pristine, ["train2017"])
+    image_id = dataset.image_ids[0]
+    assert dataset.image_info(image_id)["background"]
+    instances = dataset.instance_annotations(image_id)
+    assert {
+        dataset.category_names[dataset.category_ids.index(a["category_id"])] for a in instances
+    } == dataset.categories(image_id)
+    annotations = dataset.caption_annotations(image_id)
+    assert [a["caption"].strip() for a in annotations] == dataset.captions(image_id)
+    assert all("asserts" in a for a in annotations)

@@ -312,7 +312,9 @@ def _rejection_source(tmp_path, skip: bool):
 
 
 def test_rejected_rows_are_skipped_and_recorded_when_allowed(tmp_path) -> None:
-    window, rows, inputs, _, _, rejected = _rejection_source(tmp_path, skip=True)[0]
+    batch = _rejection_source(tmp_path, skip=True)[0]
+    window, rows, inputs, rejected = batch.window, batch.rows, batch.inputs, batch.rejected
+    assert batch.prompt_spans.shape == (2, 2)
     assert window == 0 and rows.tolist() == [0, 3]
     assert inputs["input_ids"].shape[0] == 2
     reasons = {entry["row"]: entry["reason"] for entry in rejected}

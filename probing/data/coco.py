@@ -43,6 +43,16 @@ _REQUIRED_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
+# Fields that must hold integers (ids), per list.
+_INTEGER_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "instances": {
+        "images": ("id",),
+        "annotations": ("image_id", "category_id"),
+        "categories": ("id",),
+    },
+    "captions": {"images": ("id",), "annotations": ("image_id",)},
+}
+
 
 def _load_annotation_file(path: str, kind: str) -> dict[str, Any]:
     """Loads and validates one annotation JSON; errors name the file and field."""
@@ -64,6 +74,13 @@ def _load_annotation_file(path: str, kind: str) -> dict[str, Any]:
         raise DatasetError(f"annotation file {path} cannot be read: {e}") from e
     if not isinstance(data, dict):
         raise DatasetError(f"annotation file {path}: top level must be a JSON object")
+    _check_fields(data, path, kind)
+    _check_values(data, path, kind)
+    return data
+
+
+def _check_fields(data: dict[str, Any], path: str, kind: str) -> None:
+    """Every list the tasks read exists and its entries have the required fields."""
     for list_name, fields in _REQUIRED_FIELDS[kind].items():
         if list_name not in data:
             raise DatasetError(
@@ -80,7 +97,41 @@ def _load_annotation_file(path: str, kind: str) -> dict[str, Any]:
                     f"annotation file {path}: {list_name}[{index}] lacks required field(s) "
                     f"{', '.join(missing)}"
                 )
-    return data
+
+
+def _check_values(data: dict[str, Any], path: str, kind: str) -> None:
+    """Ids are integers, image ids unique, captions non-empty text.
+
+    pycocotools accepts all of these silently: a repeated image id pairs one
+    image's captions with another's file, an empty caption makes rows whose
+    prompts agree but whose labels differ.
+    """
+    for list_name, fields in _INTEGER_FIELDS[kind].items():
+        for index, entry in enumerate(data[list_name]):
+            for field in fields:
+                value = entry[field]
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise DatasetError(
+                        f"annotation file {path}: {list_name}[{index}].{field} = {value!r} is "
+                        "not an integer; COCO ids are integers"
+                    )
+    first_index: dict[int, int] = {}
+    for index, entry in enumerate(data["images"]):
+        earlier = first_index.setdefault(entry["id"], index)
+        if earlier != index:
+            raise DatasetError(
+                f"annotation file {path}: images[{index}].id = {entry['id']} repeats "
+                f"images[{earlier}].id; every image id must appear once"
+            )
+    if kind == "captions":
+        for index, entry in enumerate(data["annotations"]):
+            caption = entry["caption"]
+            if not isinstance(caption, str) or not caption.strip():
+                raise DatasetError(
+                    f"annotation file {path}: annotations[{index}].caption = {caption!r} is "
+                    f"{'empty' if isinstance(caption, str) else 'not text'} (image_id "
+                    f"{entry['image_id']}); remove the entry or give it a caption"
+                )
 
 
 def _quiet_coco(dataset: dict[str, Any]) -> COCO:
@@ -110,6 +161,7 @@ class CocoDataset:
         self._instances: dict[str, COCO] = {}
         self._split_of: dict[int, str] = {}
         self._captions: dict[int, list[str]] = {}
+        self._caption_annotations: dict[int, list[dict[str, Any]]] = {}
         self._image_dir: dict[str, str] = {}
         category_table: dict[int, str] | None = None
         for split in self.splits:
@@ -142,6 +194,7 @@ class CocoDataset:
                     )
                 self._split_of[image_id] = split
                 self._captions[image_id] = []
+                self._caption_annotations[image_id] = []
             for index, ann in enumerate(captions["annotations"]):
                 image_id = int(ann["image_id"])
                 if self._split_of.get(image_id) != split:
@@ -150,6 +203,7 @@ class CocoDataset:
                         f"which is not an image of {inst_path}"
                     )
                 self._captions[image_id].append(str(ann["caption"]).strip())
+                self._caption_annotations[image_id].append(ann)
             self._image_dir[split] = self._find_image_dir(split)
         assert category_table is not None
         self._category_ids = sorted(category_table)
@@ -231,6 +285,11 @@ class CocoDataset:
         return list(self._captions[image_id])
 
     @property
+    def category_ids(self) -> list[int]:
+        """All category ids, sorted (the order of `category_names`)."""
+        return list(self._category_ids)
+
+    @property
     def category_names(self) -> list[str]:
         """All category names, in COCO category-id order."""
         return list(self._category_names)
@@ -248,3 +307,18 @@ class CocoDataset:
             if float(ann["area"]) >= min_area:
                 names.add(coco.cats[int(ann["category_id"])]["name"])
         return names
+
+    def image_info(self, image_id: int) -> dict[str, Any]:
+        """The image's entry of the instances file (id, file_name, width, ...)."""
+        self._check_id(image_id)
+        return self._instances[self._split_of[image_id]].imgs[image_id]
+
+    def instance_annotations(self, image_id: int) -> list[dict[str, Any]]:
+        """The image's instance annotations as stored (extra fields included)."""
+        self._check_id(image_id)
+        return list(self._instances[self._split_of[image_id]].imgToAnns.get(image_id, []))
+
+    def caption_annotations(self, image_id: int) -> list[dict[str, Any]]:
+        """The image's caption annotations as stored, in the order of `captions`."""
+        self._check_id(image_id)
+        return list(self._caption_annotations[image_id])

@@ -38,9 +38,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from probing.cache import publish_directory
+from probing.data.synthetic_captions import object_attributes, write_captions
 
 # Bump whenever the drawn content changes, so cached datasets are rebuilt.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 PARAMS_FILE = "synthetic_coco.json"
 
 # (name, supercategory) in COCO category-id order (ids start at 1).
@@ -80,20 +81,6 @@ BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
 # rare (as in COCO) and every pair of categories co-occurs somewhere.
 _CATEGORY_WEIGHTS = 1.0 / np.arange(1, len(CATEGORIES) + 1) ** 0.7
 _CATEGORY_WEIGHTS /= _CATEGORY_WEIGHTS.sum()
-
-_CAPTION_TEMPLATES: tuple[str, ...] = (
-    "{List}.",
-    "There is {list} in the picture.",
-    "An image of {list} on a {bg} background.",
-    "A {bg} background with {list}.",
-    "This picture shows {list}.",
-    "Someone drew {list}.",
-    "{List}, drawn on {bg}.",
-    "A simple drawing with {list} in it.",
-    "We can see {list} against a {bg} backdrop.",
-    "{List} on {bg}.",
-    "On a {bg} background: {list}.",
-)
 
 
 @dataclass(frozen=True)
@@ -164,67 +151,6 @@ def _polygon_area(points: Sequence[tuple[float, float]]) -> float:
     return abs(twice) / 2.0
 
 
-def _with_article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def _plural(noun: str) -> str:
-    return noun + ("es" if noun.endswith(("s", "x")) else "s")
-
-
-def _number_word(n: int) -> str:
-    return {2: "two", 3: "three", 4: "four"}.get(n, str(n))
-
-
-def _describe(obj: _DrawnObject, width: int, height: int, rng: np.random.Generator) -> str:
-    """A noun phrase for one object: optional size, colour and position words."""
-    words = []
-    relative = obj.radius / min(width, height)
-    if rng.random() < 0.5:
-        if relative < 0.17:
-            words.append("small")
-        elif relative > 0.25:
-            words.append("large")
-    if rng.random() < 0.9:
-        words.append(obj.colour)
-    words.append(CATEGORY_NAMES[obj.category_index])
-    phrase = " ".join(words)
-    if rng.random() < 0.35:
-        x, y = obj.center[0] / width, obj.center[1] / height
-        if x < 0.35:
-            phrase += " on the left"
-        elif x > 0.65:
-            phrase += " on the right"
-        elif y < 0.35:
-            phrase += " at the top"
-        elif y > 0.65:
-            phrase += " at the bottom"
-        else:
-            phrase += " in the middle"
-    return phrase
-
-
-def _join_phrases(phrases: list[str]) -> str:
-    """'a red star', 'two circles and a cross', 'a, b and c'."""
-    counts: dict[str, int] = {}
-    for p in phrases:
-        counts[p] = counts.get(p, 0) + 1
-    parts = []
-    for phrase, count in counts.items():
-        if count == 1:
-            parts.append(_with_article(phrase))
-        else:
-            head, sep, tail = phrase.partition(" on the ")
-            if not sep:
-                head, sep, tail = phrase.partition(" at the ")
-            words = head.split(" ")
-            words[-1] = _plural(words[-1])
-            parts.append(f"{_number_word(count)} {' '.join(words)}{sep}{tail}")
-    if len(parts) == 1:
-        return parts[0]
-    return ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
 def _make_image(
     rng: np.random.Generator,
 ) -> tuple[Image.Image, str, list[_DrawnObject]]:
@@ -260,28 +186,6 @@ def _make_image(
             area = _polygon_area(polygon)
         objects.append(_DrawnObject(category, colour, polygon, area, radius, (cx, cy)))
     return image, background, objects
-
-
-def _captions(
-    objects: list[_DrawnObject], background: str, width: int, height: int, rng: np.random.Generator
-) -> list[str]:
-    """Five captions, each mentioning a random non-empty subset of the objects."""
-    captions: list[str] = []
-    templates = rng.permutation(len(_CAPTION_TEMPLATES))
-    mentionable = list(range(len(objects)))
-    # Like COCO annotators, captions often ignore the smallest object
-    # entirely, so its category label is in no caption of the image.
-    if len(objects) > 1 and rng.random() < 0.4:
-        mentionable.remove(min(mentionable, key=lambda i: objects[i].area))
-    for k in range(5):
-        size = int(rng.integers(1, len(mentionable) + 1))
-        chosen = sorted(rng.choice(mentionable, size=size, replace=False).tolist())
-        phrases = [_describe(objects[i], width, height, rng) for i in chosen]
-        listed = _join_phrases(phrases)
-        template = _CAPTION_TEMPLATES[int(templates[k])]
-        text = template.format(list=listed, List=listed[0].upper() + listed[1:], bg=background)
-        captions.append(text)
-    return captions
 
 
 def generate_synthetic_coco(
@@ -320,6 +224,9 @@ def generate_synthetic_coco(
                     "file_name": file_name,
                     "width": image.width,
                     "height": image.height,
+                    # The scene as drawn, so a caption's truth can be decided
+                    # exactly (probing.data.truth); COCO readers ignore it.
+                    "background": background,
                 }
             )
             for obj in objects:
@@ -340,10 +247,20 @@ def generate_synthetic_coco(
                         "area": round(obj.area, 2),
                         "segmentation": [[round(v, 2) for x, y in obj.polygon for v in (x, y)]],
                         "iscrowd": 0,
+                        "attributes": object_attributes(obj, image.width, image.height),
                     }
                 )
-            for text in _captions(objects, background, image.width, image.height, rng):
-                captions.append({"id": len(captions) + 1, "image_id": image_id, "caption": text})
+            for text, asserts in write_captions(
+                objects, CATEGORY_NAMES, background, image.width, image.height, rng
+            ):
+                captions.append(
+                    {
+                        "id": len(captions) + 1,
+                        "image_id": image_id,
+                        "caption": text,
+                        "asserts": asserts,
+                    }
+                )
         info = {
             "description": "probing synthetic COCO-format dataset",
             "version": str(GENERATOR_VERSION),

@@ -44,6 +44,8 @@ class ForwardBatch(NamedTuple):
     prefix_inputs: Any  # prefix sharing: processor output of each prefix group's first row
     prefix_groups: torch.Tensor | None  # prefix sharing: [B] long, each row's prefix group
     rejected: list[dict[str, Any]]  # {row, image_id, reason} of the rows set aside
+    # [B, 2] long: each accepted row's prompt position (ModelAdapter.prompt_spans).
+    prompt_spans: torch.Tensor | None = None
 
 
 class BatchSource(torch.utils.data.Dataset):
@@ -75,8 +77,18 @@ class BatchSource(torch.utils.data.Dataset):
         prefix_inputs, prefix_groups = None, None
         if self.share_prefix and rows:
             prefix_inputs, prefix_groups = self._build_prefixes(rows, images)
+        spans = None
+        if rows:
+            prompts = [self.examples[r]["prompt"] for r in rows]
+            spans = torch.as_tensor(self.adapter.prompt_spans(prompts, self.with_image))
         return ForwardBatch(
-            window, np.asarray(rows, dtype=np.int64), inputs, prefix_inputs, prefix_groups, rejected
+            window,
+            np.asarray(rows, dtype=np.int64),
+            inputs,
+            prefix_inputs,
+            prefix_groups,
+            rejected,
+            spans,
         )
 
     def _image_id(self, row: int) -> int:

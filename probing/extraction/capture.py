@@ -56,6 +56,7 @@ class PooledLayerCapture:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._attention_mask: torch.Tensor | None = None
         self._image_mask: torch.Tensor | None = None
+        self._prompt_mask: torch.Tensor | None = None
         self._pooled: dict[str, list[torch.Tensor | None]] = {}
         # Prefix sharing: states of the prefix pass per layer ([G, P, D]) and,
         # for a continuation pass, the prefix group of each row ([B] long).
@@ -77,7 +78,12 @@ class PooledLayerCapture:
             handle.remove()
         self._handles.clear()
 
-    def set_masks(self, attention_mask: torch.Tensor, image_mask: torch.Tensor | None) -> None:
+    def set_masks(
+        self,
+        attention_mask: torch.Tensor,
+        image_mask: torch.Tensor | None,
+        prompt_mask: torch.Tensor | None = None,
+    ) -> None:
         """Masks for the next forward, aligned with the decoder's sequence.
 
         In a continuation pass (after `set_prefix`) the masks cover the prefix
@@ -85,6 +91,7 @@ class PooledLayerCapture:
         """
         self._attention_mask = attention_mask
         self._image_mask = image_mask
+        self._prompt_mask = prompt_mask
         self._pooled = {name: [None] * self.num_layers for name in self.poolings}
 
     def keep_prefix(self) -> None:
@@ -122,7 +129,9 @@ class PooledLayerCapture:
                 f"attention mask {tuple(self._attention_mask.shape)}; the adapter's "
                 "attention_mask() must describe the sequence the decoder sees"
             )
-        pooled = pool_states(states, self._attention_mask, self._image_mask, self.poolings)
+        pooled = pool_states(
+            states, self._attention_mask, self._image_mask, self.poolings, self._prompt_mask
+        )
         for name, value in pooled.items():
             self._pooled[name][index] = value
 

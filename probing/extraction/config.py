@@ -21,7 +21,9 @@ def extract_settings() -> ml_collections.ConfigDict:
     # parallel writers (torchrun ranks) never share a chunk.
     config.batch_size = 8
     # Poolings written in one pass, each to features/<name>: mean, max, last,
-    # first, index:K, image_mean, text_mean (see probing.extraction.pooling).
+    # last_prompt, first, index:K, image_mean, text_mean (see
+    # probing.extraction.pooling; "last" under the chat prompt format is the
+    # template's last token, last_prompt the prompt's).
     config.poolings = ("mean", "last")
     # Storage dtype of features/*: float32, float16 or bfloat16. float16 halves
     # the store; probes standardise per layer, so its precision suffices.
@@ -119,28 +121,42 @@ PAPER_SETUPS = ("study2025", "tao")
 
 
 def apply_paper_setup(config: ml_collections.ConfigDict, setup: str, withcat: bool) -> None:
-    """Sets the task fields of one paper's construction, in place.
+    """Sets the task, prompt-format and pooling fields of one paper's construction, in place.
 
     study2025 (the 2025 Qwen2-VL / FastVLM study): one positive and one random
-      negative caption per image with "This image contains: {caption}.\\nIs this
-      right?"; 3 candidate categories per image (balanced) with the NoCat
-      object prompt; mean pooling. Its category labels came from caption words
-      and its splits were not grouped; ours come from instance annotations and
-      are grouped by image, so only the construction is reproduced, not the leak.
+      negative caption per image with "This image contains: {caption}.\nIs this
+      right?"; 3 candidate categories per image (balanced) among its 40 object
+      types (all categories on the generated dataset) with its singular object
+      prompt "This image contains the following types of object:", NoCat by
+      default (the list-of-categories variant it tried first is `withcat`);
+      its models' chat template; mean pooling (its default), plus last and
+      text_mean (mean over the text tokens only: the study's mean is mostly
+      image tokens, which cannot depend on the prompt in a causal decoder).
+      The paper does not state how its category labels or splits were made;
+      ours come from instance annotations, splits grouped by image.
     tao (Tao et al. 2024): all 5 captions as positives, one hard negative each
-      (most similar of 5,000 sampled captions by all-mpnet-base-v2), the
-      prompt 'This image describes "{caption}". Is it right? Answer:'; all 80
-      categories as binary tasks scored by macro-F1 with the NoCat or (withcat)
-      WithCat object prompt; last-token features.
+      (the most similar of 5,000 captions sampled per positive, by
+      all-mpnet-base-v2, never one true of the image), the prompt 'This image
+      describes "{caption}". Is it right? Answer:'; all 80 categories as
+      binary tasks scored by macro-F1 with the NoCat or (withcat) WithCat
+      object prompt; last-token features. Tao probed base models with the raw
+      prompt (image, then text, no chat template), so the model gets
+      prompt_format "raw" and the last token is the prompt's own ("Answer:"
+      or the list's final comma), the token whose continuation WithCat
+      relies on; every family here renders raw prompts (PaliGemma's own
+      format is raw anyway). Its 80 probes are trained as one K-output probe
+      with one epoch choice for all categories (train_all_layers).
     """
     task = config.task
     if setup == "study2025":
         task.positives_per_image = 1
         task.negatives = "random"
-        task.prompt = "study2025_caption" if task.kind == "caption" else "tao_objects"
+        task.prompt = "study2025_caption" if task.kind == "caption" else "study2025_objects"
         task.category_form = "candidates"
         task.candidates_per_image = 3
-        config.extract.poolings = ("mean", "last")
+        task.category_subset = "study2025"
+        config.model.prompt_format = "chat"
+        config.extract.poolings = ("mean", "last", "text_mean")
     elif setup == "tao":
         task.positives_per_image = 5
         task.negatives = "hard"
@@ -148,6 +164,8 @@ def apply_paper_setup(config: ml_collections.ConfigDict, setup: str, withcat: bo
         task.hard_negatives.embedding_model = "all-mpnet-base-v2"
         task.prompt = "tao_caption" if task.kind == "caption" else "tao_objects"
         task.category_form = "all"
+        task.category_subset = ""
+        config.model.prompt_format = "raw"
         # Tao's 10 prompts per image share the image prefix: run it once.
         config.extract.prefix_sharing = True
         config.extract.poolings = ("last", "mean")
@@ -156,12 +174,16 @@ def apply_paper_setup(config: ml_collections.ConfigDict, setup: str, withcat: bo
     task.category_prompt = "withcat" if withcat else "nocat"
 
 
-def coco_study_config(arg: str | None, model_name: str, family: str) -> ml_collections.ConfigDict:
+def coco_study_config(
+    arg: str | None, model_name: str, family: str, revision: str
+) -> ml_collections.ConfigDict:
     """A real-model COCO run of `model_name` (hub id or local directory).
 
     `arg` is the config-file argument (task, paper setup, nocat/withcat,
     smoke; see configs/qwen.py); `family` names the tiny checkpoint that the
-    smoke variant swaps in for the same architecture.
+    smoke variant swaps in for the same architecture; `revision` is the hub
+    revision the config file pins (the manifest also records the commit that
+    was actually loaded).
     """
     args = parse_config_arg(
         arg,
@@ -174,8 +196,7 @@ def coco_study_config(arg: str | None, model_name: str, family: str) -> ml_colle
     )
     config = extraction_config()
     config.model.name = model_name
-    # Pin a hub commit for reproducibility; "main" is recorded as given.
-    config.model.revision = "main"
+    config.model.revision = revision
     config.model.dtype = "bfloat16"
     config.model.attn_implementation = "sdpa"
     config.data.source = "coco"

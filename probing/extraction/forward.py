@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from probing.extraction.capture import PooledLayerCapture
-from probing.models.base import ModelAdapter
+from probing.models.base import ModelAdapter, prompt_token_mask, token_composition
 
 
 class PrefixSharingError(ValueError):
@@ -41,6 +41,8 @@ class ForwardResult:
     computed_tokens: int  # tokens actually run through the decoder
     topk_ids: torch.Tensor | None = None  # [B, k] long
     topk_probs: torch.Tensor | None = None  # [B, k] float32
+    # [B, 3] long: image, template and prompt tokens per row (with prompt spans).
+    token_counts: torch.Tensor | None = None
 
 
 def check_prefix_sharing_supported(adapter: ModelAdapter) -> None:
@@ -143,17 +145,33 @@ class PooledForward:
         self.capture.__exit__(*exc_info)
 
     # ------------------------------------------------------------------ plain
-    def run(self, inputs: dict[str, torch.Tensor]) -> ForwardResult:
-        """One forward over `inputs` (processor output already on the model's device)."""
+    def run(
+        self, inputs: dict[str, torch.Tensor], prompt_spans: torch.Tensor | None = None
+    ) -> ForwardResult:
+        """One forward over `inputs` (processor output already on the model's device).
+
+        `prompt_spans` ([B, 2], `ModelAdapter.prompt_spans`) locates each row's
+        prompt text: needed by last_prompt pooling and the token counts.
+        """
         attention_mask = self.adapter.attention_mask(inputs)
         image_mask = self.adapter.image_token_mask(inputs) if self.with_image else None
-        self.capture.set_masks(attention_mask, image_mask)
+        prompt_mask = None
+        if prompt_spans is not None:
+            prompt_mask = prompt_token_mask(attention_mask, prompt_spans)
+        self.capture.set_masks(attention_mask, image_mask, prompt_mask)
         with torch.inference_mode():
             # Only the last position's logits could ever be needed; the LM head
             # over every position is skipped (first tokens use the pooled state).
             self.model(**inputs, use_cache=False, logits_to_keep=1)
         tokens = int(attention_mask.sum())
-        return self._finish(self.capture.result(), tokens, tokens)
+        result = self._finish(self.capture.result(), tokens, tokens)
+        return self._count(result, attention_mask, image_mask, prompt_spans)
+
+    @staticmethod
+    def _count(result: ForwardResult, attention_mask, image_mask, prompt_spans) -> ForwardResult:
+        if prompt_spans is not None:
+            result.token_counts = token_composition(attention_mask, image_mask, prompt_spans)
+        return result
 
     # --------------------------------------------------------- prefix sharing
     def run_shared(
@@ -161,6 +179,7 @@ class PooledForward:
         inputs: dict[str, torch.Tensor],
         prefix_inputs: dict[str, torch.Tensor],
         prefix_groups: torch.Tensor,
+        prompt_spans: torch.Tensor | None = None,
     ) -> ForwardResult:
         """Features of `inputs` with each prefix group's shared prefix run once.
 
@@ -170,6 +189,7 @@ class PooledForward:
             group, in prefix group order: its pixel tensors are the ones the
             prefix pass uses.
           prefix_groups: [B] long, the prefix group (image) of each row, 0..G-1.
+          prompt_spans: as in `run`.
         """
         ids, mask = inputs["input_ids"], self.adapter.attention_mask(inputs)
         rows_ids = _real_tokens(ids, mask)
@@ -189,9 +209,9 @@ class PooledForward:
                     positions = (s == image_id).nonzero()
                     if len(positions) and int(positions[-1]) >= length:
                         # Image tokens in the continuation: no sharing possible.
-                        return self.run(inputs)
+                        return self.run(inputs, prompt_spans)
             if length < 1:
-                return self.run(inputs)
+                return self.run(inputs, prompt_spans)
             prefix_lengths.append(length)
 
         seq_keys = _sequence_keys(inputs)
@@ -251,7 +271,12 @@ class PooledForward:
                 steps = real_prefix[:, None] + torch.arange(cont_width, device=ids.device)
                 extra["position_ids"] = (steps + deltas).unsqueeze(0).expand(3, -1, -1)
             self.capture.set_prefix(prefix_groups)
-            self.capture.set_masks(full_mask, image_mask)
+            prompt_mask = None
+            if prompt_spans is not None:
+                # Counted from the end of the real tokens, so the prefix's left
+                # padding and the continuation's right padding do not matter.
+                prompt_mask = prompt_token_mask(full_mask, prompt_spans)
+            self.capture.set_masks(full_mask, image_mask, prompt_mask)
             self.model(
                 **continuation,
                 attention_mask=full_mask,
@@ -263,7 +288,9 @@ class PooledForward:
             pooled = self.capture.result()
             self.capture.clear_prefix()
         computed = sum(prefix_lengths) + int(cont_mask.sum())
-        return self._finish(pooled, int(mask.sum()), computed)
+        result = self._finish(pooled, int(mask.sum()), computed)
+        unshared_images = self.adapter.image_token_mask(inputs) if self.with_image else None
+        return self._count(result, mask, unshared_images, prompt_spans)
 
     # ------------------------------------------------------------ first token
     def _finish(self, pooled: dict[str, torch.Tensor], tokens: int, computed: int) -> ForwardResult:

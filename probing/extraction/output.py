@@ -106,6 +106,14 @@ def build_manifest(
             "revision": config.model.revision,
             "family": adapter.family,
             "random_init": bool(config.model.random_init),
+            # What the adapter rendered (PaliGemma is always raw), which decides
+            # what "last" pools: the template's last token or the prompt's.
+            "prompt_format": adapter.prompt_format,
+            **(
+                {"resolved_revision": adapter.resolved_revision}
+                if getattr(adapter, "resolved_revision", None)
+                else {}
+            ),
         },
         library_versions=library_versions(),
         dtype=config.model.dtype,
@@ -231,6 +239,8 @@ def _create_store(wd: store.Workdir, config, settings: ExtractSettings, manifest
         )
     wd.create_array(layout.WRITTEN, "uint8", (num_rows,), (chunk_rows,))
     wd.create_array(layout.REJECTED, "uint8", (num_rows,), (chunk_rows,))
+    kinds = len(layout.TOKEN_KINDS)
+    wd.create_array(layout.TOKEN_COUNTS, "int32", (num_rows, kinds), (chunk_rows, kinds))
     k = settings.first_token_topk
     if k > 0:
         wd.create_array(layout.FIRST_TOKEN_IDS, "int32", (num_rows, k), (chunk_rows, k))
@@ -304,6 +314,10 @@ class WindowWriter:
                 wd.open_array(layout.FIRST_TOKEN_IDS),
                 wd.open_array(layout.FIRST_TOKEN_PROBS),
             )
+        # Absent in stores created before token counts were recorded (resumes).
+        self.token_counts = (
+            wd.open_array(layout.TOKEN_COUNTS) if wd.array_exists(layout.TOKEN_COUNTS) else None
+        )
         self.pending: dict[int, dict[str, Any]] = {}
 
     def add(self, window: int, rows: np.ndarray, result: ForwardResult | None, rejected: int):
@@ -316,6 +330,8 @@ class WindowWriter:
             if self.topk:
                 buf["topk_ids"][at] = result.topk_ids.cpu().numpy()
                 buf["topk_probs"][at] = result.topk_probs.cpu().numpy()
+            if result.token_counts is not None:
+                buf["tokens"][at] = result.token_counts.cpu().numpy()
             buf["ok"][at] = True
         buf["left"] -= len(rows) + rejected
         if buf["left"] == 0:
@@ -326,6 +342,7 @@ class WindowWriter:
         if window not in self.pending:
             rows = np.sort(np.concatenate(self.windows[window]))
             buf: dict[str, Any] = {"rows": rows, "left": len(rows), "ok": np.zeros(len(rows), bool)}
+            buf["tokens"] = np.zeros((len(rows), len(layout.TOKEN_KINDS)), np.int32)
             for name in self.poolings:
                 buf[name] = np.zeros((len(rows), *self.row_shape), self.storage_dtype)
             if self.topk:
@@ -346,6 +363,8 @@ class WindowWriter:
             if self.topk_arrays is not None:
                 self.topk_arrays[0][start:stop].write(buffer["topk_ids"][at]).result()
                 self.topk_arrays[1][start:stop].write(buffer["topk_probs"][at]).result()
+            if self.token_counts is not None:
+                self.token_counts[start:stop].write(buffer["tokens"][at]).result()
             self.rejected[start:stop].write((~ok).astype(np.uint8)).result()
             # Only after every pooling is durable is a row marked written.
             self.written[start:stop].write(ok.astype(np.uint8)).result()
@@ -368,23 +387,58 @@ def append_rejections(wd: store.Workdir, rank: int, entries: list[dict[str, Any]
 
 
 def finalize(wd: store.Workdir, manifest: dict[str, Any], tokenizer) -> None:
-    """Marks the store complete once every row is written or rejected."""
+    """Marks the store complete once every row is written or rejected.
+
+    Then the per-row records kept in arrays (first tokens, token counts) are
+    copied into examples.jsonl, and the mean token composition into the manifest.
+    """
     written = wd.read_array(layout.WRITTEN).astype(bool)
     rejected = wd.read_array(layout.REJECTED).astype(bool)
     manifest["num_rejected_rows"] = int(rejected.sum())
     manifest["complete"] = bool((written | rejected).all())
     if not manifest["complete"]:
         return
-    if wd.array_exists(layout.FIRST_TOKEN_IDS):
-        ids = wd.read_array(layout.FIRST_TOKEN_IDS)
-        probs = wd.read_array(layout.FIRST_TOKEN_PROBS)
+    has_topk = wd.array_exists(layout.FIRST_TOKEN_IDS)
+    has_counts = wd.array_exists(layout.TOKEN_COUNTS)
+    if has_topk or has_counts:
         examples = wd.read_jsonl(layout.EXAMPLES_JSONL)
-        for row, example in enumerate(examples):
-            if written[row]:
-                example["first_token_topk"] = [
-                    [tokenizer.decode([int(t)]), round(float(p), 6)]
-                    for t, p in zip(ids[row], probs[row], strict=True)
-                ]
-                example["first_token_topk_ids"] = [int(t) for t in ids[row]]
+        if has_topk:
+            _add_first_tokens(wd, examples, written, tokenizer)
+        if has_counts:
+            counts = wd.read_array(layout.TOKEN_COUNTS)
+            for row, example in enumerate(examples):
+                if written[row]:
+                    example["tokens"] = dict(
+                        zip(layout.TOKEN_KINDS, map(int, counts[row]), strict=True)
+                    )
+            manifest["token_composition"] = token_composition_summary(counts[written])
         wd.write_jsonl(layout.EXAMPLES_JSONL, examples)
     wd.write_json(layout.MANIFEST_JSON, manifest)
+
+
+def _add_first_tokens(wd: store.Workdir, examples, written: np.ndarray, tokenizer) -> None:
+    ids = wd.read_array(layout.FIRST_TOKEN_IDS)
+    probs = wd.read_array(layout.FIRST_TOKEN_PROBS)
+    for row, example in enumerate(examples):
+        if written[row]:
+            example["first_token_topk"] = [
+                [tokenizer.decode([int(t)]), round(float(p), 6)]
+                for t, p in zip(ids[row], probs[row], strict=True)
+            ]
+            example["first_token_topk_ids"] = [int(t) for t in ids[row]]
+
+
+def token_composition_summary(counts: np.ndarray) -> dict[str, Any]:
+    """Mean tokens of each kind per row, and each kind's share of a row's mean pooling."""
+    if not len(counts):
+        return {}
+    counts = counts.astype(np.float64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    return {
+        "mean_tokens": dict(
+            zip(layout.TOKEN_KINDS, np.round(counts.mean(0), 2).tolist(), strict=True)
+        ),
+        "mean_share": dict(
+            zip(layout.TOKEN_KINDS, np.round(shares.mean(0), 4).tolist(), strict=True)
+        ),
+    }

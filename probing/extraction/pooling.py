@@ -5,9 +5,20 @@ pooling, add one `Pooling` entry to the table: `validate_poolings` and
 `pool_states` read it, and config.extract.poolings may then name it.
 
 Names (several can be written in one pass):
-  mean        mean over all real tokens (the 2025 study's default)
+  mean        mean over all real tokens (the 2025 study's default): system turn,
+              template, image and prompt tokens alike. Image tokens usually
+              dominate it (e.g. ~390 of ~430 for Qwen2-VL at 640x480), and in a
+              causal decoder they come before the prompt, so their states cannot
+              depend on it: the mean of two rows with one image and different
+              prompts differs only through the few text tokens (see text_mean,
+              and the per-row token counts in examples.jsonl)
   max         element-wise max over real tokens
-  last        last real token (Tao et al.; what a causal LM "has read")
+  last        last real token (Tao et al.; what a causal LM "has read"); under
+              the chat prompt format that is the template's generation prompt
+              (e.g. the newline after "<|im_start|>assistant"), under "raw" the
+              prompt's own last token
+  last_prompt last token of the user's prompt text, whatever template follows it
+              (equal to last under "raw")
   first       first real token
   image_mean  mean over image-placeholder tokens only
   text_mean   mean over real non-image tokens only
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -31,8 +43,15 @@ class PoolingError(ValueError):
     """An unknown or malformed pooling name."""
 
 
-# pool(states [B, T, D], real [B, T] bool, image_mask [B, T] bool or None, K or None) -> [B, D]
-PoolFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, int | None], torch.Tensor]
+# pool(states [B, T, D], real [B, T] bool, masks, K or None) -> [B, D] float32
+PoolFn = Callable[[torch.Tensor, torch.Tensor, "TokenMasks", int | None], torch.Tensor]
+
+
+class TokenMasks(NamedTuple):
+    """[B, T] bool masks of token kinds, aligned with the states (None: not known)."""
+
+    image: torch.Tensor | None = None  # positions carrying image features
+    prompt: torch.Tensor | None = None  # the user's prompt text (ModelAdapter.prompt_spans)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,35 +97,43 @@ def _token(states: torch.Tensor, real: torch.Tensor, index: int) -> torch.Tensor
     return states[batch, chosen].to(torch.float32)
 
 
-def _mean(states, real, image_mask, k):
+def _mean(states, real, masks, k):
     return _masked_mean(states, real)
 
 
-def _max(states, real, image_mask, k):
+def _max(states, real, masks, k):
     filled = states.to(torch.float32).masked_fill(~real[:, :, None], float("-inf"))
     return filled.amax(dim=1)
 
 
-def _last(states, real, image_mask, k):
+def _last(states, real, masks, k):
     return _token(states, real, -1)
 
 
-def _first(states, real, image_mask, k):
+def _first(states, real, masks, k):
     return _token(states, real, 0)
 
 
-def _index(states, real, image_mask, k):
+def _index(states, real, masks, k):
     return _token(states, real, k)
 
 
-def _image_mean(states, real, image_mask, k):
-    if image_mask is None:
+def _last_prompt(states, real, masks, k):
+    if masks.prompt is None:
+        raise PoolingError("pooling last_prompt needs the prompt's token positions; none given")
+    if bool((~(masks.prompt & real).any(dim=1)).any()):
+        raise PoolingError("pooling last_prompt: a row has no prompt token")
+    return _token(states, masks.prompt & real, -1)
+
+
+def _image_mean(states, real, masks, k):
+    if masks.image is None:
         raise PoolingError("pooling image_mean needs image tokens, but there are none")
-    return _masked_mean(states, real & image_mask)
+    return _masked_mean(states, real & masks.image)
 
 
-def _text_mean(states, real, image_mask, k):
-    text = real if image_mask is None else real & ~image_mask
+def _text_mean(states, real, masks, k):
+    text = real if masks.image is None else real & ~masks.image
     return _masked_mean(states, text)
 
 
@@ -115,6 +142,7 @@ POOLINGS: tuple[Pooling, ...] = (
     Pooling("mean", _mean),
     Pooling("max", _max),
     Pooling("last", _last),
+    Pooling("last_prompt", _last_prompt),
     Pooling("first", _first),
     Pooling("image_mean", _image_mean, needs_image=True),
     Pooling("text_mean", _text_mean),
@@ -156,6 +184,7 @@ def pool_states(
     attention_mask: torch.Tensor,
     image_mask: torch.Tensor | None,
     poolings: Sequence[str],
+    prompt_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pools [B, T, D] token states into {name: [B, D] float32}.
 
@@ -166,10 +195,13 @@ def pool_states(
       image_mask: [B, T] bool, True at image-placeholder positions, or None
         when there are no images.
       poolings: names as in the module docstring.
+      prompt_mask: [B, T] bool, True at the user's prompt tokens, or None
+        (then last_prompt cannot be computed).
     """
     real = attention_mask.to(torch.bool)
+    masks = TokenMasks(image_mask, prompt_mask)
     out: dict[str, torch.Tensor] = {}
     for name in poolings:
         entry, index = parse_pooling(name)
-        out[name] = entry.pool(states, real, image_mask, index)
+        out[name] = entry.pool(states, real, masks, index)
     return out

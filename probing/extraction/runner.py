@@ -165,10 +165,11 @@ def _forward(run: _Run, engine: PooledForward, batch: ForwardBatch, device: torc
     """One forward batch through the model (prefix-shared if configured)."""
     preflight.check_batch_length(batch.inputs, batch.rows, run.context)
     inputs = run.adapter.to_model(batch.inputs)
+    spans = batch.prompt_spans.to(device)
     if run.settings.prefix_sharing:
         prefix_inputs = run.adapter.to_model(batch.prefix_inputs)
-        return engine.run_shared(inputs, prefix_inputs, batch.prefix_groups.to(device))
-    return engine.run(inputs)
+        return engine.run_shared(inputs, prefix_inputs, batch.prefix_groups.to(device), spans)
+    return engine.run(inputs, spans)
 
 
 def _log_plan(run: _Run, plan: WorkPlan, already: int, rank: int, world: int) -> None:

@@ -23,10 +23,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from PIL import Image
 
 PADDING_SIDES = ("left", "right")
+
+# model.prompt_format values. "chat": the checkpoint's chat template with a
+# default system turn where it has one, the image and the prompt in a user
+# turn, and the generation prompt (the assistant header), so the last token
+# is the template's, not the prompt's. "raw": the image placeholder followed
+# directly by the prompt text, no system turn, no template, as base models
+# were prompted (Tao et al. 2024); the last token is the prompt's own.
+PROMPT_FORMATS = ("chat", "raw")
 
 
 class ModelAdapter:
@@ -48,9 +57,12 @@ class ModelAdapter:
     # exact. It is exact only if no prefix token attends to a later token.
     prefix_sharing_unsupported: ClassVar[str] = ""
 
-    def __init__(self, model: torch.nn.Module, processor: Any) -> None:
+    def __init__(self, model: torch.nn.Module, processor: Any, prompt_format: str = "chat") -> None:
         self.model = model
         self.processor = processor
+        self.set_prompt_format(prompt_format)
+        # The hub commit loaded, set by load_model (None: local or unknown).
+        self.resolved_revision: str | None = None
 
     # -- tokenizer padding -------------------------------------------------
 
@@ -72,14 +84,36 @@ class ModelAdapter:
 
     # -- inputs ------------------------------------------------------------
 
+    @property
+    def prompt_format(self) -> str:
+        """How prompts are rendered: ``"chat"`` or ``"raw"`` (see `PROMPT_FORMATS`)."""
+        return self._prompt_format
+
+    def set_prompt_format(self, prompt_format: str) -> None:
+        """Makes ``render_prompts`` use ``prompt_format`` (``model.prompt_format``)."""
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"model.prompt_format must be one of {', '.join(PROMPT_FORMATS)}, "
+                f"got {prompt_format!r}"
+            )
+        self._prompt_format = prompt_format
+
     def conversation(self, prompt: str, with_image: bool) -> list[dict[str, Any]]:
         """One user turn: the image (if any), then the prompt text."""
         content: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
         content.append({"type": "text", "text": prompt})
         return [{"role": "user", "content": content}]
 
+    @property
+    def raw_image_text(self) -> str:
+        """What stands for the image in a raw prompt (the processor expands it)."""
+        return self.processor.image_token
+
     def render_prompts(self, prompts: Sequence[str], with_image: bool) -> list[str]:
-        """The chat-template strings of ``prompts``, each ready for generation."""
+        """The strings the processor tokenises: chat template or raw (`prompt_format`)."""
+        if self.prompt_format == "raw":
+            image = self.raw_image_text if with_image else ""
+            return [f"{image}{prompt}" for prompt in prompts]
         return [
             self.processor.apply_chat_template(
                 self.conversation(prompt, with_image),
@@ -88,6 +122,37 @@ class ModelAdapter:
             )
             for prompt in prompts
         ]
+
+    def _span_texts(self, prompts: Sequence[str], with_image: bool) -> tuple[list[str], bool]:
+        """Texts whose tokens end like the processor's, and whether the tokenizer adds specials."""
+        return self.render_prompts(prompts, with_image), True
+
+    def prompt_spans(self, prompts: Sequence[str], with_image: bool) -> np.ndarray:
+        """``[B, 2]`` int64: per row, (tokens after the prompt's last token, prompt tokens).
+
+        Counted from the END of the row's real tokens, which image-token
+        expansion (always before the prompt) does not move: the last token of
+        the user's prompt text is real token ``-1 - spans[b, 0]`` of row b,
+        whatever template surrounds it. Needs a fast tokenizer (offsets).
+        """
+        rendered, add_special_tokens = self._span_texts(prompts, with_image)
+        encoded = self.tokenizer(
+            rendered, return_offsets_mapping=True, add_special_tokens=add_special_tokens
+        )
+        spans = np.zeros((len(prompts), 2), dtype=np.int64)
+        for row, (prompt, text) in enumerate(zip(prompts, rendered, strict=True)):
+            stripped = prompt.strip()
+            start = text.rfind(stripped)
+            if not stripped or start < 0:
+                raise ValueError(
+                    f"prompt {prompt!r} is empty or not found in its rendering {text!r}; "
+                    "the template must keep the prompt text"
+                )
+            end = start + len(stripped)
+            offsets = encoded["offset_mapping"][row]
+            inside = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+            spans[row] = (len(offsets) - 1 - inside[-1], len(inside))
+        return spans
 
     def build_batch(
         self, images: Sequence[Image.Image] | None, prompts: Sequence[str]
@@ -206,3 +271,30 @@ def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     # The largest position holding a 1; rows without any real token give -1.
     return torch.where(attention_mask.bool(), positions, -1).amax(dim=1)
+
+
+def prompt_token_mask(attention_mask: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: the user's prompt tokens, from ``ModelAdapter.prompt_spans``.
+
+    Works for any padding (left, right, or a left-padded prefix followed by a
+    right-padded continuation) because it counts real tokens from the end.
+    """
+    real = attention_mask.bool()
+    from_end = real.sum(dim=1, keepdim=True) - real.long().cumsum(dim=1)  # 0 at the last real
+    after, length = spans[:, :1].to(from_end.device), spans[:, 1:].to(from_end.device)
+    return real & (from_end >= after) & (from_end < after + length)
+
+
+def token_composition(
+    attention_mask: torch.Tensor, image_mask: torch.Tensor | None, spans: torch.Tensor
+) -> torch.Tensor:
+    """``[B, 3]`` long: image, template and prompt tokens of every row.
+
+    Image tokens are the positions carrying image features; the prompt tokens
+    are the user's text; everything else real (system turn, role headers,
+    image frame tokens, the generation prompt, BOS) is template.
+    """
+    real = attention_mask.bool()
+    image = (real & image_mask).sum(dim=1) if image_mask is not None else real.sum(dim=1) * 0
+    prompt = spans[:, 1].to(real.device)
+    return torch.stack([image, real.sum(dim=1) - image - prompt, prompt], dim=1)

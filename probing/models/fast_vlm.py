@@ -5,9 +5,10 @@ CLIPImageProcessor) expands ``<image>`` in the processor into
 ``(side / 64) ** 2`` tokens, so the processor's attention mask already has the
 length of the decoder's hidden states. Apple's original remote-code release
 (model_type ``llava_qwen2``) instead splices image features in inside
-``forward``, which makes the processor's mask shorter than the hidden states;
-the 2025 study pooled with that misaligned mask. That release is deliberately
-not handled here: convert it, or write an adapter that rebuilds the mask.
+``forward``, which makes the processor's mask shorter than the hidden states
+(the 2025 study cites that release; its paper does not say how it masked).
+That release is deliberately not handled here: convert it, or write an
+adapter that rebuilds the mask.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ apply, with two differences:
 
 * the processor reads a flat list of images as the images of *one* prompt,
   so each image is passed in its own list;
+* a raw prompt starts with ``<start_of_image>``, as the template writes it;
 * only the soft tokens carry image features (``config.image_token_id``); the
   frame tokens count as text.
 
@@ -28,6 +29,11 @@ class Gemma3Adapter(ModelAdapter):
 
     family = "gemma3"
     model_types = ("gemma3",)
+
+    @property
+    def raw_image_text(self) -> str:
+        """``<start_of_image>``, the placeholder the processor expands (as in the template)."""
+        return getattr(self.processor, "boi_token", None) or self.processor.image_token
 
     def processor_images(self, images: list[Image.Image]) -> list[list[Image.Image]]:
         """One single-image list per prompt, as Gemma3Processor expects."""

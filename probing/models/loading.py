@@ -21,7 +21,7 @@ import ml_collections
 import torch
 import transformers
 
-from probing.models.base import PADDING_SIDES, ModelAdapter
+from probing.models.base import PADDING_SIDES, PROMPT_FORMATS, ModelAdapter
 from probing.models.registry import adapter_class_for_model_type
 
 # Prefix -> module that registers that checkpoint source when imported. It is
@@ -101,6 +101,13 @@ def default_model_config() -> ml_collections.ConfigDict:
     config.random_init_seed = 0
     # "auto" (CUDA if available, else CPU), "cpu" or "cuda" / "cuda:N".
     config.device = "auto"
+    # How a prompt is put to the model: "chat" (the checkpoint's chat template:
+    # system turn where the template has one, the image and prompt in a user
+    # turn, the assistant header as generation prompt, so the "last" token is
+    # the template's) or "raw" (the image placeholder, then the prompt text,
+    # nothing else: how Tao et al. prompted base models; "last" is the prompt's
+    # own last token). probing.models.base.PROMPT_FORMATS.
+    config.prompt_format = "chat"
     # Tokenizer padding side for batches: None keeps the processor's own
     # ("left" for Qwen2-VL-Instruct); "left" or "right" overrides it.
     config.padding_side = ml_collections.config_dict.placeholder(str)
@@ -170,6 +177,7 @@ def load_model(
     _check_choice("attn_implementation", model_config.attn_implementation, ATTN_IMPLEMENTATIONS)
     if model_config.padding_side is not None:
         _check_choice("padding_side", model_config.padding_side, PADDING_SIDES)
+    _check_choice("prompt_format", model_config.prompt_format, PROMPT_FORMATS)
     device = _resolve_device(model_config.device)
     path = resolve_model_path(model_config.name)
     hub_kwargs: dict[str, Any] = {"trust_remote_code": bool(model_config.trust_remote_code)}
@@ -215,7 +223,10 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
 
-    adapter = adapter_class(model, processor)
+    adapter = adapter_class(model, processor, prompt_format=model_config.prompt_format)
+    # The commit a hub id resolved to (None for local directories): what the
+    # manifest records, since a branch name like "main" moves.
+    adapter.resolved_revision = getattr(hf_config, "_commit_hash", None)
     if model_config.padding_side is not None:
         adapter.set_padding_side(model_config.padding_side)
     return model, processor, adapter

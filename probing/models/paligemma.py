@@ -1,6 +1,7 @@
 """Adapter for PaliGemma and PaliGemma 2 (``google/paligemma2-3b-pt-224``, ...).
 
-PaliGemma has no chat template: PaliGemmaProcessor turns ``"<image>" + prompt``
+PaliGemma has no chat template, so ``model.prompt_format`` changes nothing and
+the manifest records ``raw``: PaliGemmaProcessor turns ``"<image>" + prompt``
 into ``<image>`` × n (expanded in the processor, so masks line up with the
 hidden states), ``<bos>``, the prompt and a newline. The processor also
 returns ``token_type_ids`` (0 = prefix) and training ``labels``; the labels are
@@ -41,6 +42,15 @@ class PaliGemmaAdapter(ModelAdapter):
     def image_token(self) -> str:
         """The placeholder string the processor expands (``<image>``)."""
         return self.processor.image_token
+
+    @property
+    def prompt_format(self) -> str:
+        """Always ``"raw"``: PaliGemma has no chat template, its own format is raw."""
+        return "raw"
+
+    def _span_texts(self, prompts: Sequence[str], with_image: bool) -> tuple[list[str], bool]:
+        """The text-only prefix, which ends like the processor's (``<bos>`` prompt newline)."""
+        return self.render_prompts(prompts, with_image=False), False
 
     def render_prompts(self, prompts: Sequence[str], with_image: bool) -> list[str]:
         """PaliGemma's prompt strings: ``<image>`` first with an image, else the full prefix.

@@ -7,10 +7,10 @@ tower (window attention, SwiGLU) differs, which the probes never see.
 
 from __future__ import annotations
 
-from probing.models.base import ModelAdapter
+from probing.models.qwen2_vl import Qwen2VLAdapter
 
 
-class Qwen2_5_VLAdapter(ModelAdapter):
+class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     """Qwen2.5-VL: decoder at ``model.model.language_model``, processor-side expansion."""
 
     family = "qwen2_5_vl"

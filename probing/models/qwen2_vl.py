@@ -3,7 +3,8 @@
 transformers' Qwen2VLProcessor expands each ``<|image_pad|>`` into one token per
 merged 2×2 patch group before the forward pass, so the processor's attention
 mask and ``input_ids`` already line up with the decoder's hidden states; the
-defaults of :class:`ModelAdapter` apply unchanged. Images keep (roughly) their
+defaults of :class:`ModelAdapter` apply, except that a raw prompt frames the
+image as the template does (``<|vision_start|><|image_pad|><|vision_end|>``). Images keep (roughly) their
 aspect ratio, so examples of one batch carry different numbers of image tokens.
 """
 
@@ -17,3 +18,8 @@ class Qwen2VLAdapter(ModelAdapter):
 
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
+
+    @property
+    def raw_image_text(self) -> str:
+        """The image as the chat template writes it, framed by the vision tokens."""
+        return f"<|vision_start|>{self.processor.image_token}<|vision_end|>"

@@ -28,11 +28,12 @@ from probing.reporting import document, tables
 from probing.reporting.document import Block, Code, Heading, Paragraph, Table
 from probing.reporting.figures import FIGURES, FigureContext
 from probing.reporting.figures.style import file_stem
+from probing.reporting.first_tokens import table1_blocks
 from probing.reporting.runs import (
     ProbeRun,
     ReportError,
     dedupe_workdirs,
-    group_by_task,
+    group_runs,
     load_runs,
 )
 
@@ -74,7 +75,9 @@ def _environment_rows(run: ProbeRun) -> list[list[str]]:
         ["model id", _recorded(model.get("id"))],
         ["revision", _recorded(model.get("revision"))],
         ["family", _recorded(model.get("family"))],
+        ["resolved revision", _recorded(model.get("resolved_revision"))],
         ["random init", str(bool(model.get("random_init", False))).lower()],
+        ["prompt format", _recorded(model.get("prompt_format"))],
         ["task", run.task],
         ["label kind", run.label_kind],
         ["prompt template", _recorded(manifest.get("prompt_template"))],
@@ -83,6 +86,11 @@ def _environment_rows(run: ProbeRun) -> list[list[str]]:
         ["model dtype", _recorded(manifest.get("dtype"))],
         ["feature dtype", _recorded(manifest.get("feature_dtype"))],
     ]
+    composition = manifest.get("token_composition", {}).get("mean_tokens")
+    if composition:
+        rows.append(
+            ["tokens per row (mean)", ", ".join(f"{k} {v:g}" for k, v in composition.items())]
+        )
     if manifest.get("hardware"):
         rows.append(["extraction hardware", str(manifest["hardware"])])
     rows.append(["date", _recorded(manifest.get("date"))])
@@ -95,7 +103,8 @@ def _first_token_blocks(runs: Sequence[ProbeRun], out_dir: str) -> list[Block]:
     blocks: list[Block] = []
     seen = set()
     for run in runs:
-        if run.workdir in seen:
+        # Category workdirs get Tao's Table 1 by category presence (table1_blocks).
+        if run.workdir in seen or run.label_kind != "binary":
             continue
         seen.add(run.workdir)
         table = tables.load_first_token_table(run.workdir)
@@ -130,6 +139,7 @@ def build_report(
     layers: Sequence[int] = (),
     command: str | None = None,
     allow_partial: bool = False,
+    first_token_category: str = "",
 ) -> str:
     """Writes the report of `workdirs` to `out_dir` and returns the path of report.md.
 
@@ -143,6 +153,8 @@ def build_report(
         `python -m probing.report` invocation.
       allow_partial: also report workdirs whose extraction has not finished
         (their runs are labelled "[partial store]").
+      first_token_category: the category of Tao's Table 1 (default person, or
+        the most frequent category of data without people).
 
     Raises:
       ReportError: no workdirs, a workdir without probe results, an empty
@@ -150,7 +162,7 @@ def build_report(
     """
     workdirs = dedupe_workdirs(workdirs)
     runs = load_runs(workdirs, poolings, tasks, allow_partial)
-    by_task = group_by_task(runs)
+    by_task = group_runs(runs)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ReportError(f"--out={out_dir} is a file; pass a folder for the report")
     os.makedirs(out_dir, exist_ok=True)
@@ -181,8 +193,10 @@ def build_report(
     for task in by_task:
         task_rows = [row for row in rows if row.task == task]
         blocks.append(Heading(f"Task {task}", 3))
+        baselines = tables.baseline_cells(by_task[task])
+        note = tables.PAIRING_NOTE + (" " + tables.BASELINE_NOTE if baselines else "")
         blocks.append(
-            Table(tables.RESULTS_HEADER, tables.results_cells(task_rows), tables.PAIRING_NOTE)
+            Table(tables.RESULTS_HEADER, tables.results_cells(task_rows) + baselines, note)
         )
     blocks.append(Paragraph("Full-precision values: results.csv."))
 
@@ -194,6 +208,7 @@ def build_report(
             blocks.extend(figure(members, context))
 
     blocks.extend(_first_token_blocks(runs, out_dir))
+    blocks.extend(table1_blocks(runs, out_dir, first_token_category))
 
     blocks.append(Heading("Environment"))
     seen = set()

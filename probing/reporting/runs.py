@@ -20,7 +20,9 @@ import numpy as np
 from absl import logging
 
 from probing.probes.metrics import category_metric
+from probing.reporting.baselines import PromptBaseline, prompt_baseline
 from probing.reporting.consistency import check_seeds_agree, dedupe_workdirs
+from probing.reporting.labels import assign_labels, group_key
 from probing.store.atomic import verify_probe_dir
 from probing.store.integrity import require_complete
 from probing.store.layout import (
@@ -46,6 +48,10 @@ UNTRAINED = "untrained"
 TEXT_ONLY = "text only"
 IMAGE_ONLY = "image only"
 _BLIND_VARIANTS = {"text_only": TEXT_ONLY, "image_only": IMAGE_ONLY}
+
+
+# Workdir -> its prompt-text baseline (None: none can be built); one fit per workdir.
+_BASELINES: dict[str, PromptBaseline | None] = {}
 
 
 class ReportError(ValueError):
@@ -75,7 +81,8 @@ class ProbeRun:
       curves: split -> [num_layers, num_seeds, num_epochs] losses (NaN where
         missing); empty when the workdir has no curves.csv.
       epochs: the epoch ids, in order of the last axis of every curve array.
-      label: unique display name, set by `load_runs`.
+      label: unique display name, set by `load_runs` (probing.reporting.labels).
+      series: the label without the pooling: what one extraction run is.
       predictions: the arrays of probes/<pooling>/predictions.npz (per test
         example logits of every layer and seed, image ids, labels), or None
         for workdirs trained before the trainer wrote it.
@@ -101,6 +108,19 @@ class ProbeRun:
     def partial(self) -> bool:
         """Probed from a store whose extraction had not finished (allow_partial)."""
         return self.manifest.get("complete") is not True
+
+    series: str = ""
+    _baseline: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def prompt_baseline(self) -> PromptBaseline | None:
+        """The prompt-text-only baseline of this run's task (computed once per workdir)."""
+        if self._baseline is None:
+            cached = _BASELINES.get(self.workdir)
+            if self.workdir not in _BASELINES:
+                cached = _BASELINES[self.workdir] = prompt_baseline(self.workdir, self.manifest)
+            self._baseline = cached if cached is not None else False
+        return self._baseline or None
 
     @property
     def model_id(self) -> str:
@@ -340,20 +360,6 @@ def load_workdir_runs(
     return runs
 
 
-def _assign_labels(runs: list[ProbeRun]) -> None:
-    """Gives every run a label "model · pooling", unique within its task.
-
-    Two runs of one task with the same model and pooling (say, two prompts in
-    two workdirs) get the workdir's folder name appended.
-    """
-    base = [(run.task, f"{run.model_name} · {run.pooling}") for run in runs]
-    for run, key in zip(runs, base, strict=True):
-        clashes = base.count(key) > 1
-        suffix = f" [{os.path.basename(run.workdir.rstrip('/'))}]" if clashes else ""
-        # Every figure, table and legend names a partially extracted store as such.
-        run.label = key[1] + suffix + (" [partial store]" if run.partial else "")
-
-
 def load_runs(
     workdirs: Sequence[str],
     poolings: Sequence[str] | None = None,
@@ -384,20 +390,24 @@ def load_runs(
             f"the selection (tasks={list(tasks or [])}, poolings={list(poolings or [])}) "
             f"matches no probe results in {list(workdirs)}; widen or drop --tasks / --poolings"
         )
-    _assign_labels(runs)
+    assign_labels(runs)
+    for run in runs:
+        # Every figure, table and legend names a partially extracted store as such.
+        if run.partial:
+            run.label += " [partial store]"
     return runs
 
 
-def group_by_task(runs: Sequence[ProbeRun]) -> dict[str, list[ProbeRun]]:
-    """Runs per task, in first-seen order; figures that compare runs need one task.
+def group_runs(runs: Sequence[ProbeRun]) -> dict[str, list[ProbeRun]]:
+    """Runs per (task, category form) group (`labels.group_key`), in first-seen order.
 
     Raises:
-      ReportError: one task name is used with different label kinds, so its
-        runs do not share a headline metric.
+      ReportError: one group mixes label kinds, so its runs do not share a
+        headline metric.
     """
     groups: dict[str, list[ProbeRun]] = {}
     for run in runs:
-        groups.setdefault(run.task, []).append(run)
+        groups.setdefault(group_key(run), []).append(run)
     for task, members in groups.items():
         kinds = {(run.label_kind, run.headline_metric) for run in members}
         if len(kinds) > 1:

@@ -26,6 +26,7 @@ import numpy as np
 
 from probing.probes.metrics import CATEGORIES_LEFT_OUT, SELECTIVITY
 from probing.probes.stats import CI_LABEL, image_bootstrap
+from probing.reporting.labels import group_key
 from probing.reporting.runs import ProbeRun
 from probing.reporting.statistics import (
     SEEDS,
@@ -65,6 +66,7 @@ class ResultRow:
     """One line of the results table; metric values are test-split means over seeds."""
 
     task: str
+    label: str  # the run's unique label (probing.reporting.labels)
     model: str
     pooling: str
     workdir: str
@@ -132,7 +134,8 @@ def result_row(run: ProbeRun) -> ResultRow:
             )
             p_unit = SEED_UNIT
     return ResultRow(
-        task=run.task,
+        task=group_key(run),
+        label=run.label,
         model=run.model_name,
         pooling=run.pooling,
         workdir=run.workdir,
@@ -220,7 +223,7 @@ def _number(value: float, digits: int = 3, signed: bool = False) -> str:
 
 
 RESULTS_HEADER = (
-    "model · pooling",
+    "run",
     "metric",
     "best layer",
     "rel. depth",
@@ -251,7 +254,7 @@ def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
             p_value = f"{_number(row.p_peak_better_than_last, digits=4)} ({row.p_unit})"
         cells.append(
             [
-                f"{row.model} · {row.pooling}",
+                row.label,
                 row.metric
                 if math.isnan(row.categories_left_out)
                 else f"{row.metric} ({row.categories_left_out:g} left out)",
@@ -268,6 +271,45 @@ def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
             ]
         )
     return cells
+
+
+def baseline_cells(runs: Sequence[ProbeRun]) -> list[list[str]]:
+    """Results-table rows of the prompt-text baselines, one per extraction run (series).
+
+    The score sits in the peak column; there are no layers, so the rest is "—".
+    The ROC-AUC goes in the selectivity column's place in parentheses.
+    """
+    cells, seen = [], set()
+    for run in runs:
+        baseline = run.prompt_baseline
+        if baseline is None or run.series in seen:
+            continue
+        seen.add(run.series)
+        score = baseline.metrics.get(run.headline_metric, math.nan)
+        auc = baseline.metrics.get("roc_auc", math.nan)
+        cells.append(
+            [
+                f"{run.series} · text-only baseline ({baseline.reads})",
+                run.headline_metric,
+                "—",
+                "—",
+                f"{_number(score)} (ROC-AUC {_number(auc)})",
+                "—",
+                "—",
+                "—",
+                "—",
+                "",
+            ]
+        )
+    return cells
+
+
+BASELINE_NOTE = (
+    "Text-only baseline rows: a logistic regression on what the prompt text varies with "
+    "(the categories a WithCat prompt lists, none for NoCat; a caption's words), fitted on "
+    "the train rows and scored on the test rows with the probes' metric, no image and no "
+    "model: what a probe could score from the prompt alone (probing.reporting.baselines)."
+)
 
 
 # ------------------------------------------------------------- first tokens

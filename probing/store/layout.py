@@ -32,6 +32,9 @@ WRITTEN = "arrays/written"
 REJECTED = "arrays/rejected"
 FIRST_TOKEN_IDS = "arrays/first_token_ids"
 FIRST_TOKEN_PROBS = "arrays/first_token_probs"
+# int32 [N, 3]: per row, the tokens of each kind below (what mean pooling averages).
+TOKEN_COUNTS = "arrays/token_counts"
+TOKEN_KINDS = ("image", "template", "prompt")
 FEATURES_DIR = "features"
 
 
@@ -123,7 +126,8 @@ def new_manifest(
 ) -> dict[str, Any]:
     """manifest.json's content in the documented field order.
 
-    `model` is {"id", "revision", "family", "random_init"}; `num_layers` counts
+    `model` is {"id", "revision", "family", "random_init", "prompt_format"} and,
+    for hub checkpoints, "resolved_revision" (the commit loaded); `num_layers` counts
     hidden states (decoder layers + 1). Optional fields left as None are not
     written. `fingerprint` is what a resume must match; command, hardware and
     date say where and when, and are not part of it.

@@ -139,7 +139,7 @@ def build_task(
         examples, split_names = caption_rows.examples, caption_rows.split_names
         labels = np.asarray(caption_rows.labels, dtype=np.int8)
         label_mask, label_names, label_kind = None, ["entailed"], "binary"
-        extra_stats = caption_rows.stats
+        extra_stats, split_stats = caption_rows.stats, caption_rows.split_stats
         if fixed_prompt is not None:
             for example in examples:
                 example["prompt"] = fixed_prompt
@@ -150,7 +150,7 @@ def build_task(
         labels = np.asarray(category_rows.labels, dtype=np.int8).reshape(-1, num_columns)
         label_mask = np.asarray(category_rows.masks, dtype=np.uint8).reshape(-1, num_columns)
         label_names, label_kind = category_rows.label_names, "multilabel"
-        extra_stats = category_rows.stats
+        extra_stats, split_stats = category_rows.stats, {}
 
     # Put row, split and image id first: examples.jsonl is read by people too.
     examples = [
@@ -176,6 +176,8 @@ def build_task(
         skipped=skipped,
     )
     table.stats = {**task_statistics(table), **extra_stats, "seed": int(seed)}
+    for name, entry in split_stats.items():
+        table.stats["splits"][name]["negative_sampling"] = entry
     logging.info(
         "task %s: %d rows over %d images (%s)",
         table.task,

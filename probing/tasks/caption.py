@@ -2,20 +2,17 @@
 
 For every image, `positives_per_image` of its captions are positives (label
 1) and each gets one negative (label 0): a caption of ANOTHER image of the
-same task split, so no caption text crosses the train/test boundary.
+same task split, so no caption text crosses the train/test boundary, drawn
+by `probing.tasks.negatives` (random, or Tao et al.'s hard negatives with
+candidates sampled per positive), never one of the image's own texts, never
+twice for one image, and never a caption the truth check finds true of the
+image (`task.negative_check`, `probing.data.truth`).
 
-* ``random``: drawn uniformly from the split's other captions.
-* ``hard`` (Tao et al.): among `num_candidates` captions sampled from the
-  split (one sample per image, shared by its positives; the image's own
-  captions are dropped from it), the one most similar to the positive by
-  sentence embedding, skipping candidates more similar than
-  `similarity_ceiling` to any of the image's own captions (likely
-  paraphrases of a true caption, hence true themselves).
-
-Either way a candidate whose text equals one of the image's own captions
-(case and final period ignored) is never a negative. When no candidate
-survives the filters the negative falls back to a random one, and the count
-of such fallbacks goes to task_stats.json.
+task_stats.json gets, per split (under "splits"/<split>/"negatives"), what
+was rejected and why, how often a negative text is reused, and the
+false-negative rate of the kept negatives: exact on the generated dataset,
+the noun-match estimate elsewhere (0 by construction when that check
+rejected them; `noun_match_undecided` is the share it cannot judge).
 """
 
 from __future__ import annotations
@@ -29,17 +26,16 @@ import numpy as np
 from absl import logging
 
 from probing.data.coco import CocoDataset, DatasetError
+from probing.data.truth import NounTruth, SceneTruth, caption_truth, records_scenes
 from probing.store.layout import SPLIT_NAMES
 from probing.tasks import embeddings
+from probing.tasks.negatives import CaptionPool, SplitCounts, normalise_caption
 from probing.tasks.templates import render_caption
 
 POSITIVE_STREAM = 2
 NEGATIVE_STREAM = 3
 
-
-def normalise_caption(text: str) -> str:
-    """The form used to decide that two captions are the same text."""
-    return " ".join(text.lower().strip().rstrip(".").split())
+__all__ = ["CaptionRows", "build_caption_rows", "normalise_caption"]
 
 
 @dataclass
@@ -48,6 +44,8 @@ class CaptionRows:
     labels: list[int] = field(default_factory=list)
     split_names: list[str] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    # Per split: what negative sampling rejected and how good the kept ones are.
+    split_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _similarity_summary(values: Sequence[float]) -> dict[str, float]:
@@ -66,76 +64,43 @@ def _similarity_summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-class _CaptionPool:
-    """The captions of one task split, with their owners, for drawing negatives."""
+def _quality(
+    kept: Sequence[tuple[str, int]], exact: SceneTruth | None, nouns: NounTruth
+) -> dict[str, Any]:
+    """False-negative rate of kept (caption, image id) negatives, exact or estimated."""
+    n = max(len(kept), 1)
+    nouns_said = [nouns.is_true(c, i) for c, i in kept]
+    result: dict[str, Any] = {
+        "noun_match_rate": round(sum(v is True for v in nouns_said) / n, 4),
+        "noun_match_undecided": round(sum(v is None for v in nouns_said) / n, 4),
+    }
+    if exact is not None:
+        false_negatives = sum(bool(exact.is_true(c, i)) for c, i in kept)
+        result["false_negative_method"] = "exact"
+    else:
+        false_negatives = sum(v is True for v in nouns_said)
+        result["false_negative_method"] = "noun_match"
+    result["false_negatives"] = false_negatives
+    result["false_negative_rate"] = round(false_negatives / n, 4)
+    return result
 
-    def __init__(
-        self,
-        ids: Sequence[int],
-        captions: Mapping[int, list[str]],
-        vectors: np.ndarray | None,
-        text_index: Mapping[str, int],
-    ):
-        self.texts = [t for i in ids for t in captions[i]]
-        self.owners = np.array([i for i in ids for _ in captions[i]], dtype=np.int64)
-        self._text_ids: dict[str, int] = {}
-        self.text_ids = np.array(
-            [self.text_id(t) for t in self.texts],
-            dtype=np.int64,
-        )
-        self.vectors = vectors[[text_index[t] for t in self.texts]] if vectors is not None else None
 
-    def text_id(self, caption: str) -> int:
-        """An integer standing for the caption's normalised text."""
-        return self._text_ids.setdefault(normalise_caption(caption), len(self._text_ids))
-
-    def usable(self, indices: np.ndarray, image_id: int, own_text_ids: np.ndarray) -> np.ndarray:
-        """Which pool entries may be negatives of `image_id`: other owner, other text."""
-        return (self.owners[indices] != image_id) & ~np.isin(self.text_ids[indices], own_text_ids)
-
-    def random_negative(
-        self, rng: np.random.Generator, image_id: int, own_text_ids: np.ndarray
-    ) -> int | None:
-        """A uniformly drawn usable pool index, or None if there is none."""
-        # Rejection sampling is O(1) per row when almost every caption is
-        # usable, the normal case; the full scan only runs on degenerate pools.
-        for _ in range(32):
-            draws = rng.integers(len(self.texts), size=8)
-            ok = draws[self.usable(draws, image_id, own_text_ids)]
-            if ok.size:
-                return int(ok[0])
-        everything = np.arange(len(self.texts))
-        everything = everything[self.usable(everything, image_id, own_text_ids)]
-        return int(rng.choice(everything)) if everything.size else None
-
-    def hard_negatives(
-        self,
-        rng: np.random.Generator,
-        image_id: int,
-        own_text_ids: np.ndarray,
-        positive_vectors: np.ndarray,
-        own_vectors: np.ndarray,
-        num_candidates: int,
-        ceiling: float,
-    ) -> list[int | None]:
-        """Per positive, the most similar usable candidate caption.
-
-        One sample of `num_candidates` captions serves all positives of the
-        image, so the candidate vectors are gathered once and scored in one
-        matrix product. A candidate more similar than `ceiling` to ANY of the
-        image's own captions is dropped: it likely paraphrases a true caption.
-        """
-        assert self.vectors is not None
-        size = min(num_candidates, len(self.texts))
-        sample = rng.choice(len(self.texts), size=size, replace=False)
-        sample = sample[self.usable(sample, image_id, own_text_ids)]
-        candidates = self.vectors[sample]
-        sample = sample[(candidates @ own_vectors.T).max(axis=1, initial=-1.0) <= ceiling]
-        if not sample.size:
-            return [None] * len(positive_vectors)
-        similarity = self.vectors[sample] @ positive_vectors.T  # [candidates, positives]
-        best = np.argmax(similarity, axis=0)
-        return [int(sample[b]) for b in best]
+def _block_similarity(
+    pool: CaptionPool,
+    ids: Sequence[int],
+    positives_of: Mapping[int, list[str]],
+    vectors: np.ndarray,
+    text_index: Mapping[str, int],
+) -> dict[int, np.ndarray]:
+    """Image id -> [pool, positives] similarity, for a block of images at once."""
+    texts = [t for i in ids for t in positives_of[i]]
+    product = pool.similarities(vectors[[text_index[t] for t in texts]])
+    result, column = {}, 0
+    for image_id in ids:
+        width = len(positives_of[image_id])
+        result[image_id] = product[:, column : column + width]
+        column += width
+    return result
 
 
 def build_caption_rows(
@@ -168,43 +133,84 @@ def build_caption_rows(
             texts, hn.embedding_model, hn.cache_dir, int(hn.batch_size), hn.device
         )
 
+    truth = caption_truth(dataset, str(task.negative_check), float(task.min_area))
+    nouns = truth if isinstance(truth, NounTruth) else NounTruth(dataset, float(task.min_area))
+    # The exact measurement needs no check to be on: generated data is measured always.
+    exact = truth if isinstance(truth, SceneTruth) else None
+    if exact is None and records_scenes(dataset):
+        exact = SceneTruth(dataset)
+    hard = task.negatives == "hard"
+    hn = task.hard_negatives
     rows = CaptionRows()
     similarities: list[float] = []
-    fallbacks = 0
     short_images = 0
     for split in SPLIT_NAMES:
         ids = list(splits[split])
-        pool = _CaptionPool(ids, captions, vectors, text_index)
-        for done, image_id in enumerate(ids):
+        pool = CaptionPool(ids, captions, vectors, text_index)
+        counts = SplitCounts()
+        kept: list[tuple[str, int]] = []
+        judge = None
+        if truth is not None:
+            judge = lambda index, image_id, pool=pool: bool(  # noqa: E731
+                truth.is_true(pool.texts[index], image_id)
+            )
+        positives_of = {}
+        for image_id in ids:
             own = captions[image_id]
-            own_text_ids = np.array([pool.text_id(t) for t in own], dtype=np.int64)
             chosen = np.random.default_rng([seed, POSITIVE_STREAM, image_id]).choice(
                 len(own), size=min(k, len(own)), replace=False
             )
             short_images += len(own) < k
-            positives = [own[j] for j in sorted(chosen.tolist())]
+            positives_of[image_id] = [own[j] for j in sorted(chosen.tolist())]
+        # A small pool (against the candidates drawn) is scored against a
+        # block of images' positives in one matrix product instead of
+        # gathering every positive's sample: the same numbers, far fewer reads.
+        whole_pool = hard and len(pool.texts) <= 4 * int(hn.num_candidates)
+        block: dict[int, np.ndarray] = {}
+        for done, image_id in enumerate(ids):
+            own = captions[image_id]
+            own_text_ids = {pool.text_id(t) for t in own}
+            positives = positives_of[image_id]
             negative_rng = np.random.default_rng([seed, NEGATIVE_STREAM, image_id])
-            hard: list[int | None] = [None] * len(positives)
-            if task.negatives == "hard":
-                hard = pool.hard_negatives(
-                    negative_rng,
-                    image_id,
-                    own_text_ids,
-                    vectors[[text_index[p] for p in positives]],
-                    vectors[[text_index[t] for t in own]],
-                    int(task.hard_negatives.num_candidates),
-                    float(task.hard_negatives.similarity_ceiling),
+            own_vectors = vectors[[text_index[t] for t in own]] if hard else None
+            if whole_pool and image_id not in block:
+                block = _block_similarity(
+                    pool, ids[done : done + 64], positives_of, vectors, text_index
                 )
-                fallbacks += sum(h is None for h in hard)
-            for positive, negative_index in zip(positives, hard, strict=True):
-                if negative_index is None:
-                    negative_index = pool.random_negative(negative_rng, image_id, own_text_ids)
-                if negative_index is None:
-                    raise DatasetError(
-                        f"split {split!r} has no caption of another image that can serve "
-                        f"as a negative for image id {image_id}; use more images per split"
+            pool_similarity = block.get(image_id)
+            used: set[int] = set()
+            for number, positive in enumerate(positives):
+                index = None
+                if hard:
+                    index = pool.hard_negative(
+                        negative_rng,
+                        image_id,
+                        own_text_ids,
+                        used,
+                        vectors[text_index[positive]],
+                        own_vectors,
+                        int(hn.num_candidates),
+                        float(hn.similarity_ceiling),
+                        judge,
+                        counts,
+                        None if pool_similarity is None else pool_similarity[:, number],
                     )
-                negative = pool.texts[negative_index]
+                    counts.fallbacks += index is None
+                if index is None:
+                    index = pool.random_negative(
+                        negative_rng, image_id, own_text_ids, used, judge, counts
+                    )
+                if index is None:
+                    raise DatasetError(
+                        f"split {split!r} has no caption of another image that can serve as a "
+                        f"negative for image id {image_id} (false of it, not yet used for it); "
+                        "use more images per split"
+                    )
+                negative = pool.texts[index]
+                used.add(int(pool.text_ids[index]))
+                counts.negatives += 1
+                counts.reuse[normalise_caption(negative)] += 1
+                kept.append((negative, int(image_id)))
                 similarity = None
                 if vectors is not None:
                     similarity = round(
@@ -213,7 +219,7 @@ def build_caption_rows(
                     similarities.append(similarity)
                 for text, owner, label in (
                     (positive, image_id, 1),
-                    (negative, int(pool.owners[negative_index]), 0),
+                    (negative, int(pool.owners[index]), 0),
                 ):
                     example = {
                         "image_id": int(image_id),
@@ -227,19 +233,25 @@ def build_caption_rows(
                     rows.examples.append(example)
                     rows.labels.append(label)
                     rows.split_names.append(split)
-            if (done + 1) % 5000 == 0:
+            if (done + 1) % 2000 == 0:
                 logging.info("caption rows (%s): %d / %d images", split, done + 1, len(ids))
+        rows.split_stats[split] = {**counts.summary(), **_quality(kept, exact, nouns)}
     if short_images:
         logging.warning(
             "%d image(s) have fewer than %d captions; all of theirs were used", short_images, k
         )
     rows.stats = {
         "negatives": str(task.negatives),
+        "negative_check": truth.kind if truth is not None else "none",
         "positives_per_image": k,
         "images_with_fewer_captions": int(short_images),
-        "hard_negative_fallbacks": int(fallbacks),
+        "hard_negative_fallbacks": sum(
+            s["hard_negative_fallbacks"] for s in rows.split_stats.values()
+        ),
     }
+    if hard:
+        rows.stats["num_candidates_per_positive"] = int(hn.num_candidates)
     if vectors is not None:
-        rows.stats["embedding_model"] = str(task.hard_negatives.embedding_model)
+        rows.stats["embedding_model"] = str(hn.embedding_model)
         rows.stats["pair_similarity"] = _similarity_summary(similarities)
     return rows

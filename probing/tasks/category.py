@@ -25,19 +25,38 @@ Prompts:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from probing.data.coco import CocoDataset, DatasetError
+from probing.data.synthetic_coco import PARAMS_FILE
 from probing.store.layout import SPLIT_NAMES
 from probing.tasks.templates import render_categories
 
 CANDIDATE_STREAM = 4
 LISTING_STREAM = 5
+
+# The 2025 study's 40 object types (its Limitations section: "only 40 object
+# types"; the list is the first 40 COCO categories, as in its public code
+# JDev2001/ULM_Probing_VLMs, src/data/dataset_loader.py).
+STUDY2025_CATEGORIES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle",
+)  # fmt: skip
+# task.category_subset may name one of these instead of listing categories.
+# On the generated dataset (which has none of them) a named subset means all
+# of its own categories.
+NAMED_SUBSETS: dict[str, tuple[str, ...]] = {"study2025": STUDY2025_CATEGORIES}
 
 
 @dataclass
@@ -56,10 +75,23 @@ def parse_category_list(value: str | Sequence[str]) -> list[str]:
     return [str(name).strip() for name in items if str(name).strip()]
 
 
+def _resolve_subset(dataset: CocoDataset, value: str) -> list[str]:
+    """Names of `task.category_subset`: a comma-separated list or a name in NAMED_SUBSETS."""
+    if value.strip() not in NAMED_SUBSETS:
+        return parse_category_list(value)
+    names = list(NAMED_SUBSETS[value.strip()])
+    known = set(dataset.category_names)
+    if not known & set(names) and os.path.isfile(os.path.join(dataset.root, PARAMS_FILE)):
+        # The generated dataset has none of COCO's categories: score all of its own.
+        logging.info("category_subset %r: generated dataset, using all its categories", value)
+        return []
+    return names
+
+
 def label_columns(dataset: CocoDataset, task: ml_collections.ConfigDict) -> list[str]:
     """The K category names of the label columns, in dataset (COCO id) order."""
     known = dataset.category_names
-    subset = parse_category_list(task.category_subset)
+    subset = _resolve_subset(dataset, str(task.category_subset))
     unknown = [name for name in subset if name not in known]
     if unknown:
         raise DatasetError(
@@ -142,7 +174,9 @@ def build_category_rows(
             images_without_categories += not present.any()
             rng = np.random.default_rng([seed, CANDIDATE_STREAM, image_id])
             scored = _scored_columns(present, task.category_form, per_image, rng)
-            base = {"image_id": int(image_id)}
+            # Every category the image shows (not only scored ones): what
+            # Tao's Table 1 splits rows by. Never part of a prompt.
+            base = {"image_id": int(image_id), "present": sorted(image_categories)}
             if not withcat:
                 prompt = render_categories(template, [])
                 add(split, {**base, "prompt": prompt}, present, scored)

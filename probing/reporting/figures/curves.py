@@ -38,6 +38,9 @@ from probing.reporting.statistics import (
 )
 from probing.store.layout import SCORING_SPLIT
 
+# The prompt-text baseline's horizontal line (probing.reporting.baselines).
+PROMPT_BASELINE_STYLE = (0, (6, 2, 1, 2, 1, 2))
+
 
 def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure]:
     """Headline metric per layer with a 95% CI band, raw layer and relative depth.
@@ -70,6 +73,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
         baseline_values = set()
         sources = set()
         with_control = with_flags = False
+        with_baseline = False
         for run in runs:
             colour = colours[run.label]
             layers, mean, low, high, source = headline_stats(run, metric)
@@ -81,6 +85,15 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
                 draw_series(ax, x, mean, low, high, colour, run.variant, run.label)
                 ax.plot(x[flagged], mean[flagged], "x", color=colour, markersize=5, mew=1.0)
                 ax.axhline(mean[0], color=colour, linestyle=LAYER0_STYLE, linewidth=0.7, alpha=0.6)
+                baseline = run.prompt_baseline
+                if baseline is not None and metric in baseline.metrics:
+                    ax.axhline(
+                        baseline.metrics[metric],
+                        color=colour,
+                        linestyle=PROMPT_BASELINE_STYLE,
+                        linewidth=1.1,
+                    )
+                    with_baseline = True
                 if run.has(SCORING_SPLIT, control):
                     control_mean, _, _ = mean_and_ci(run.values(SCORING_SPLIT, control))
                     ax.plot(
@@ -132,6 +145,11 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             labels.append("shuffled-label control of each run")
         handles.append(Line2D([], [], color="grey", linestyle=LAYER0_STYLE, linewidth=0.7))
         labels.append("layer 0 of each run")
+        if with_baseline:
+            handles.append(
+                Line2D([], [], color="grey", linestyle=PROMPT_BASELINE_STYLE, linewidth=1.1)
+            )
+            labels.append("text-only baseline of each run (prompt text alone)")
         if baseline_values:
             names = sorted({name.replace("_", "-") for name, _ in baseline_values})
             handles.append(Line2D([], [], color="black", linestyle="-.", linewidth=0.9))
@@ -157,7 +175,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
 def _model_groups(runs: Sequence[ProbeRun]) -> dict[str, list[ProbeRun]]:
     groups: dict[str, list[ProbeRun]] = {}
     for run in runs:
-        groups.setdefault(run.model_name, []).append(run)
+        groups.setdefault(run.series or run.model_name, []).append(run)
     return {
         name: members
         for name, members in groups.items()
@@ -188,7 +206,7 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
             for index, run in enumerate(members):
                 layers, mean, low, high, source = headline_stats(run, metric)
                 sources.add(source)
-                name = run.label.split(" · ", 1)[1]
+                name = run.pooling
                 draw_series(
                     ax,
                     layers,
