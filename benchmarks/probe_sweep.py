@@ -220,10 +220,16 @@ def main(argv):
         if mode == "none":
             break
         run = train_batched(
-            features[torch_layers], labels, split, num_seeds=num_seeds, epochs=epochs,
-            batch_size=batch_size, learning_rate=LEARNING_RATE, dropout=DROPOUT,
+            features[torch_layers],
+            labels,
+            split,
+            num_seeds=num_seeds,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=LEARNING_RATE,
+            dropout=DROPOUT,
             compile=mode == "compiled",
-        )  # fmt: skip
+        )
         # Compilation (first epoch minus a later one) is paid once, not per layer.
         once = max(run.first_epoch_seconds - run.epoch_seconds, 0.0)
         batched[mode] = (once + (run.seconds - once) * scale_up, run)
