@@ -159,6 +159,10 @@ def train_batched(
         if cuda and cuda_graphs:
             options["mode"] = "reduce-overhead"
             mode = "compiled+cudagraphs"
+            # Inputs at a fixed address: otherwise every replay first copies them
+            # (the features too) into the graph's own input buffers.
+            for tensor in (*x_train, *mean, *inverse, y_train, lr, rate):
+                torch._dynamo.mark_static_address(tensor)
         step_fn = torch.compile(_step, **options)
     mode += f", {layer_update}"
 
