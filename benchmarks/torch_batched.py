@@ -7,7 +7,8 @@ Bernoulli dropout on the inputs; a linear probe started at zero; sigmoid
 cross-entropy averaged over the minibatch; Adam (β = 0.9, 0.999, ε = 1e-8, as
 optax's); the same batch size and epochs, every train row once per epoch,
 the last minibatch padded with weight-0 rows as the sweep pads it. Test
-accuracy is that of the last epoch (the sweep picks its epoch on val).
+accuracy is that of the last epoch: it records no losses and selects no epoch
+on val (the sweep does both), which only makes it faster.
 
 What makes it fast rather than a loop: the weights of a group of layers are
 one [L, S, D] tensor; each step gathers one minibatch per seed order for all
