@@ -16,6 +16,10 @@ then call the device tool's run with command="bash benchmarks/gpu_check.sh",
 carry=[".whl"], timeout_s=540; the wrapper installs .whl/*.whl if present and
 writes the log to $OUT/gpu_check.log. The script itself says what is missing
 (an "environment" block, and a "failed: No module named ..." row per part).
+To rerun only what failed, within the 15 minutes a task is lent: `bash
+benchmarks/gpu_check.sh --parts probe` (parts: qwen2_vl, fast_vlm, probe).
+Sizes: 32 rows per forward, 6 timed batches per extraction path (after one
+warm-up), 3 images × 10 prompts per prefix-sharing batch; probe batch 256.
 
 Here, as the test suite runs it (tiny sizes, CPU, about a minute on 2 cores):
 
