@@ -112,8 +112,13 @@ CAPTIONS = (
 )
 
 
-def _full_model(family: str, dtype: torch.dtype):
-    """A full-size random-init model and a processor for it (tiny tokenizer)."""
+def _full_model(
+    family: str,
+    dtype: torch.dtype,
+    device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
+):
+    """A full-size random-init model on `device` and an adapter for it (tiny tokenizer)."""
     import transformers
 
     tiny = build_tiny_checkpoint(family)
@@ -150,7 +155,11 @@ def _full_model(family: str, dtype: torch.dtype):
         side = {"height": FAST_VLM_IMAGE_SIDE, "width": FAST_VLM_IMAGE_SIDE}
         processor.image_processor.size = {"shortest_edge": FAST_VLM_IMAGE_SIDE}
         processor.image_processor.crop_size = side
-    model = transformers.AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    # Built on the device itself: random init of billions of weights is seconds on a GPU.
+    with torch.device(device):
+        model = transformers.AutoModelForImageTextToText.from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation
+        )
     model.eval().requires_grad_(False)
     adapter = adapter_class_for_model_type(config.model_type)(model, processor)
     return model, adapter
@@ -179,6 +188,9 @@ class Timing:
     tokens: int = 0
     seconds: float = 0.0
     peak_bytes: int = 0
+    # Useful FLOPs of the timed work when counted (measure(count_flops=True)):
+    # those of the hooked unshared forward on the same rows, whatever the path ran.
+    flops: float = 0.0
 
     def line(self, flops_per_token: float, peak_flops: float | None) -> str:
         rate = self.examples / self.seconds
@@ -228,31 +240,15 @@ def _time(name, batches, step, device) -> Timing:
     return timing
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    device_name = _DEVICE.value
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_name)
-    dtype_name = _DTYPE.value or ("bfloat16" if device.type == "cuda" else "float32")
-    dtype = getattr(torch, dtype_name)
-    torch.manual_seed(0)
-    if _SIZE.value == "tiny":
-        config = default_model_config()
-        config.name = f"tiny:{_FAMILY.value}"
-        config.device, config.dtype = device_name, dtype_name
-        config.attn_implementation = _ATTN.value
-        model, _, adapter = load_model(config)
-    else:
-        model, adapter = _full_model(_FAMILY.value, dtype)
-        model.to(device)
-    poolings = tuple(_POOLINGS.value)
-    batch_size, per_image = _BATCH.value, _PROMPTS_PER_IMAGE.value
+def build_batches(adapter, device, batch_size: int, num_batches: int, per_image: int):
+    """The same preprocessed inputs for every path: plain batches and prefix-sharing batches.
 
-    # One image per row for the plain paths; per_image rows per image for sharing.
+    Plain: one image per row. Shared: per_image rows (distinct captions) per
+    image, with the group leaders' inputs and the group of each row.
+    """
     plain_batches, shared_batches = [], []
-    images = _images(batch_size * _NUM_BATCHES.value)
-    for b in range(_NUM_BATCHES.value):
+    images = _images(batch_size * num_batches)
+    for b in range(num_batches):
         rows = range(b * batch_size, (b + 1) * batch_size)
         prompts = [_prompt(CAPTIONS[r % len(CAPTIONS)]) for r in rows]
         batch = adapter.build_batch([images[r] for r in rows], prompts)
@@ -268,6 +264,25 @@ def main(argv: list[str]) -> None:
         leaders = adapter.build_batch(group_images, row_prompts[::per_image])
         group_of = torch.arange(groups).repeat_interleave(per_image).to(device)
         shared_batches.append((adapter.to_model(shared), adapter.to_model(leaders), group_of))
+    return plain_batches, shared_batches
+
+
+def _counted_flops(step, batch) -> tuple[float, int]:
+    """FLOPs that torch counts for one call of step(batch), and its tokens."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        _, tokens = step(batch)
+    return float(counter.get_total_flops()), tokens
+
+
+def measure(model, adapter, device, poolings, plain_batches, shared_batches, count_flops=False):
+    """Times naive, engine, engine/10ppi and engine+prefix on the batches: a Timing each.
+
+    With count_flops, each Timing also gets the useful FLOPs of its work: those
+    torch counts for the hooked unshared forward (vision tower, decoder, LM
+    head on one position) per token of the same batches, times its tokens.
+    """
 
     def naive(inputs):
         with torch.inference_mode():
@@ -305,6 +320,39 @@ def main(argv: list[str]) -> None:
             _time("engine/10ppi", shared_batches, unshared, device),
             _time("engine+prefix", shared_batches, shared, device),
         ]
+        if count_flops:
+            # Counted on the first batch (untimed), scaled by each path's tokens.
+            plain_flops, plain_tokens = _counted_flops(hooked, plain_batches[0])
+            shared_flops, shared_tokens = _counted_flops(unshared, shared_batches[0])
+            per_token = [plain_flops / plain_tokens] * 2 + [shared_flops / shared_tokens] * 2
+            for timing, flops in zip(timings, per_token, strict=True):
+                timing.flops = flops * timing.tokens
+    return timings
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    device_name = _DEVICE.value
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_name)
+    dtype_name = _DTYPE.value or ("bfloat16" if device.type == "cuda" else "float32")
+    dtype = getattr(torch, dtype_name)
+    torch.manual_seed(0)
+    if _SIZE.value == "tiny":
+        config = default_model_config()
+        config.name = f"tiny:{_FAMILY.value}"
+        config.device, config.dtype = device_name, dtype_name
+        config.attn_implementation = _ATTN.value
+        model, _, adapter = load_model(config)
+    else:
+        model, adapter = _full_model(_FAMILY.value, dtype, device, _ATTN.value)
+    poolings = tuple(_POOLINGS.value)
+    batch_size, per_image = _BATCH.value, _PROMPTS_PER_IMAGE.value
+    plain_batches, shared_batches = build_batches(
+        adapter, device, batch_size, _NUM_BATCHES.value, per_image
+    )
+    timings = measure(model, adapter, device, poolings, plain_batches, shared_batches)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if gpu and k in gpu), None)
     # Matmul parameters of the decoder: the embedding table is a lookup, and
