@@ -25,19 +25,14 @@ _WORKDIRS = flags.DEFINE_list(
 _OUT = flags.DEFINE_string("out", None, "Output folder of report.md, report.html and figures.")
 _POOLINGS = flags.DEFINE_list("poolings", None, "Only these poolings (default: all probed).")
 _TASKS = flags.DEFINE_list("tasks", None, "Only workdirs of these tasks (default: all).")
-_LAYERS = flags.DEFINE_list(
-    "layers", [], "Extra layers whose loss curves are drawn, besides the best and the worst."
+_LAYERS = flags.DEFINE_multi_integer(
+    "layers", [], "Extra layers whose loss curves are drawn (besides the best and the worst)."
 )
 _ALLOW_PARTIAL = flags.DEFINE_bool(
-    "allow_partial",
-    False,
-    "Also report workdirs whose extraction has not finished (labelled '[partial store]').",
+    "allow_partial", False, "Also report unfinished extractions (labelled '[partial store]')."
 )
 _TABLE1_CATEGORY = flags.DEFINE_string(
-    "first_token_category",
-    "",
-    "Category of Tao's Table 1 (first tokens with vs without it); default person, or the "
-    "most frequent category when no image has one (generated data).",
+    "first_token_category", "", "Category of Tao's Table 1 (default person, else most frequent)."
 )
 flags.mark_flags_as_required(["workdirs", "out"])
 
@@ -45,18 +40,12 @@ flags.mark_flags_as_required(["workdirs", "out"])
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        layers = [int(layer) for layer in _LAYERS.value]
-    except ValueError:
-        raise app.UsageError(
-            f"--layers must be comma-separated integers, got {','.join(_LAYERS.value)}"
-        ) from None
     path = build_report(
         _WORKDIRS.value,
         _OUT.value,
         poolings=_POOLINGS.value,
         tasks=_TASKS.value,
-        layers=layers,
+        layers=_LAYERS.value,
         allow_partial=_ALLOW_PARTIAL.value,
         command=shlex.join(["python", "-m", "probing.report", *sys.argv[1:]]),
         first_token_category=_TABLE1_CATEGORY.value,
