@@ -6,7 +6,7 @@
 For each model family and task it runs stage 1 (`configs/demo.py:<family>,<task>`:
 a tiny randomly initialised checkpoint of the real architecture on a generated
 COCO-format dataset), stage 2 (`configs/probe.py`) and finally the report over
-all workdirs (probing.pipeline.run_demo). About 1 minute on a 2-core CPU once installed (the first run
+all workdirs (probing.pipeline.run_demo). About 2 minutes on an idle 2-core CPU (3.5 measured under load) once installed (the first run
 also builds the tiny checkpoints and the dataset). Rerunning resumes finished
 extractions instead of recomputing them.
 
