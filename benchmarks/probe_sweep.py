@@ -174,6 +174,8 @@ def main(argv):
         dropouts=(DROPOUT,),
         controls=False,
         layer_update=_LAYER_UPDATE.value,
+        # A fixed number of epochs, as the PyTorch loop trains (no early stopping).
+        patience=0,
     )
     start = time.perf_counter()
     result = run_sweep(

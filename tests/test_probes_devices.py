@@ -3,8 +3,8 @@
 JAX fixes its device count when it starts, so the multi-device run happens in
 a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=4. It
 trains one workdir twice through probing.probes.train (config.devices = 1, the
-plain single-device program, and 0 = all four devices) and compares the
-files byte for byte. Five layers on four devices also exercise the padding
+plain single-device program, and 0 = all four devices), without folds and
+with 3 folds re-drawn at probe time, and compares the files byte for byte. Five layers on four devices also exercise the padding
 of the layer axis to a multiple of the device count.
 """
 
@@ -33,11 +33,11 @@ _TWO_RUNS = textwrap.dedent(
     assert jax.device_count() == 4, jax.devices()
     root = sys.argv[1]
     arrays = planted_arrays(300, 5, 8, [2], strength=5.0, seed=3)
-    for name, devices in (("one", 1), ("four", 0)):
+    for name, devices, folds in (("one", 1, 0), ("four", 0, 0), ("one_k", 1, 3), ("four_k", 0, 3)):
         location = os.path.join(root, name)
         write_workdir(location, arrays)
         config = get_config()
-        config.update(num_seeds=2, epochs=3, batch_size=16, devices=devices)
+        config.update(num_seeds=2, epochs=3, batch_size=16, devices=devices, folds=folds)
         config.grid.learning_rate = (1e-2, 3e-2)
         train_workdir(location, config)
     print("trained")
@@ -64,12 +64,13 @@ def test_four_devices_write_the_same_files_as_one(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-3000:]
-    for name in _COMPARED:
-        with open(tmp_path / "one" / "probes" / "mean" / name, "rb") as f:
-            one = f.read()
-        with open(tmp_path / "four" / "probes" / "mean" / name, "rb") as f:
-            four = f.read()
-        assert one == four, f"{name} differs between 1 and 4 devices"
+    for suffix in ("", "_k"):
+        for name in _COMPARED:
+            with open(tmp_path / f"one{suffix}" / "probes" / "mean" / name, "rb") as f:
+                one = f.read()
+            with open(tmp_path / f"four{suffix}" / "probes" / "mean" / name, "rb") as f:
+                four = f.read()
+            assert one == four, f"{name}{suffix} differs between 1 and 4 devices"
 
 
 def test_one_device_runs_without_a_mesh_and_too_many_devices_are_refused():

@@ -128,6 +128,10 @@ def test_outputs_follow_the_contract(trained):
     assert summary["best_layer"]["layer"] == SIGNAL_LAYER
     assert summary["best_layer"]["selected_on"] == "val"
     assert summary["best_layer"]["mean"] > 0.9
+    # 4 epochs with patience 5: no probe can have converged, and all are named.
+    convergence = summary["convergence"]
+    assert convergence["max_epochs"] == 4 and convergence["probes"] == 4 * 2 * 2
+    assert convergence["not_converged"] == len(convergence["not_converged_probes"]) == 16
     noise = [summary["layers"][i]["test"]["accuracy"]["mean"] for i in (0, 1, 3)]
     assert max(noise) < 0.7
     selectivity = summary["layers"][SIGNAL_LAYER]["test"]["selectivity"]["mean"]

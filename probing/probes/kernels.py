@@ -1,38 +1,49 @@
-"""The sweep's jitted kernels: RNG streams, the control's shuffled labels, and the programs that
-initialise, train, select and evaluate the probes.
+"""The sweep's jitted training kernels: RNG streams, and the programs that initialise, train
+and select the probes (probing.probes.scoring holds the standardisation and scoring ones).
 
 Every kernel maps one probe's computation over the leading axes
-[layer, target, seed, grid] of the parameters (`_vmap_probes`): `jax.vmap`
-maps a single probe's Adam(W) step over the four axes and `lax.scan` runs an
-epoch's minibatches. Features are always passed as arguments (a closed-over
-array would be baked into the program as a constant), raw and example-major
-[n, L, D] in their store dtype; each minibatch is standardised in float32 as
-it is gathered (_standardized).
+[layer, fold, target, seed, grid] of the parameters (`_vmap_probes`):
+`jax.vmap` maps a single probe's Adam(W) step over the five axes and
+`lax.scan` runs an epoch's minibatches. Features are always passed as
+arguments (a closed-over array would be baked into the program as a
+constant), raw and example-major [N, L, D] in their store dtype, every row of
+the workdir once; the folds share one train index and minibatch order, each
+masking out the rows outside its train part (probing.probes.folds; a
+minibatch holds rows that are train in the same folds, so a fold trains on
+it whole or skips it), and each minibatch is standardised in float32, with
+each fold's train statistics, as it is gathered (scoring._standardized).
 
 Axes:
   layer   the hidden states probed (layer indices of the workdir);
+  fold    the splits trained: one (the workdir's own) or the folds re-drawn
+          at probe time (settings.folds);
   target  0 = the labels, 1 = the shuffled-label control (labels permuted
-          within the train split, and within val for its epoch selection, one
-          permutation per seed; scored on the real labels);
+          within the fold's train part, and within val for its epoch
+          selection, one permutation per seed; scored on the real labels);
   seed    seed indices s = 0..num_seeds-1;
   grid    points of the learning-rate x weight-decay x dropout grid.
 
-Determinism. Every random draw of probe (layer l, seed s) depends only on
-(settings.seed, s, l) and the epoch and step: initial weights on
-(seed, s, l), minibatch order on (seed, s, epoch), dropout masks on
-(seed, s, epoch, step), the control permutations on (seed, s, split). So a sweep
-restricted to one layer and seed trains that probe exactly as the full sweep
-does, and layer groups can be streamed one after another with identical
-results. Bitwise equality (tested on CPU) also needs the arithmetic to be
-independent of how many probes share the program: standardisation statistics
-are computed layer by layer, per-probe loss sums are added in a fixed pairwise
-order (_weighted_sum), divisions by a broadcast value are written as products
-with its reciprocal (XLA rewrites them so in some programs only), train-loss
-sums are added on the host in step order, and the layer axis is padded to at
-least two layers per device (XLA compiles a size-1 axis differently). The
-two forms of a minibatch step (settings.layer_update: layers one after
-another, fast on CPU, or all together, for accelerators) are each
-deterministic but differ from each other in the last bits.
+Determinism. Every random draw of probe (layer l, fold f, seed s) depends
+only on (settings.seed, s, l), the fold's rows, and the epoch and step:
+initial weights on (seed, s, l), minibatch order on (seed, s, epoch) (a
+permutation of the shared train index), dropout masks on
+(seed, s, epoch, step), the control permutations on (seed, s, split). Early
+stopping is per probe (probing.probes.stopping). So a sweep restricted to one
+layer, fold and seed trains that probe exactly as the full sweep does, and
+layer groups can be streamed one after another with identical results.
+Bitwise equality (tested on CPU) also needs the arithmetic to be independent
+of how many probes share the program: standardisation statistics are
+computed one layer and fold at a time, per-probe loss sums are added in a
+fixed pairwise order (scoring._weighted_sum), divisions by a broadcast value
+are written as products with its reciprocal (XLA rewrites them so in some
+programs only), train-loss sums are added on the host in step order, the
+shared train index and the padded val / test index arrays come from the
+full fold set whatever folds are trained, and the
+layer axis is padded to at least two layers per device (XLA compiles a
+size-1 axis differently). The two forms of a minibatch step
+(settings.layer_update: layers one after another, fast on CPU, or all
+together, for accelerators) are each deterministic but differ from each
+other in the last bits.
 """
 
 from __future__ import annotations
@@ -42,23 +53,27 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from probing.probes import stopping
 from probing.probes.model import LinearProbe, _optimizer, hash_bits
-from probing.store.layout import TRAIN, VAL
+from probing.probes.scoring import _apply_all, _selection_score, _standardized, _weighted_sum
 
 # Stream ids folded into the root key so that draws made for different
 # purposes never share a key.
 _INIT_STREAM, _SHUFFLE_STREAM, _DROPOUT_STREAM, _CONTROL_STREAM = 0, 1, 2, 3
 
 
-def _vmap_probes(fn: Callable, grid_axes, seed_axes, target_axes, layer_axes) -> Callable:
-    """vmaps a single-probe function over grid, then seed, target and layer (outermost)."""
+def _vmap_probes(
+    fn: Callable, grid_axes, seed_axes, target_axes, fold_axes=None, layer_axes=None
+) -> Callable:
+    """vmaps a single-probe function over grid, then seed, target, fold and layer (outermost);
+    without fold_axes (layer_axes), not over the fold (layer)."""
     fn = jax.vmap(fn, in_axes=grid_axes)
     fn = jax.vmap(fn, in_axes=seed_axes)
     fn = jax.vmap(fn, in_axes=target_axes)
-    return jax.vmap(fn, in_axes=layer_axes)
+    fn = fn if fold_axes is None else jax.vmap(fn, in_axes=fold_axes)
+    return fn if layer_axes is None else jax.vmap(fn, in_axes=layer_axes)
 
 
 def _root_key(seed: int) -> jax.Array:
@@ -72,34 +87,10 @@ def _stream_key(seed: int, stream: int, *indices: jax.Array) -> jax.Array:
     return key
 
 
-def _target_labels(labels, mask, rows, seed_ids, settings, split_name):
-    """Labels and mask of `rows` per target and seed, [T, S, n, C].
-
-    The shuffled-label control permutes the label vectors (with their masks)
-    within the split, one permutation per seed and split. Its train labels
-    carry no signal, and its epoch is chosen on equally shuffled val labels so
-    that its selection cannot peek at the real ones.
-    """
-    y, m = labels[rows], mask[rows]
-    per_seed = (len(seed_ids), *y.shape)
-    target_labels, target_masks = [np.broadcast_to(y, per_seed)], [np.broadcast_to(m, per_seed)]
-    if settings.controls:
-        split_code = {"train": TRAIN, "val": VAL}[split_name]
-        perms = [
-            np.asarray(
-                jax.random.permutation(
-                    _stream_key(settings.seed, _CONTROL_STREAM, int(s), split_code), len(y)
-                )
-            )
-            for s in seed_ids
-        ]
-        target_labels.append(np.stack([y[p] for p in perms]))
-        target_masks.append(np.stack([m[p] for p in perms]))
-    return jnp.asarray(np.stack(target_labels)), jnp.asarray(np.stack(target_masks))
-
-
-def _init_state(layer_ids, seed_ids, hp, *, seed, num_targets, num_outputs, dim, zero_init):
-    """Initial parameters and optimizer state, [layer, target, seed, grid, ...]."""
+def _init_state(
+    layer_ids, seed_ids, hp, *, seed, num_folds, num_targets, num_outputs, dim, zero_init
+):
+    """Initial parameters, optimizer and stopping state, [layer, fold, target, seed, grid, ...]."""
 
     def init_one(layer, seed_index):
         key = _stream_key(seed, _INIT_STREAM, seed_index, layer)
@@ -109,11 +100,11 @@ def _init_state(layer_ids, seed_ids, hp, *, seed, num_targets, num_outputs, dim,
     per_layer_seed = jax.vmap(jax.vmap(init_one, (None, 0)), (0, None))(layer_ids, seed_ids)
     num_grid = hp["learning_rate"].shape[0]
 
-    # The control probe starts from the labels probe's weights and all grid
-    # points share them: comparisons between them are paired.
+    # The control probe starts from the labels probe's weights, and all folds
+    # and grid points share them: comparisons between them are paired.
     def expand(p):
-        shape = (p.shape[0], num_targets, p.shape[1], num_grid, *p.shape[2:])
-        return jnp.broadcast_to(p[:, None, :, None], shape)
+        shape = (p.shape[0], num_folds, num_targets, p.shape[1], num_grid, *p.shape[2:])
+        return jnp.broadcast_to(p[:, None, None, :, None], shape)
 
     params = jax.tree.map(expand, per_layer_seed)
     opt_init = _vmap_probes(
@@ -121,21 +112,28 @@ def _init_state(layer_ids, seed_ids, hp, *, seed, num_targets, num_outputs, dim,
         grid_axes=(0, 0, 0),
         seed_axes=(0, None, None),
         target_axes=(0, None, None),
+        fold_axes=(0, None, None),
         layer_axes=(0, None, None),
     )
     opt_state = opt_init(params, hp["learning_rate"], hp["weight_decay"])
-    num_probes = params["dense"]["bias"].shape[:4]
+    num_probes = params["dense"]["bias"].shape[:5]
     return {
         "params": params,
         "opt_state": opt_state,
         "best_params": params,
         "best_score": jnp.full(num_probes, -jnp.inf, jnp.float32),
         "best_epoch": jnp.zeros(num_probes, jnp.int32),
+        **stopping.initial_state(num_probes),
     }
 
 
-def _probe_step(params, opt_state, x, labels, mask, bits, lr, wd, rate, *, num_outputs):
-    """One optimizer step of one probe on one minibatch; returns the summed loss."""
+def _probe_step(params, opt_state, live, x, labels, mask, bits, lr, wd, rate, *, num_outputs):
+    """One optimizer step of one probe on one minibatch; returns the summed loss.
+
+    A probe that is not `live` (stopped early, or a minibatch of its fold made
+    of padding only) keeps its parameters and optimizer state exactly: an
+    Adam step on a zero gradient would still move it by its momentum.
+    """
 
     def loss_fn(p):
         logits = LinearProbe(num_outputs).apply({"params": p}, x, bits, rate)
@@ -143,15 +141,62 @@ def _probe_step(params, opt_state, x, labels, mask, bits, lr, wd, rate, *, num_o
         return loss_sum / jnp.maximum(mask.sum(), 1.0), loss_sum
 
     (_, loss_sum), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = _optimizer(lr, wd).update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss_sum
+    updates, new_opt_state = _optimizer(lr, wd).update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+
+    def keep(new, old):
+        return jnp.where(live, new, old)
+
+    return (
+        jax.tree.map(keep, new_params, params),
+        jax.tree.map(keep, new_opt_state, opt_state),
+        loss_sum,
+    )
+
+
+def _epoch_order(seed, seed_index, epoch, chunk_sizes, batch_size):
+    """Positions into the shared train index in this epoch's order, [steps * B], and their
+    weights (0 for padding).
+
+    The shared index is laid out in chunks (probing.probes.folds: rows that
+    are train in the same folds). One chunk (no folds): a permutation of its
+    rows, the last minibatch padded with weight-0 copies of position 0, so
+    every train row is used once per epoch and all steps have one shape. Several
+    chunks: each chunk is permuted and cut into minibatches on its own (its
+    last one padded), and the minibatches of all chunks are shuffled
+    together. A minibatch then holds rows of one chunk only, which every fold
+    either trains on whole or skips whole: no fold computes on rows it masks out.
+    """
+    key = _stream_key(seed, _SHUFFLE_STREAM, seed_index, epoch)
+    if len(chunk_sizes) == 1:
+        (num_rows,) = chunk_sizes
+        padding = -(-num_rows // batch_size) * batch_size - num_rows
+        order = jax.random.permutation(key, num_rows)
+        order = jnp.concatenate([order, jnp.zeros(padding, order.dtype)])
+        weight = jnp.concatenate([jnp.ones(num_rows), jnp.zeros(padding)]).astype(jnp.float32)
+        return order, weight
+    orders, weights, start = [], [], 0
+    for c, size in enumerate(chunk_sizes):
+        padding = -(-size // batch_size) * batch_size - size
+        chunk_order = start + jax.random.permutation(jax.random.fold_in(key, c), size)
+        orders.append(jnp.concatenate([chunk_order, jnp.full(padding, start, chunk_order.dtype)]))
+        weights.append(jnp.concatenate([jnp.ones(size), jnp.zeros(padding)]))
+        start += size
+    steps = jax.random.permutation(
+        jax.random.fold_in(key, len(chunk_sizes)), sum(len(o) for o in orders) // batch_size
+    )
+    order = jnp.concatenate(orders).reshape(-1, batch_size)[steps].reshape(-1)
+    weight = jnp.concatenate(weights).reshape(-1, batch_size)[steps].reshape(-1)
+    return order, weight.astype(jnp.float32)
 
 
 def _train_epoch(
     state,
-    x_train,
+    x,
     mean,
     inverse,
+    train_rows,
+    train_weight,
     y_train,
     m_train,
     epoch,
@@ -163,71 +208,90 @@ def _train_epoch(
     use_dropout,
     num_outputs,
     layer_loop,
+    fold_loop,
+    chunk_sizes,
     whole_rows_max_bytes,
 ):
-    """One epoch of every probe. x_train [n, L, D] raw; y_train, m_train [T, S, n, C].
+    """One epoch of every active probe. x [N, L, D] raw; train_rows [n] the shared train index,
+    laid out in chunks of `chunk_sizes` rows, train_weight [F, n] each fold's rows of it;
+    y_train, m_train [F, T, S, n, C] (the mask 0 outside the fold's train part); mean,
+    inverse [L, F, D].
+
+    All folds step through the same minibatches of the shared index: a
+    minibatch is gathered once and each fold trains on its rows of it (the
+    others are masked out), so K folds cost one gather, not K. Minibatches
+    hold one chunk each (_epoch_order), so a fold trains on a minibatch whole
+    or not at all; with `fold_loop` (folds on, layer_loop) the folds of a
+    layer are then updated one after another and a fold that does not train
+    on the minibatch is skipped (lax.cond): each fold computes on its own rows
+    only, and its standardised minibatch [S, B, D] stays in cache.
 
     Each minibatch is standardised right after it is gathered (_standardized),
-    so the features stay in their store dtype: with float16 features every
-    step reads half the bytes, and the values the probes see are the same.
+    with each fold's statistics, so the features stay in their store dtype:
+    with float16 features every step reads half the bytes, and the values the
+    probes see are the same.
 
     With `layer_loop`, each minibatch step updates the layers one after
     another (lax.map) instead of all at once. The probe arithmetic is the same;
     what changes is the working set: one layer's minibatch [S, B, D] stays in
     a CPU's cache through gather, dropout, forward and backward, where the
-    all-layers form streams [L, S, B, D] through memory several times per
-    step. Accelerators prefer the all-at-once form (fewer, larger kernels).
+    all-layers form streams [L, F, S, B, D] through memory several times per
+    step; and a layer whose probes have all stopped is skipped (lax.cond).
+    Accelerators prefer the all-at-once form (fewer, larger kernels).
     """
-    num_train, num_layers, dim = x_train.shape
-    num_steps = -(-num_train // batch_size)
-    padding = num_steps * batch_size - num_train
+    num_layers, dim = x.shape[1], x.shape[2]
+    num_steps = sum(-(-size // batch_size) for size in chunk_sizes)
 
     def batches_of_seed(seed_index):
-        order = jax.random.permutation(
-            _stream_key(seed, _SHUFFLE_STREAM, seed_index, epoch), num_train
-        )
-        # The last minibatch is padded with weight-0 copies of row 0, so every
-        # train row is used once per epoch and all steps have one shape.
-        order = jnp.concatenate([order, jnp.zeros(padding, order.dtype)])
-        weight = jnp.concatenate([jnp.ones(num_train), jnp.zeros(padding)])
+        order, weight = _epoch_order(seed, seed_index, epoch, chunk_sizes, batch_size)
         dropout_key = _stream_key(seed, _DROPOUT_STREAM, seed_index, epoch)
         words = jax.vmap(
             lambda step: jax.random.bits(jax.random.fold_in(dropout_key, step), (2,), jnp.uint32)
         )(jnp.arange(num_steps))
         return (
             order.reshape(num_steps, batch_size),
-            weight.reshape(num_steps, batch_size).astype(jnp.float32),
+            weight.reshape(num_steps, batch_size),
             words,
         )
 
     order, weight, words = jax.vmap(batches_of_seed)(seed_ids)  # [S, steps, ...]
     steps_first = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), (order, weight, words))
     seed_positions = jnp.arange(seed_ids.shape[0])[:, None]
-
+    in_axes = dict(
+        grid_axes=(0, 0, 0, None, None, None, None, 0, 0, 0),
+        seed_axes=(0, 0, 0, 0, 0, 0, 0 if use_dropout else None, None, None, None),
+        target_axes=(0, 0, 0, None, 0, 0, None, None, None, None),
+        fold_axes=(0, 0, 0, 0, 0, 0, None, None, None, None),
+    )
+    probe_step = partial(_probe_step, num_outputs=num_outputs)
     step = _vmap_probes(
-        partial(_probe_step, num_outputs=num_outputs),
-        grid_axes=(0, 0, None, None, None, None, 0, 0, 0),
-        seed_axes=(0, 0, 0, 0, 0, 0 if use_dropout else None, None, None, None),
-        target_axes=(0, 0, None, 0, 0, None, None, None, None),
-        layer_axes=(0, 0, 0, None, None, None, None, None, None),
+        probe_step, **in_axes, layer_axes=(0, 0, 0, 0, None, None, None, None, None, None)
     )
-    # One layer's step: the same vmaps but the layer one (x is then [S, B, D]).
-    layer_step = jax.vmap(
-        jax.vmap(
-            jax.vmap(
-                partial(_probe_step, num_outputs=num_outputs),
-                in_axes=(0, 0, None, None, None, None, 0, 0, 0),
-            ),
-            in_axes=(0, 0, 0, 0, 0, 0 if use_dropout else None, None, None, None),
-        ),
-        in_axes=(0, 0, None, 0, 0, None, None, None, None),
-    )
+    layer_step = _vmap_probes(probe_step, **in_axes)  # x then [F, S, B, D]
+    # One fold of one layer: x [S, B, D], labels and mask [T, S, B, C].
+    fold_step = _vmap_probes(probe_step, **{k: v for k, v in in_axes.items() if k != "fold_axes"})
+
+    def one_fold(raw, bits, rates, fold_state):
+        params, opt_state, live, mean, inverse, labels, mask = fold_state
+
+        def update(_):
+            xs = _standardized(raw, mean, inverse)
+            return fold_step(params, opt_state, live, xs, labels, mask, bits, *rates)
+
+        def skip(_):
+            return params, opt_state, live * jnp.float32(0)
+
+        return jax.lax.cond(live.any(), update, skip, None)
 
     def body(carry, batch):
         params, opt_state = carry
-        rows, row_weight, key_words = batch  # [S, B], [S, B], [S, 2]
-        labels = y_train[:, seed_positions, rows]  # [T, S, B, C]
-        mask = m_train[:, seed_positions, rows] * row_weight[None, :, :, None]
+        positions, row_weight, key_words = batch  # [S, B], [S, B], [S, 2]
+        rows = train_rows[positions]  # [S, B], shared by the folds
+        labels = y_train[:, :, seed_positions, positions]  # [F, T, S, B, C]
+        mask = m_train[:, :, seed_positions, positions] * row_weight[None, None, :, :, None]
+        # A probe steps when it is active and its fold has a train row in the minibatch.
+        fold_rows = train_weight[:, positions] * row_weight  # [F, S, B]
+        live = state["active"] & (fold_rows.sum(-1) > 0)[None, :, None, :, None]
         bits = (
             jax.vmap(lambda w: hash_bits(w, (batch_size, dim)))(key_words) if use_dropout else None
         )
@@ -237,25 +301,44 @@ def _train_epoch(
             # that block fits in cache; bigger minibatches read each layer's
             # rows where that layer is trained (a block that overflows the
             # cache would be read from memory twice). The values are the same.
-            block_bytes = rows.size * num_layers * dim * x_train.dtype.itemsize
-            block = x_train[rows] if block_bytes <= whole_rows_max_bytes else None
+            block_bytes = rows.size * num_layers * dim * x.dtype.itemsize
+            block = x[rows] if block_bytes <= whole_rows_max_bytes else None
 
             def one_layer(layer_state):
-                layer_params, layer_opt_state, layer = layer_state
-                if block is None:
-                    raw = x_train[rows, layer]
-                else:
-                    raw = jax.lax.dynamic_index_in_dim(block, layer, axis=2, keepdims=False)
-                x = _standardized(raw, mean[layer], inverse[layer])
-                return layer_step(layer_params, layer_opt_state, x, labels, mask, bits, *rates)
+                layer_params, layer_opt_state, layer_live, layer = layer_state
+
+                def update(_):
+                    if block is None:
+                        raw = x[rows, layer]
+                    else:
+                        raw = jax.lax.dynamic_index_in_dim(block, layer, axis=2, keepdims=False)
+                    if fold_loop:
+                        per_fold = (layer_params, layer_opt_state, layer_live, mean[layer])
+                        per_fold = (*per_fold, inverse[layer], labels, mask)
+                        return jax.lax.map(partial(one_fold, raw, bits, rates), per_fold)
+                    xs = _standardized(
+                        raw[None], mean[layer][:, None, None], inverse[layer][:, None, None]
+                    )
+                    return layer_step(
+                        layer_params, layer_opt_state, layer_live, xs, labels, mask, bits, *rates
+                    )
+
+                def skip(_):
+                    # Zeros derived from a per-device input: under shard_map both
+                    # branches must vary over the mesh alike.
+                    return layer_params, layer_opt_state, layer_live * jnp.float32(0)
+
+                return jax.lax.cond(layer_live.any(), update, skip, None)
 
             layers = jnp.arange(num_layers)
-            params, opt_state, loss_sum = jax.lax.map(one_layer, (params, opt_state, layers))
+            params, opt_state, loss_sum = jax.lax.map(one_layer, (params, opt_state, live, layers))
         else:
-            raw = jnp.moveaxis(x_train[rows], 2, 0)  # [L, S, B, D]
-            x = _standardized(raw, mean[:, None, None], inverse[:, None, None])
-            params, opt_state, loss_sum = step(params, opt_state, x, labels, mask, bits, *rates)
-        scored = mask.sum(axis=(2, 3))[None, :, :, None]  # [1, T, S, 1]
+            raw = jnp.moveaxis(x[rows], 2, 0)[:, None]  # [L, 1, S, B, D]
+            xs = _standardized(raw, mean[:, :, None, None], inverse[:, :, None, None])
+            params, opt_state, loss_sum = step(
+                params, opt_state, live, xs, labels, mask, bits, *rates
+            )
+        scored = mask.sum(axis=(3, 4))[None, :, :, :, None]  # [1, F, T, S, 1]
         return (params, opt_state), (loss_sum, scored)
 
     (params, opt_state), (loss_sums, scored) = jax.lax.scan(
@@ -266,160 +349,46 @@ def _train_epoch(
     return {**state, "params": params, "opt_state": opt_state}, (loss_sums, scored)
 
 
-def _apply_all(params, x, mean, inverse, *, num_outputs):
-    """Logits [L, T, S, G, n, C] of every probe on raw x [n, L, D] (no dropout).
-
-    Layer by layer (lax.map): one layer's standardised features [n, D] are
-    the only float32 copy made, never all layers' at once.
-    """
-    apply = jax.vmap(
-        jax.vmap(
-            jax.vmap(
-                lambda p, xl: LinearProbe(num_outputs).apply({"params": p}, xl),
-                in_axes=(0, None),
-            ),
-            in_axes=(0, None),
-        ),
-        in_axes=(0, None),
-    )
-
-    def one_layer(layer_args):
-        layer_params, layer, layer_mean, layer_inverse = layer_args
-        layer_x = jax.lax.dynamic_index_in_dim(x, layer, axis=1, keepdims=False)
-        return apply(layer_params, _standardized(layer_x, layer_mean, layer_inverse))
-
-    return jax.lax.map(one_layer, (params, jnp.arange(x.shape[1]), mean, inverse))
-
-
-def _weighted_sum(values: jax.Array, weights: jax.Array, num_axes: int) -> jax.Array:
-    """Sum of values * weights over the last `num_axes` axes, in a fixed pairwise order.
-
-    XLA picks the summation order of a reduction (and of a small batched dot)
-    from the shapes of the whole program, so a plain jnp.sum or dot makes a
-    probe's loss depend on how many other probes share the sweep, or on how
-    the sweep is sharded. Here the entries, zero-padded to a power of two, are
-    added in halves with elementwise adds, which XLA never reorders: every
-    probe's sum is computed the same way in any sweep. Gradients are
-    unaffected (the gradient of a sum is the same in any order).
-    """
-    products = values * weights
-    lead = products.shape[: products.ndim - num_axes]
-    flat = products.reshape(*lead, -1)
-    size = flat.shape[-1]
-    width = 1 << max(size - 1, 0).bit_length()
-    flat = jnp.pad(flat, [(0, 0)] * len(lead) + [(0, width - size)])
-    while flat.shape[-1] > 1:
-        halves = flat.reshape(*lead, 2, flat.shape[-1] // 2)
-        flat = halves[..., 0, :] + halves[..., 1, :]
-    return flat[..., 0]
-
-
-def _selection_score(logits, labels, mask, *, selection, multilabel):
-    """(val loss, score where higher is better) per probe.
-
-    logits [..., n, C]; labels and mask broadcast against them. Counts are
-    sums of 0/1 values, exact in float32 in any order.
-    """
-    mask = jnp.broadcast_to(mask, logits.shape)
-    scored = jnp.maximum(mask.sum(axis=(-2, -1)), 1.0)
-    per_entry = optax.sigmoid_binary_cross_entropy(logits, labels)
-    loss = _weighted_sum(per_entry, mask, 2) / scored
-    if selection == "loss":
-        return loss, -loss
-    predicted = (logits > 0).astype(jnp.float32)
-    if not multilabel:
-        accuracy = jnp.sum((predicted == labels) * mask, axis=(-2, -1)) / scored
-        return loss, accuracy
-    tp = jnp.sum(predicted * labels * mask, axis=-2)
-    fp = jnp.sum(predicted * (1 - labels) * mask, axis=-2)
-    fn = jnp.sum((1 - predicted) * labels * mask, axis=-2)
-    denominator = 2 * tp + fp + fn
-    f1 = jnp.where(denominator > 0, 2 * tp / jnp.maximum(denominator, 1.0), 0.0)
-    present = (mask.sum(axis=-2) > 0).astype(jnp.float32)
-    macro_f1 = _weighted_sum(f1, present, 1) / jnp.maximum(present.sum(axis=-1), 1.0)
-    return loss, macro_f1
-
-
 def _select_epoch(
-    state, x_val, mean, inverse, y_val, m_val, epoch, *, num_outputs, selection, multilabel
+    state,
+    x,
+    val_rows,
+    mean,
+    inverse,
+    y_val,
+    m_val,
+    epoch,
+    *,
+    num_outputs,
+    selection,
+    multilabel,
+    patience,
+    min_delta,
 ):
-    """Scores every probe on val and keeps its parameters if they improved.
+    """Scores every probe on its fold's val rows, keeps its parameters if they improved, and
+    updates its early stopping.
 
-    y_val, m_val: [T, S, n, C], the control's val labels shuffled like its train labels.
+    y_val, m_val: [F, T, S, n, C], the control's val labels shuffled like its train labels.
     """
-    logits = _apply_all(state["params"], x_val, mean, inverse, num_outputs=num_outputs)
+    logits = _apply_all(state["params"], x, val_rows, mean, inverse, num_outputs=num_outputs)
     val_loss, score = _selection_score(
         logits,
-        y_val[None, :, :, None],
-        m_val[None, :, :, None],
+        y_val[None, :, :, :, None],
+        m_val[None, :, :, :, None],
         selection=selection,
         multilabel=multilabel,
     )
-    # Strictly better only: ties keep the earlier epoch.
-    improved = score > state["best_score"]
+    # Strictly better only: ties keep the earlier epoch. A stopped probe's
+    # selection is frozen with it.
+    improved = state["active"] & (score > state["best_score"])
 
     def keep(new, old):
-        return jnp.where(improved.reshape(improved.shape + (1,) * (new.ndim - 4)), new, old)
+        return jnp.where(improved.reshape(improved.shape + (1,) * (new.ndim - 5)), new, old)
 
-    return {
+    state = {
         **state,
         "best_params": jax.tree.map(keep, state["params"], state["best_params"]),
         "best_score": jnp.where(improved, score, state["best_score"]),
         "best_epoch": jnp.where(improved, epoch + 1, state["best_epoch"]),
-    }, val_loss
-
-
-def _chosen_logits(params, splits, mean, inverse, chosen_grid, *, num_outputs):
-    """Logits [L, T, S, n, C] on each x of `splits` of the chosen grid point per layer.
-
-    Every grid point is applied and the chosen one picked afterwards, so the
-    probes are evaluated by the same vmapped program that selected them. All
-    splits go through one call so that XLA compiles one program, not one per
-    split size.
-    """
-
-    def pick(p):
-        index = chosen_grid.reshape((-1, 1, 1, 1) + (1,) * (p.ndim - 4))
-        return jnp.take_along_axis(p, index, axis=3)[:, :, :, 0]
-
-    logits = [pick(_apply_all(params, x, mean, inverse, num_outputs=num_outputs)) for x in splits]
-    return logits, jax.tree.map(pick, params)
-
-
-def _layer_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Mean and scale [D] of one layer's train features [n, D] (any float dtype)."""
-    x = x.astype(jnp.float32)
-    mean = jnp.mean(x, axis=0)
-    std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=0))
-    # A dimension constant on train carries no information; dividing by 1
-    # instead of ~0 keeps its (tiny) val/test deviations from exploding.
-    return mean, jnp.where(std > 1e-6, std, 1.0)
-
-
-def _statistics(x_train: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per-layer standardisation [L, D] from train features [n, L, D]: mean, scale, 1 / scale.
-
-    The statistics are computed layer by layer (lax.map) rather than as one
-    reduction over [L, n, D]: XLA orders a batched reduction differently for
-    different L, which would make a layer's numbers depend on how many other
-    layers share the sweep.
-    """
-    mean, scale = jax.lax.map(
-        lambda layer: _layer_statistics(jax.lax.dynamic_index_in_dim(x_train, layer, 1, False)),
-        jnp.arange(x_train.shape[1]),
-    )
-    return mean, scale, 1.0 / scale
-
-
-def _standardized(x: jax.Array, mean: jax.Array, inverse: jax.Array) -> jax.Array:
-    """(x - mean) / scale in float32, for raw features x in their store dtype.
-
-    Applied to each minibatch where it is used instead of to all features
-    once: the float32 values are the same (float16 and bfloat16 convert to
-    float32 exactly), but the features are read in their compact dtype and no
-    standardised copy of them is ever held. The division is written as a
-    product with the reciprocal: XLA's simplifier turns a division by a
-    broadcast into exactly this in some programs and not in others (a sharded
-    one), and the two differ in the last bit.
-    """
-    return (x.astype(jnp.float32) - mean) * inverse
+    }
+    return stopping.update(state, score, epoch, patience=patience, min_delta=min_delta), val_loss

@@ -6,7 +6,8 @@ from probing.probes.metrics and summary.json from probing.probes.summary.
   metrics.csv        layer, seed, split, metric, value
   curves.csv         layer, seed, epoch, split, loss (task probe, chosen grid point)
   summary.json       per layer, split and metric: mean, 95% CI (cluster bootstrap over
-                     test images), seed spread; trivial baselines; the best layer
+                     test images), seed spread; trivial baselines; the best layer;
+                     which probes did not converge ("convergence")
   probe_config.json  the settings used, the grid and what was chosen per layer
   weights.npz        the trained probes and the standardisation
   predictions.npz    per test example: row, image id, logits of the chosen probes
@@ -42,6 +43,7 @@ from probing.probes.metrics import (
     majority_metric,
 )
 from probing.probes.settings import SweepSettings
+from probing.probes.stopping import convergence_summary
 from probing.probes.summary import build_summary
 from probing.probes.sweep import TARGET_NAMES_IN_FILES, SweepResult
 from probing.store.atomic import write_probe_dir
@@ -119,7 +121,8 @@ def curve_table(result: SweepResult) -> list[tuple[int, int, int, str, float]]:
     for li, layer in enumerate(result.layers):
         grid_point = result.chosen_grid[li]
         for si, seed in enumerate(result.seeds):
-            for epoch in range(result.train_loss.shape[0]):
+            # A probe that stopped early has no losses after its last epoch.
+            for epoch in range(int(result.epochs_trained[li, 0, si, grid_point])):
                 for split_name, losses in (("train", result.train_loss), ("val", result.val_loss)):
                     loss = float(losses[epoch, li, 0, si, grid_point])
                     table.append((int(layer), int(seed), epoch + 1, split_name, loss))
@@ -286,6 +289,7 @@ def write_results(
     """
     table = metric_table(result, label_data)
     summary = summarize(table, result, label_data, pooling, settings.bootstrap_resamples)
+    summary["convergence"] = convergence_summary(result, settings)
     if partial:
         summary["partial_store"] = dict(partial)
     if not write:

@@ -20,6 +20,8 @@ SELECTIONS = ("loss", "headline")
 # How a minibatch step updates the layers (see kernels._train_epoch): one after
 # another (fast on CPU), all together (fast on GPU/TPU), or chosen by the backend.
 LAYER_UPDATES = ("auto", "sequential", "together")
+# How train_all_layers re-draws the image-grouped split at probe time (settings.folds > 0).
+FOLD_KINDS = ("kfold", "repeated")
 # Feature dtypes the sweep reads as they are (the workdir's store dtypes).
 FEATURE_DTYPES = (np.dtype(np.float16), np.dtype(jnp.bfloat16), np.dtype(np.float32))
 
@@ -30,7 +32,9 @@ class SweepSettings:
 
     seed: int = 0
     num_seeds: int = 3
-    epochs: int = 10
+    epochs: int = 300
+    patience: int = 5
+    min_delta: float = 0.0
     batch_size: int = 64
     learning_rates: tuple[float, ...] = (1e-3,)
     weight_decays: tuple[float, ...] = (0.0,)
@@ -42,6 +46,9 @@ class SweepSettings:
     devices: int = 0
     layer_update: str = "auto"
     bootstrap_resamples: int = 10_000
+    folds: int = 0
+    fold_kind: str = "kfold"
+    fold_seed: int = 0
 
     def __post_init__(self):
         problems = []
@@ -49,6 +56,10 @@ class SweepSettings:
             problems.append(f"num_seeds must be >= 1, got {self.num_seeds}")
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.patience < 0:
+            problems.append(f"patience must be >= 0 (0 = train every epoch), got {self.patience}")
+        if self.min_delta < 0:
+            problems.append(f"min_delta must be >= 0, got {self.min_delta}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if not (self.learning_rates and self.weight_decays and self.dropouts):
@@ -69,6 +80,13 @@ class SweepSettings:
             )
         if self.bootstrap_resamples < 0:
             problems.append(f"bootstrap_resamples must be >= 0, got {self.bootstrap_resamples}")
+        if self.fold_kind not in FOLD_KINDS:
+            problems.append(f"fold_kind must be one of {FOLD_KINDS}, got {self.fold_kind!r}")
+        elif self.folds < 0 or (self.fold_kind == "kfold" and self.folds in (1, 2)):
+            problems.append(
+                f"folds must be 0 (the workdir's split) or >= 3 for kfold (test, val and "
+                f"train each need a fold), >= 1 for repeated; got {self.folds}"
+            )
         if self.devices < 0:
             problems.append(f"devices must be >= 0 (0 = all), got {self.devices}")
         if problems:
@@ -111,6 +129,11 @@ class SweepSettings:
             devices=int(optional("devices")),
             layer_update=str(optional("layer_update")),
             bootstrap_resamples=int(optional("bootstrap_resamples")),
+            patience=int(optional("patience")),
+            min_delta=float(optional("min_delta")),
+            folds=int(optional("folds")),
+            fold_kind=str(optional("fold_kind")),
+            fold_seed=int(optional("fold_seed")),
         )
 
     def grid(self) -> dict[str, np.ndarray]:
@@ -136,13 +159,32 @@ def default_config() -> ml_collections.ConfigDict:
     """The default probe config (configs/probe.py), built from SweepSettings' defaults."""
     defaults = SweepSettings()
     config = ml_collections.ConfigDict()
-    # Root seed; every random draw of probe (layer l, seed s) derives from (seed, s, l).
+    # Root seed; every random draw of probe (layer l, seed s) derives from (seed, s, l)
+    # (and, with folds, from the fold's rows).
     config.seed = defaults.seed
     # Probes trained per layer with different seeds (init, minibatch order, dropout);
     # summary.json reports their spread as training noise (seed_spread, std).
     config.num_seeds = defaults.num_seeds
-    # Passes over the train split; the best epoch per probe is chosen on val.
+    # The most passes over the train split (a budget: with patience > 0 a probe
+    # stops when it has converged); the best epoch per probe is chosen on val.
     config.epochs = defaults.epochs
+    # Early stopping, per probe: a probe stops (its weights and chosen epoch
+    # freeze) once its val selection score has gone `patience` epochs without
+    # improving by more than min_delta; the sweep ends when every probe has
+    # stopped, or after `epochs`. 0 trains every probe for all epochs. Probes
+    # whose best epoch is their last, or still improving when the budget ran
+    # out, are listed in summary.json ("convergence") and logged. Measured on
+    # planted stores (benchmarks/convergence.py, Adam at 1e-3, batch 64): the old
+    # fixed 10 epochs left 57% (binary) / 62% (multilabel) of the probes at their
+    # best in the last epoch; patience 5 leaves none, stopping after 25 epochs on
+    # average (at most 55) at N = 2,000, D = 256, 12 (at most 21) at N = 8,000,
+    # D = 512, and 67-89 (at most 194) at N = 4,000, D = 16, hence the budget.
+    config.patience = defaults.patience
+    # Smallest val improvement that counts for the patience, in the selection
+    # score's units (cross-entropy in nats for selection = "loss"). 0 counts any:
+    # with a tolerance, probes whose loss still creeps down stop with their best
+    # epoch last (19% of the multilabel probes at 1e-4 in the D = 16 store).
+    config.min_delta = defaults.min_delta
     # Minibatch size of Adam; the last minibatch of an epoch is padded with weight 0.
     config.batch_size = defaults.batch_size
     # Adam learning rate (used unless grid.learning_rate lists values).
@@ -197,4 +239,19 @@ def default_config() -> ml_collections.ConfigDict:
     # using its written rows only; summary.json and results.json then say so.
     # Off by default: an incomplete store is refused.
     config.allow_partial = False
+    # Split-robust sweeps: 0 keeps the workdir's own split (arrays/split). K > 0
+    # re-draws the image-grouped split at probe time, from arrays/group, without
+    # re-extracting: every fold is trained in the same program as the layers and
+    # seeds (a fold is a row mask on the one copy of the features: one gathered
+    # minibatch trains every fold), metrics.csv / curves.csv / predictions.npz
+    # gain a `fold` column, and summary.json the best layer of each fold.
+    config.folds = defaults.folds
+    # "kfold": K folds of the images; fold f tests on the f-th K-th of them, selects
+    # on the next one and trains on the other K - 2 (K >= 3; K = 5 is 60/20/20).
+    # "repeated": K independent random draws with the workdir's own train / val /
+    # test fractions of images (how much the numbers move when the split is re-drawn).
+    config.fold_kind = defaults.fold_kind
+    # Seed of the fold assignment (independent of `seed`, so the probes' own
+    # randomness can vary while the folds stay put, and vice versa).
+    config.fold_seed = defaults.fold_seed
     return config

@@ -2,51 +2,38 @@
 `run_streaming_sweep` those of all layers, group by group, into a `SweepResult`.
 
 One Flax LinearProbe (probing.probes.model) is trained per probe; the probes'
-parameters carry leading axes [layer, target, seed, grid] (see
-probing.probes.kernels) and one jitted epoch program trains all of them
-together. run_sweep compiles the programs while it places the features on the
-device(s) (probing.probes.devices), trains epoch by epoch, and collects the
-chosen probes' parameters, losses and logits into a SweepResult.
+parameters carry leading axes [layer, fold, target, seed, grid] (see
+probing.probes.kernels; folds: probing.probes.folds) and one jitted epoch
+program trains all of them together. run_sweep compiles the programs while it
+places the features on the device(s) (probing.probes.programs, .devices),
+trains epoch by epoch until every probe has stopped (probing.probes.stopping),
+and collects the chosen probes' parameters, losses and logits into a
+SweepResult.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from probing.probes import devices
+from probing.probes import stopping
 from probing.probes.devices import (
     _BY_LAYER,
-    _FEATURES_BY_LAYER,
-    _LOSS_BY_LAYER,
     _REPLICATED,
-    _compile,
-    _layer_loop,
     _padded_layer_index,
     _place,
-    _place_features,
-    _program,
-    _shapes_of,
     _to_host,
     probe_mesh,
 )
-from probing.probes.kernels import (
-    _chosen_logits,
-    _init_state,
-    _select_epoch,
-    _statistics,
-    _target_labels,
-    _train_epoch,
-)
+from probing.probes.folds import FoldSet, fold_targets, make_folds
+from probing.probes.programs import _compile_and_place, _DeviceInputs, _programs
 from probing.probes.settings import FEATURE_DTYPES, SweepSettings
 from probing.progress import Progress
-from probing.store.layout import SPLIT_NAMES, TEST, TRAIN, VAL
+from probing.store.layout import SPLIT_NAMES, TRAIN, VAL
 
 # The sweep's target axis: probes of the labels, then of the shuffled-label control.
 TARGETS = ("labels", "control")
@@ -59,22 +46,29 @@ TARGET_NAMES_IN_FILES = {"labels": "task", "control": "control"}
 class SweepResult:
     """Everything a sweep produced, as numpy arrays.
 
-    Axes: L layers, T targets (labels, control), S seeds, G grid points, E
-    epochs, D hidden size, C outputs. Parameters are those of each probe's best
-    epoch.
+    Axes: L layers, (F folds,) T targets (labels, control), S seeds, G grid
+    points, E epochs, D hidden size, C outputs. The fold axis is there only
+    when folds were re-drawn at probe time (`folds` is then set); `fold(i)`
+    gives one fold as a fold-less result. Parameters are those of each
+    probe's best epoch.
 
     Attributes:
       layers: [L] layer indices; seeds: [S] seed indices.
       targets: the names of the target axis (TARGETS[:T]).
       grid: hyperparameter name -> [G] values.
-      chosen_grid: [L] grid point chosen per layer (mean val score over seeds
-        of the labels probes at their best epochs).
-      kernel: [L, T, S, D, C], bias: [L, T, S, C] of the chosen grid point.
-      best_epoch: [L, T, S, G], 1-based.
-      train_loss, val_loss: [E, L, T, S, G] per-epoch losses.
-      val_score: [L, T, S, G] selection score at the best epoch.
-      mean, scale: [L, D] standardisation (x - mean) / scale applied before the probe.
-      logits: split name -> [L, T, S, n, C] of the chosen grid point.
+      chosen_grid: [L(, F)] grid point chosen per layer (and fold): mean val
+        score over seeds of the labels probes at their best epochs.
+      kernel: [L, (F,) T, S, D, C], bias: [L, (F,) T, S, C] of the chosen grid point.
+      best_epoch: [L, (F,) T, S, G], 1-based.
+      epochs_trained: [L, (F,) T, S, G] epochs each probe trained before it stopped.
+      converged: [L, (F,) T, S, G] see stopping.converged.
+      train_loss, val_loss: [E, L, (F,) T, S, G] per-epoch losses, NaN after a
+        probe stopped.
+      val_score: [L, (F,) T, S, G] selection score at the best epoch.
+      mean, scale: [L, (F,) D] standardisation (x - mean) / scale applied before the probe.
+      logits: split name -> [L, (F,) T, S, n, C] of the chosen grid point (with
+        folds, n is padded to the longest fold; fold(i) crops it).
+      folds: the FoldSet trained, None without folds.
     """
 
     layers: np.ndarray
@@ -85,66 +79,66 @@ class SweepResult:
     kernel: np.ndarray
     bias: np.ndarray
     best_epoch: np.ndarray
+    epochs_trained: np.ndarray
+    converged: np.ndarray
     train_loss: np.ndarray
     val_loss: np.ndarray
     val_score: np.ndarray
     mean: np.ndarray
     scale: np.ndarray
     logits: dict[str, np.ndarray]
+    folds: FoldSet | None = None
 
     @staticmethod
     def concatenate(parts: Sequence[SweepResult]) -> SweepResult:
-        """Joins results of layer groups along the layer axis."""
+        """Joins results of layer groups along the layer axis (epochs padded with NaN)."""
         first = parts[0]
+        num_epochs = max(p.train_loss.shape[0] for p in parts)
         layer_axis = {"train_loss": 1, "val_loss": 1}
 
         def join(name):
             values = [getattr(p, name) for p in parts]
             if isinstance(values[0], dict):
                 return {k: np.concatenate([v[k] for v in values], axis=0) for k in values[0]}
+            if name in layer_axis:
+                values = [
+                    np.pad(
+                        v,
+                        [(0, num_epochs - len(v))] + [(0, 0)] * (v.ndim - 1),
+                        constant_values=np.nan,
+                    )
+                    for v in values
+                ]
             return np.concatenate(values, axis=layer_axis.get(name, 0))
 
         fields = {f.name: getattr(first, f.name) for f in dataclasses.fields(SweepResult)}
         for name in fields:
-            if name not in ("seeds", "targets", "grid"):
+            if name not in ("seeds", "targets", "grid", "folds"):
                 fields[name] = join(name)
         return SweepResult(**fields)
 
-
-@dataclasses.dataclass(frozen=True)
-class _DeviceInputs:
-    """A sweep's inputs other than the features, on the device(s)."""
-
-    y_train: jax.Array  # [T, S, n_train, C] labels per target and seed
-    m_train: jax.Array  # [T, S, n_train, C] their mask
-    y_val: jax.Array  # [T, S, n_val, C]
-    m_val: jax.Array  # [T, S, n_val, C]
-    hp: dict[str, jax.Array]  # the grid, [G] per hyperparameter
-    seeds: jax.Array  # [S] seed indices
-    epochs: list[jax.Array]  # the epoch numbers 0..E-1 as device scalars
-
-    def train_args(self, epoch: jax.Array) -> tuple:
-        """train_epoch's arguments after (state, x_train, mean, inverse)."""
-        return self.y_train, self.m_train, epoch, self.seeds, self.hp
-
-    def select_args(self, epoch: jax.Array) -> tuple:
-        """select_epoch's arguments after (state, x_val, mean, inverse)."""
-        return self.y_val, self.m_val, epoch
-
-
-@dataclasses.dataclass(frozen=True)
-class _Programs:
-    """The sweep's kernels for one layout, jitted (and shard_mapped with a mesh)."""
-
-    init_state: Callable
-    statistics: Callable
-    train_epoch: Callable
-    select_epoch: Callable
-    chosen_logits: Callable
+    def fold(self, index: int) -> SweepResult:
+        """Fold `index` (a position on the fold axis) as a result without a fold axis."""
+        at = {"train_loss": 2, "val_loss": 2}
+        fields = {}
+        for f in dataclasses.fields(SweepResult):
+            value = getattr(self, f.name)
+            if f.name in ("layers", "seeds", "targets", "grid", "folds"):
+                fields[f.name] = value
+            elif f.name == "logits":
+                split = self.folds.split[index]
+                fields[f.name] = {
+                    name: v[:, index, ..., : int((split == SPLIT_NAMES.index(name)).sum()), :]
+                    for name, v in value.items()
+                }
+            else:
+                fields[f.name] = np.take(value, index, axis=at.get(f.name, 1))
+        fields["folds"] = None
+        return SweepResult(**fields)
 
 
 def _sweep_progress(total_probe_epochs: int) -> Progress:
-    """A progress line per epoch: probe-epochs done / total, rate, ETA."""
+    """A progress line per epoch: probe-epochs done / total (at most), rate, ETA."""
     return Progress("probe sweep", total_probe_epochs, unit="probe-epochs")
 
 
@@ -164,152 +158,76 @@ def _epoch_mean_loss(step_loss_sums: jax.Array, step_scored: jax.Array) -> np.nd
     return (total_loss / np.maximum(total_scored, 1.0)).astype(np.float32)
 
 
-def _programs(settings: SweepSettings, mesh: Mesh | None, *, num_outputs, dim, multilabel):
-    """The sweep's kernels, jitted for `mesh` with their static arguments."""
-
-    def program(impl, in_specs, out_specs, donate=(), **static):
-        return _program(impl, mesh, in_specs, out_specs, donate, tuple(sorted(static.items())))
-
-    return _Programs(
-        init_state=program(
-            _init_state,
-            (_BY_LAYER, _REPLICATED, _REPLICATED),
-            _BY_LAYER,
-            seed=settings.seed,
-            num_targets=settings.num_targets,
-            num_outputs=num_outputs,
-            dim=dim,
-            zero_init=settings.zero_init,
-        ),
-        statistics=program(_statistics, (_FEATURES_BY_LAYER,), (_BY_LAYER,) * 3),
-        train_epoch=program(
-            _train_epoch,
-            (_BY_LAYER, _FEATURES_BY_LAYER, _BY_LAYER, _BY_LAYER) + (_REPLICATED,) * 5,
-            (_BY_LAYER, (_LOSS_BY_LAYER, _REPLICATED)),
-            donate=(0,),
-            seed=settings.seed,
-            batch_size=settings.batch_size,
-            use_dropout=max(settings.dropouts) > 0,
-            layer_loop=_layer_loop(settings.layer_update, mesh),
-            # Read here, at call time, so that tests can lower it.
-            whole_rows_max_bytes=devices.WHOLE_ROWS_MAX_BYTES,
-            num_outputs=num_outputs,
-        ),
-        select_epoch=program(
-            _select_epoch,
-            (_BY_LAYER, _FEATURES_BY_LAYER, _BY_LAYER, _BY_LAYER) + (_REPLICATED,) * 3,
-            (_BY_LAYER, _BY_LAYER),
-            donate=(0,),
-            num_outputs=num_outputs,
-            selection=settings.selection,
-            multilabel=multilabel,
-        ),
-        chosen_logits=program(
-            _chosen_logits,
-            (_BY_LAYER, (_FEATURES_BY_LAYER,) * 3, _BY_LAYER, _BY_LAYER, _BY_LAYER),
-            (_BY_LAYER, _BY_LAYER),
-            num_outputs=num_outputs,
-        ),
-    )
-
-
-def _compile_and_place(programs, state, inputs, features, layer_index, rows, mesh):
-    """Compiles the epoch and evaluation programs while the features are placed.
-
-    Compiling takes seconds on CPU and needs only the shapes of the features:
-    the programs compile on other threads (XLA releases the GIL) while the
-    features are copied to the devices. Features stay raw, in their store
-    dtype; the probes standardise what they read. They are the sweep's one big
-    array (29 x 40,000 x 1,536 float16 is 3.6 GB): each split is copied once,
-    straight into its device layout.
+def _train(programs, state, inputs, x, statistics, progress, probes_per_epoch):
+    """Trains and selects every probe epoch by epoch, until every probe has stopped.
 
     Returns:
-      the compiled programs, the device features (train, val, test) and the
-      train statistics (mean, scale, 1 / scale), [L', D] each.
+      the final state and the per-epoch train and val losses, [E, L', F, T, S, G]
+      each, NaN for the probes that had stopped before that epoch.
     """
-
-    def like(shape: tuple[int, ...], dtype: Any, spec: PartitionSpec) -> jax.ShapeDtypeStruct:
-        sharding = None if mesh is None else NamedSharding(mesh, spec)
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-
-    padded, dim = len(layer_index), features.shape[2]
-    x_like = {
-        name: like((rows[name].size, padded, dim), features.dtype, _FEATURES_BY_LAYER)
-        for name in SPLIT_NAMES
-    }
-    stats_like = like((padded, dim), np.float32, _BY_LAYER)
-    state_like = _shapes_of(state)
-    epoch, stats_like = inputs.epochs[0], (stats_like, stats_like)
-    arguments_like = {
-        "train_epoch": (state_like, x_like["train"], *stats_like, *inputs.train_args(epoch)),
-        "select_epoch": (state_like, x_like["val"], *stats_like, *inputs.select_args(epoch)),
-        "chosen_logits": (
-            state_like["best_params"],
-            tuple(x_like.values()),
-            *stats_like,
-            like((padded,), np.int32, _BY_LAYER),
-        ),
-    }
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        compiling = {
-            name: pool.submit(_compile, getattr(programs, name), *arguments)
-            for name, arguments in arguments_like.items()
-        }
-        splits = tuple(
-            _place_features(features, layer_index, rows[name], mesh) for name in SPLIT_NAMES
-        )
-        statistics = programs.statistics(splits[0])
-        compiled = {name: future.result() for name, future in compiling.items()}
-    return dataclasses.replace(programs, **compiled), splits, statistics
-
-
-def _train(programs, state, inputs, splits, statistics, progress, probes_per_epoch):
-    """Trains and selects every probe epoch by epoch.
-
-    Returns:
-      the final state and the per-epoch train and val losses, [E, L', T, S, G] each.
-    """
-    (x_train, x_val, _), (mean, _, inverse) = splits, statistics
+    mean, _, inverse = statistics
     train_losses, val_losses = [], []
     for epoch in inputs.epochs:
+        trained = _to_host(state["active"])
         state, (loss_sums, scored) = programs.train_epoch(
-            state, x_train, mean, inverse, *inputs.train_args(epoch)
+            state, x, mean, inverse, *inputs.train_args(epoch)
         )
         state, val_loss = programs.select_epoch(
-            state, x_val, mean, inverse, *inputs.select_args(epoch)
+            state, x, inputs.rows["val"], mean, inverse, *inputs.select_args(epoch)
         )
-        train_losses.append(_epoch_mean_loss(_to_host(loss_sums), _to_host(scored)))
-        val_losses.append(_to_host(val_loss))
+        train_loss = _epoch_mean_loss(_to_host(loss_sums), _to_host(scored))
+        train_losses.append(np.where(trained, train_loss, np.nan))
+        val_losses.append(np.where(trained, _to_host(val_loss), np.nan))
         progress.update(probes_per_epoch, force=True)
+        if not _to_host(state["active"]).any():
+            break
     return state, np.stack(train_losses), np.stack(val_losses)
 
 
-def _collect(programs, state, splits, statistics, losses, mesh, layer_ids, seed_ids, settings):
+def _collect(
+    programs, state, x, statistics, losses, inputs, mesh, layer_ids, seed_ids, settings, folds
+):
     """The chosen probes of `layer_ids` (the padding dropped) as a SweepResult."""
     best_score = _to_host(state["best_score"])
-    # Grid point per layer: best mean over seeds of the labels probes' val score.
-    chosen_grid = np.argmax(best_score[:, 0].mean(axis=1), axis=-1).astype(np.int32)
+    # Grid point per (layer, fold): best mean over seeds of the labels probes' val score.
+    chosen_grid = np.argmax(best_score[:, :, 0].mean(axis=2), axis=-1).astype(np.int32)
     mean, scale, inverse = statistics
     split_logits, picked = programs.chosen_logits(
-        state["best_params"], splits, mean, inverse, _place(chosen_grid, mesh, _BY_LAYER)
+        state["best_params"],
+        x,
+        tuple(inputs.rows[name] for name in SPLIT_NAMES),
+        mean,
+        inverse,
+        _place(chosen_grid, mesh, _BY_LAYER),
     )
     train_loss, val_loss = losses
     kept = slice(0, len(layer_ids))
+    best_epoch = _to_host(state["best_epoch"])[kept]
+    epochs_trained = _to_host(state["epochs_trained"])[kept]
+    active = _to_host(state["active"])[kept]
+    # Without folds the fold axis (of size 1) is dropped: the outputs are as before folds.
+    unfold = (lambda a, axis=1: a) if folds.enabled else (lambda a, axis=1: a.squeeze(axis))
     return SweepResult(
         layers=np.asarray(layer_ids, np.int64),
         seeds=np.asarray(seed_ids, np.int64),
         targets=TARGETS[: settings.num_targets],
         grid={k: np.asarray(v) for k, v in settings.grid().items()},
-        chosen_grid=chosen_grid[kept],
-        kernel=_to_host(picked["dense"]["kernel"])[kept],
-        bias=_to_host(picked["dense"]["bias"])[kept],
-        best_epoch=_to_host(state["best_epoch"])[kept],
-        train_loss=train_loss[:, kept],
-        val_loss=val_loss[:, kept],
-        val_score=best_score[kept],
-        mean=_to_host(mean)[kept],
-        scale=_to_host(scale)[kept],
-        logits={name: _to_host(x)[kept] for name, x in zip(SPLIT_NAMES, split_logits, strict=True)},
+        chosen_grid=unfold(chosen_grid[kept]),
+        kernel=unfold(_to_host(picked["dense"]["kernel"])[kept]),
+        bias=unfold(_to_host(picked["dense"]["bias"])[kept]),
+        best_epoch=unfold(best_epoch),
+        epochs_trained=unfold(epochs_trained),
+        converged=unfold(stopping.converged(best_epoch, epochs_trained, active, settings.patience)),
+        train_loss=unfold(train_loss[:, kept], 2),
+        val_loss=unfold(val_loss[:, kept], 2),
+        val_score=unfold(best_score[kept]),
+        mean=unfold(_to_host(mean)[kept]),
+        scale=unfold(_to_host(scale)[kept]),
+        logits={
+            name: unfold(_to_host(logits)[kept])
+            for name, logits in zip(SPLIT_NAMES, split_logits, strict=True)
+        },
+        folds=folds if folds.enabled else None,
     )
 
 
@@ -323,6 +241,9 @@ def run_sweep(
     seed_ids: Sequence[int] | None = None,
     progress: Progress | None = None,
     mesh: Mesh | None = None,
+    groups: np.ndarray | None = None,
+    folds: FoldSet | None = None,
+    fold_ids: Sequence[int] | None = None,
 ) -> SweepResult:
     """Trains, selects and applies the probes of one group of layers.
 
@@ -332,13 +253,17 @@ def run_sweep(
         float32 as it reads them); other dtypes are converted to float32.
       labels, mask: float32 [N, C] targets and scored entries.
       split: [N] 0 train, 1 val, 2 test.
-      settings: hyperparameters and seeds.
+      settings: hyperparameters, seeds, stopping rule and folds.
       layer_ids: the workdir layer index of each features[l] (default 0..L-1);
         they key the random draws, so a subset reproduces the full sweep.
       seed_ids: seed indices to train (default 0..num_seeds-1).
       progress: shared progress logger (one is made when omitted).
       mesh: devices to shard the layer axis over (see probe_mesh); None runs
         the single-device program. Results are the same either way.
+      groups: [N] image ids (arrays/group), for folds re-drawn by image.
+      folds: the folds to train (default: folds.make_folds from the above).
+      fold_ids: positions of the folds to train (default all); each trains as
+        in the full set.
     """
     features = np.asarray(features)
     if features.dtype not in FEATURE_DTYPES:
@@ -351,13 +276,16 @@ def run_sweep(
     labels = np.asarray(labels, np.float32)
     mask = np.asarray(mask, np.float32)
     num_outputs = labels.shape[1]
-    rows = {
-        name: np.flatnonzero(split == code)
-        for name, code in zip(SPLIT_NAMES, (TRAIN, VAL, TEST), strict=True)
-    }
+    folds = folds or make_folds(split, groups, labels, mask, settings)
+    if fold_ids is not None:
+        folds = folds.select(fold_ids)
     grid = settings.grid()
     probes_per_epoch = (
-        num_layers * settings.num_targets * len(seed_ids) * len(grid["learning_rate"])
+        num_layers
+        * folds.num_folds
+        * settings.num_targets
+        * len(seed_ids)
+        * len(grid["learning_rate"])
     )
     progress = progress or _sweep_progress(probes_per_epoch * settings.epochs)
 
@@ -366,31 +294,33 @@ def run_sweep(
     def replicated(value):
         return _place(value, mesh, _REPLICATED)
 
-    y_train, m_train, y_val, m_val = (
-        replicated(array)
-        for name in ("train", "val")
-        for array in _target_labels(labels, mask, rows[name], seed_ids, settings, name)
-    )
+    targets = {
+        name: [replicated(a) for a in fold_targets(labels, mask, folds, seed_ids, settings, code)]
+        for code, name in ((TRAIN, "train"), (VAL, "val"))
+    }
     inputs = _DeviceInputs(
-        y_train=y_train,
-        m_train=m_train,
-        y_val=y_val,
-        m_val=m_val,
+        rows={name: replicated(folds.rows(code)[0]) for code, name in enumerate(SPLIT_NAMES)},
+        train_rows=replicated(folds.train_rows),
+        train_weight=replicated(folds.train_weight()),
+        y_train=targets["train"][0],
+        m_train=targets["train"][1],
+        y_val=targets["val"][0],
+        m_val=targets["val"][1],
         hp={name: replicated(values) for name, values in grid.items()},
         seeds=replicated(np.asarray(seed_ids, np.int32)),
         epochs=[replicated(np.int32(epoch)) for epoch in range(settings.epochs)],
     )
     programs = _programs(
-        settings, mesh, num_outputs=num_outputs, dim=dim, multilabel=num_outputs > 1
+        settings, mesh, folds=folds, num_outputs=num_outputs, dim=dim, multilabel=num_outputs > 1
     )
     padded_ids = _place(np.asarray(layer_ids[layer_index], np.int32), mesh, _BY_LAYER)
     state = programs.init_state(padded_ids, inputs.seeds, inputs.hp)
-    programs, splits, statistics = _compile_and_place(
-        programs, state, inputs, features, layer_index, rows, mesh
+    programs, x, statistics = _compile_and_place(
+        programs, state, inputs, features, layer_index, mesh
     )
-    state, *losses = _train(programs, state, inputs, splits, statistics, progress, probes_per_epoch)
+    state, *losses = _train(programs, state, inputs, x, statistics, progress, probes_per_epoch)
     return _collect(
-        programs, state, splits, statistics, losses, mesh, layer_ids, seed_ids, settings
+        programs, state, x, statistics, losses, inputs, mesh, layer_ids, seed_ids, settings, folds
     )
 
 
@@ -402,21 +332,28 @@ def run_streaming_sweep(
     split: np.ndarray,
     settings: SweepSettings,
     seed_ids: Sequence[int] | None = None,
+    groups: np.ndarray | None = None,
 ) -> SweepResult:
     """Runs the sweep over `layers` in groups of settings.layer_group_size (0: all at once).
 
     `load_layers(group)` returns [len(group), N, D] (dtypes: see run_sweep);
     only one group is in memory at a time. Each group is sharded over settings.devices devices
     (probe_mesh). Results equal those of a single sweep over all layers on
-    one device.
+    one device. `groups` (image ids) are needed for folds (settings.folds).
     """
     mesh = probe_mesh(settings.devices)
     layers = [int(x) for x in layers]
     group_size = settings.layer_group_size or len(layers)
     seed_ids = list(range(settings.num_seeds)) if seed_ids is None else list(seed_ids)
+    folds = make_folds(split, groups, labels, mask, settings)
     num_grid = len(settings.grid()["learning_rate"])
     progress = _sweep_progress(
-        len(layers) * settings.num_targets * len(seed_ids) * num_grid * settings.epochs
+        len(layers)
+        * folds.num_folds
+        * settings.num_targets
+        * len(seed_ids)
+        * num_grid
+        * settings.epochs
     )
     parts = []
     for start in range(0, len(layers), group_size):
@@ -432,6 +369,7 @@ def run_streaming_sweep(
                 seed_ids=seed_ids,
                 progress=progress,
                 mesh=mesh,
+                folds=folds,
             )
         )
     return parts[0] if len(parts) == 1 else SweepResult.concatenate(parts)

@@ -1,13 +1,14 @@
 """Stage 2 for a workdir: trains the probe sweep of each pooling and writes probes/<pooling>/.
 
 train_workdir validates every input (settings, a complete store unless
-config.allow_partial, labels, poolings, every pooling's features free of NaN,
-Inf, overflowing magnitudes and lost chunks) before anything is compiled or
-trained, then runs probing.probes.sweep's streaming
-sweep per pooling and writes metrics.csv, curves.csv, summary.json,
-probe_config.json, weights.npz and predictions.npz through
-probing.probes.results, as one unit (probing.store.atomic). On several hosts every process trains, process 0
-writes.
+config.allow_partial, labels, folds, poolings, every pooling's features free
+of NaN, Inf, overflowing magnitudes and lost chunks) before anything is
+compiled or trained, then runs probing.probes.sweep's streaming sweep per
+pooling (with folds when settings.folds asks for them) and writes
+metrics.csv, curves.csv, summary.json, probe_config.json, weights.npz and
+predictions.npz through probing.probes.results (probing.probes.fold_results
+with folds), as one unit (probing.store.atomic), logging the probes that did
+not converge. On several hosts every process trains, process 0 writes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 from absl import logging
 
 from probing.probes.data import check_pooling, load_features, load_labels
+from probing.probes.fold_results import write_fold_results
+from probing.probes.folds import make_folds
 from probing.probes.results import write_results
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_streaming_sweep
@@ -99,10 +102,13 @@ def train_pooling(
         label_data.mask,
         label_data.split,
         settings,
+        groups=label_data.groups,
     )
-    summary = write_results(
+    writer = write_results if result.folds is None else write_fold_results
+    summary = writer(
         workdir, pooling, result, label_data, settings, jax.process_index() == 0, partial
     )
+    _warn_not_converged(pooling, summary["convergence"])
     best = summary["best_layer"]
     logging.info(
         "%s: %d layers x %d seeds in %.1fs; best layer %d (%s on test %.4f, chosen on val); "
@@ -118,6 +124,26 @@ def train_pooling(
         probes_dir(pooling),
     )
     return summary
+
+
+def _warn_not_converged(pooling: str, convergence: dict[str, Any]) -> None:
+    """Logs the probes whose best epoch is their last or whose patience never ran out."""
+    flagged = convergence["not_converged_probes"]
+    if not flagged:
+        return
+    layers = sorted({probe["layer"] for probe in flagged})
+    logging.warning(
+        "%s: %d of %d probes did not converge within epochs = %d (best epoch = last epoch, "
+        "or still improving by > min_delta = %g within patience = %d), in layers %s; raise "
+        "epochs or the learning rate. They are listed in summary.json (convergence).",
+        pooling,
+        convergence["not_converged"],
+        convergence["probes"],
+        convergence["max_epochs"],
+        convergence["min_delta"],
+        convergence["patience"],
+        layers,
+    )
 
 
 def train_workdir(
@@ -142,6 +168,7 @@ def train_workdir(
     _partial(workdir, config)
     label_data = load_labels(workdir)
     _check_bootstrap(workdir, label_data, settings)
+    make_folds(label_data.split, label_data.groups, label_data.labels, label_data.mask, settings)
     for pooling in poolings:
         check_pooling(workdir, pooling)
     written = np.zeros(int(manifest["num_examples"]), bool)

@@ -1,0 +1,234 @@
+"""The files of probes/<pooling>/ for a sweep with folds re-drawn at probe time (settings.folds).
+
+The same files as probing.probes.results writes without folds, each fold
+scored on its own split exactly as a fold-less sweep would be, with a `fold`
+column (or axis) added:
+
+  metrics.csv        layer, fold, seed, split, metric, value
+  curves.csv         layer, fold, seed, epoch, split, loss
+  summary.json       per layer, split and metric: the mean over folds (each
+                     fold the mean over its seeds), `fold_interval` (Student-t
+                     95% interval over folds), std and n over folds; "folds":
+                     the best layer of each fold (chosen on its val) and how
+                     often each layer wins; "convergence" as without folds.
+                     No image-bootstrap ci95 yet (folds x bootstrap: issue 11)
+  probe_config.json  as without folds, plus each fold's split sizes
+  weights.npz        kernel [L, F, S, D, C], bias [L, F, S, C], mean and
+                     scale [L, F, D] (each fold's train statistics), folds [F]
+  predictions.npz    every fold's test rows one after another: rows, fold,
+                     group, labels (mask), logits [L, S, n] ([L, S, n, K]) and
+                     control_logits; with K folds every row is tested once
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+import numpy as np
+
+from probing.probes.data import LabelData
+from probing.probes.results import (
+    _csv_bytes,
+    _json_bytes,
+    _json_safe,
+    curve_table,
+    metric_table,
+    probe_config,
+)
+from probing.probes.settings import SweepSettings
+from probing.probes.stopping import convergence_summary
+from probing.probes.summary import build_summary
+from probing.probes.sweep import SweepResult
+from probing.store.atomic import write_probe_dir
+from probing.store.layout import (
+    CURVES_CSV,
+    HEADLINE_METRIC,
+    METRICS_CSV,
+    PREDICTIONS_NPZ,
+    PROBE_CONFIG_JSON,
+    SCORING_SPLIT,
+    SELECTION_SPLIT,
+    SPLIT_NAMES,
+    SUMMARY_JSON,
+    TEST,
+    WEIGHTS_NPZ,
+    probes_dir,
+)
+from probing.store.workdir import Workdir
+
+FOLD_METRICS_COLUMNS = ("layer", "fold", "seed", "split", "metric", "value")
+FOLD_CURVES_COLUMNS = ("layer", "fold", "seed", "epoch", "split", "loss")
+FOLD_INTERVAL = (
+    "Student-t 95% interval of the mean over folds, each fold the mean over its probe seeds: "
+    "how much the number moves when the images are re-split; the folds share images, so it "
+    "is approximate, and it leaves out the sampling of each fold's test images"
+)
+
+
+def _fold_label_data(label_data: LabelData, result: SweepResult, position: int) -> LabelData:
+    """The workdir's labels with the split of the fold at `position`."""
+    return dataclasses.replace(label_data, split=result.folds.split[position])
+
+
+def fold_tables(result: SweepResult, label_data: LabelData) -> tuple[list[tuple], list[tuple]]:
+    """The rows of metrics.csv and curves.csv, fold by fold."""
+    metrics, curves = [], []
+    for position, fold in enumerate(result.folds.ids):
+        one, data = result.fold(position), _fold_label_data(label_data, result, position)
+        fold = int(fold)
+        metrics += [(row[0], fold, *row[1:]) for row in metric_table(one, data)]
+        curves += [(row[0], fold, *row[1:]) for row in curve_table(one)]
+    return metrics, curves
+
+
+def fold_summary(
+    metrics: list[tuple], result: SweepResult, label_data: LabelData, pooling: str, settings
+) -> dict[str, Any]:
+    """summary.json with folds: intervals over folds, and the best layer of each fold."""
+    headline = HEADLINE_METRIC[label_data.label_kind]
+    # (layer, fold, split, metric) -> values over seeds.
+    per_seed: dict[tuple, list[float]] = {}
+    for layer, fold, _, split_name, metric, value in metrics:
+        per_seed.setdefault((layer, fold, split_name, metric), []).append(float(value))
+    fold_means = {key: float(np.mean(values)) for key, values in per_seed.items()}
+    # Each fold's seed mean stands where a seed's value stands without folds.
+    summary = build_summary(
+        [(layer, fold, s, m, v) for (layer, fold, s, m), v in fold_means.items()],
+        pooling=pooling,
+        label_kind=label_data.label_kind,
+    )
+    fold_ids = [int(f) for f in result.folds.ids]
+    # build_summary names the spread of its "seed" values, here the folds'.
+    for li, entry in enumerate(summary["layers"]):
+        for split_name in SPLIT_NAMES:
+            for values in entry[split_name].values():
+                values["fold_interval"] = values.pop("seed_spread")
+        entry["hyperparameters"] = {
+            name: [float(column[g]) for g in result.chosen_grid[li]]
+            for name, column in result.grid.items()
+        }
+    summary["best_layer"]["fold_interval"] = summary["best_layer"].pop("seed_spread")
+    layers = [int(layer) for layer in result.layers]
+
+    def fold_score(layer, fold, split_name):
+        value = fold_means.get((layer, fold, split_name, headline), np.nan)
+        return -np.inf if np.isnan(value) else value
+
+    # Chosen on each fold's val, the first layer winning ties, as without folds.
+    best = [max(layers, key=lambda layer: fold_score(layer, f, SELECTION_SPLIT)) for f in fold_ids]
+    summary.update(
+        num_seeds=len(result.seeds),
+        num_folds=len(fold_ids),
+        intervals={"ci95": None, "fold_interval": FOLD_INTERVAL},
+        convergence=convergence_summary(result, settings),
+        folds={
+            "kind": result.folds.kind,
+            "fold_seed": settings.fold_seed,
+            "ids": fold_ids,
+            "rows_per_split": {
+                name: [int((s == code).sum()) for s in result.folds.split]
+                for code, name in enumerate(SPLIT_NAMES)
+            },
+            f"{SCORING_SPLIT}_{headline}_per_fold": {
+                str(layer): [fold_means.get((layer, f, SCORING_SPLIT, headline)) for f in fold_ids]
+                for layer in layers
+            },
+            "best_layer_per_fold": best,
+            "best_layer_frequency": {str(layer): best.count(layer) for layer in sorted(set(best))},
+        },
+    )
+    return summary
+
+
+def fold_weights_bytes(result: SweepResult, label_data: LabelData) -> bytes:
+    """weights.npz with a fold axis (see the module docstring)."""
+    buffer = io.BytesIO()
+    chosen = {name: column[result.chosen_grid] for name, column in result.grid.items()}
+    np.savez(
+        buffer,
+        kernel=result.kernel[:, :, 0],
+        bias=result.bias[:, :, 0],
+        mean=result.mean,
+        scale=result.scale,
+        layers=result.layers,
+        seeds=result.seeds,
+        folds=result.folds.ids,
+        label_names=np.asarray(label_data.label_names),
+        **chosen,
+    )
+    return buffer.getvalue()
+
+
+def fold_predictions_bytes(result: SweepResult, label_data: LabelData) -> bytes:
+    """predictions.npz: every fold's test rows and logits, fold after fold."""
+    multilabel = label_data.label_kind == "multilabel"
+    parts: dict[str, list[np.ndarray]] = {}
+    for position, fold in enumerate(result.folds.ids):
+        test = np.flatnonzero(result.folds.split[position] == TEST)
+        one = result.fold(position)
+        rows = label_data.rows[test]
+        groups = rows if label_data.groups is None else label_data.groups[test]
+        fold_arrays = {
+            "rows": rows.astype(np.int64),
+            "fold": np.full(test.size, int(fold), np.int64),
+            "group": np.asarray(groups, np.int64),
+            "labels": label_data.labels[test],
+            "logits": one.logits[SCORING_SPLIT][:, 0],
+        }
+        if multilabel:
+            fold_arrays["mask"] = label_data.mask[test].astype(np.uint8)
+        if "control" in result.targets:
+            fold_arrays["control_logits"] = one.logits[SCORING_SPLIT][:, 1]
+        for key, value in fold_arrays.items():
+            parts.setdefault(key, []).append(value)
+    arrays = {
+        key: np.concatenate(values, axis=2 if "logits" in key else 0)
+        for key, values in parts.items()
+    }
+    arrays["labels"] = (arrays["labels"] if multilabel else arrays["labels"][:, 0]).astype(np.int8)
+    for key in ("logits", "control_logits"):
+        if key in arrays:
+            arrays[key] = np.asarray(arrays[key] if multilabel else arrays[key][..., 0], np.float32)
+    arrays.update(
+        layers=result.layers,
+        seeds=result.seeds,
+        label_kind=np.asarray(label_data.label_kind),
+        label_names=np.asarray(label_data.label_names),
+    )
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def write_fold_results(
+    workdir: Workdir,
+    pooling: str,
+    result: SweepResult,
+    label_data: LabelData,
+    settings: SweepSettings,
+    write: bool = True,
+    partial: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Writes every file of probes/<pooling>/ for a sweep with folds, as one unit (see
+    results.write_results for `write` and `partial`); returns the summary."""
+    metrics, curves = fold_tables(result, label_data)
+    summary = fold_summary(metrics, result, label_data, pooling, settings)
+    if partial:
+        summary["partial_store"] = dict(partial)
+    if not write:
+        return summary
+    config = probe_config(settings, result, label_data)
+    config["folds"] = summary["folds"]["rows_per_split"]
+    files = {
+        METRICS_CSV: _csv_bytes(FOLD_METRICS_COLUMNS, metrics),
+        CURVES_CSV: _csv_bytes(FOLD_CURVES_COLUMNS, curves),
+        SUMMARY_JSON: _json_bytes(_json_safe(summary)),
+        PROBE_CONFIG_JSON: _json_bytes(_json_safe(config)),
+        WEIGHTS_NPZ: fold_weights_bytes(result, label_data),
+        PREDICTIONS_NPZ: fold_predictions_bytes(result, label_data),
+    }
+    meta = {"partial_store": dict(partial)} if partial else None
+    write_probe_dir(workdir, probes_dir(pooling), files, meta)
+    return summary
