@@ -3,9 +3,12 @@
   python -m probing.extract --config=configs/demo.py:qwen2_vl,caption --workdir=runs/demo/q_cap
   python -m probing.demo      # all families × tasks, probes and report (about 1 min on 2 CPUs)
 
-The argument is "<family>,<task>[,withcat]": family qwen2_vl (default) or
-fast_vlm (any family `probing.models.tiny` builds), task caption (default) or
-category, and for categories the prompt nocat (default) or withcat.
+The argument is "<family>,<task>[,withcat][,trained]": family qwen2_vl
+(default) or fast_vlm (any family `probing.models.tiny` builds), task caption
+(default) or category, for categories the prompt nocat (default) or withcat;
+"trained" swaps the random checkpoint for the tiny model of the same
+architecture trained on the generated world (`trained:<family>`, committed in
+probing/models/trained/checkpoints/; qwen2_vl and fast_vlm).
 One extraction takes about 5-15 s on a 2-core CPU. Nothing is downloaded:
 the checkpoint is built locally (random weights, real architecture, real
 image processor, a tokenizer trained on the fly) and loaded with
@@ -23,12 +26,15 @@ def get_config(arg=None):
             "family": ("qwen2_vl", *tiny_families()),
             "task": ("caption", "category"),
             "prompt": ("nocat", "withcat"),
+            "weights": ("tiny", "trained"),
         },
     )
     config = extraction_config()
     # "tiny:<family>" builds (once, cached) a tiny random checkpoint of that
-    # architecture and loads it through the same from_pretrained path as a hub id.
-    config.model.name = f"tiny:{args['family']}"
+    # architecture and loads it through the same from_pretrained path as a hub
+    # id; "trained:<family>" loads the committed checkpoint trained on the
+    # generated world (images of another generator seed than these).
+    config.model.name = f"{args['weights']}:{args['family']}"
     config.data.source = "synthetic"
     # 240 images: 160 train / 40 val / 40 test; enough rows for stable probes,
     # small enough for the whole demo to stay within a few minutes.

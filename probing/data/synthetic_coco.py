@@ -188,6 +188,24 @@ def _make_image(
     return image, background, objects
 
 
+@dataclass(frozen=True)
+class Scene:
+    """Image ``index`` of split ``split_index``: pixels, drawn objects and captions."""
+
+    image: Image.Image
+    background: str
+    objects: list[_DrawnObject]  # with their colours, which COCO has no field for
+    captions: list[str]
+
+
+def generate_scene(seed: int, split_index: int, index: int) -> Scene:
+    """The image and captions ``generate_synthetic_coco`` writes for these indices."""
+    rng = np.random.default_rng([seed, split_index, index])
+    image, background, objects = _make_image(rng)
+    written = write_captions(objects, CATEGORY_NAMES, background, image.width, image.height, rng)
+    return Scene(image, background, objects, [text for text, _ in written])
+
+
 def generate_synthetic_coco(
     root: str | os.PathLike[str],
     num_images: int,

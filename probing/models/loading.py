@@ -3,7 +3,9 @@
 ``load_model(config)`` accepts a hub id, a local checkpoint directory or
 ``"<prefix>:<name>"`` of a registered checkpoint source, e.g.
 ``"tiny:<family>"`` (a tiny random checkpoint built by
-:func:`probing.models.tiny.build_tiny_checkpoint`), and loads all three through
+:func:`probing.models.tiny.build_tiny_checkpoint`) or ``"trained:<family>"``
+(a tiny checkpoint trained on the generated world, :mod:`probing.models.trained`),
+and loads all three through
 ``from_pretrained``, the path real checkpoints take. Everything that can fail
 cheaply (name, dtype, device, config.json, family, processor) is checked
 before the weights are read, so a bad config fails in seconds.
@@ -29,7 +31,10 @@ from probing.models.registry import adapter_class_for_model_type
 # test-checkpoint code by itself. To add a source: write a module that calls
 # register_checkpoint_source(prefix, resolve, names) at import time, and list
 # it here.
-CHECKPOINT_SOURCE_MODULES: dict[str, str] = {"tiny": "probing.models.tiny"}
+CHECKPOINT_SOURCE_MODULES: dict[str, str] = {
+    "tiny": "probing.models.tiny",
+    "trained": "probing.models.trained",
+}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager", "flash_attention_2")
@@ -79,9 +84,10 @@ def _checkpoint_source(prefix: str) -> CheckpointSource | None:
 def default_model_config() -> ml_collections.ConfigDict:
     """The model section of a run config, with every field explained."""
     config = ml_collections.ConfigDict()
-    # Hub id ("Qwen/Qwen2-VL-2B-Instruct"), local checkpoint directory, or
+    # Hub id ("Qwen/Qwen2-VL-2B-Instruct"), local checkpoint directory,
     # "tiny:<family>" for a tiny random checkpoint of that family built locally
-    # (families: probing.models.tiny.tiny_families()).
+    # (families: probing.models.tiny.tiny_families()), or "trained:<family>"
+    # for the tiny checkpoint trained on the generated world (qwen2_vl, fast_vlm).
     config.name = "tiny:qwen2_vl"
     # Hub revision (branch, tag or commit) to pin; None = the default branch.
     # Ignored for local directories and tiny checkpoints.
@@ -190,7 +196,7 @@ def load_model(
         raise ModelLoadError(
             f"cannot load config.json of model {model_config.name!r} "
             f"(revision {model_config.revision!r}): {str(error).rstrip('.')}. Use a local checkpoint "
-            "directory, 'tiny:<family>', or a hub id already in the Hugging Face cache "
+            "directory, 'tiny:<family>', 'trained:<family>', or a hub id already in the Hugging Face cache "
             "(HF_HUB_OFFLINE=1 forbids downloads)."
         ) from error
     adapter_class = adapter_class_for_model_type(

@@ -110,7 +110,7 @@ def build_qwen2_5_vl(out_dir: Path) -> None:
     )
 
 
-def _rescale_conv_tower(tower: torch.nn.Module) -> None:
+def rescale_conv_tower(tower: torch.nn.Module) -> None:
     """Re-initialises a random conv vision tower so its output depends on the image.
 
     transformers initialises every timm conv with N(0, 0.02); through FastViT's
@@ -169,7 +169,7 @@ def build_fast_vlm(out_dir: Path) -> None:
         tie_word_embeddings=True,
     )
     model = FastVlmForConditionalGeneration(config)
-    _rescale_conv_tower(model.model.vision_tower)
+    rescale_conv_tower(model.model.vision_tower)
     # FastVLM feeds the vision tower [0, 1] pixels (mean 0, std 1).
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_side},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -87,8 +87,13 @@ def _caption_corpus(num_lines: int, rng: random.Random) -> Iterator[str]:
         )
 
 
-def _train_byte_level_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Trains a byte-level BPE with Qwen2's pre-tokeniser; returns its vocab and merges."""
+def _train_byte_level_bpe(
+    vocab_size: int, corpus: Iterable[str] | None = None
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Trains a byte-level BPE with Qwen2's pre-tokeniser; returns its vocab and merges.
+
+    ``corpus`` defaults to the caption-like lines of ``_caption_corpus``.
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -104,8 +109,9 @@ def _train_byte_level_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[s
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    rng = random.Random(BUILD_SEED)
-    tokenizer.train_from_iterator(_caption_corpus(3000, rng), trainer=trainer)
+    if corpus is None:
+        corpus = _caption_corpus(3000, random.Random(BUILD_SEED))
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
     vocab = tokenizer.get_vocab(with_added_tokens=False)
     # The trained BPE exposes its merges only through its serialised form.
     model_json = json.loads(tokenizer.to_str())["model"]
@@ -116,12 +122,18 @@ def _train_byte_level_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[s
 
 
 def qwen2_tokenizer(
-    padding_side: str, extra_special_tokens: tuple[str, ...] = ()
+    padding_side: str,
+    extra_special_tokens: tuple[str, ...] = (),
+    corpus: Iterable[str] | None = None,
+    vocab_size: int = 1024,
 ) -> transformers.PreTrainedTokenizerBase:
-    """A trained Qwen2Tokenizer with Qwen2's special tokens (plus ``extra_special_tokens``)."""
+    """A trained Qwen2Tokenizer with Qwen2's special tokens (plus ``extra_special_tokens``).
+
+    The BPE is trained on ``corpus`` (default: generic caption-like lines).
+    """
     from transformers import AddedToken, Qwen2Tokenizer
 
-    vocab, merges = _train_byte_level_bpe(vocab_size=1024)
+    vocab, merges = _train_byte_level_bpe(vocab_size, corpus)
     # <|endoftext|> first, as in Qwen2's vocabulary; it is also the pad token.
     tokenizer = Qwen2Tokenizer(
         vocab=vocab, merges=merges, unk_token=None, padding_side=padding_side
