@@ -50,6 +50,9 @@ from probing.probes.sweep import SweepResult
 from probing.store.atomic import write_probe_dir
 from probing.store.layout import (
     CURVES_CSV,
+    FOLD_COLUMN,
+    FOLD_CURVES_COLUMNS,
+    FOLD_METRICS_COLUMNS,
     HEADLINE_METRIC,
     METRICS_CSV,
     PREDICTIONS_NPZ,
@@ -65,8 +68,6 @@ from probing.store.layout import (
 )
 from probing.store.workdir import Workdir
 
-FOLD_METRICS_COLUMNS = ("layer", "fold", "seed", "split", "metric", "value")
-FOLD_CURVES_COLUMNS = ("layer", "fold", "seed", "epoch", "split", "loss")
 FOLD_INTERVAL = (
     "Student-t 95% interval of the mean over folds, each fold the mean over its probe seeds: "
     "how much the number moves when the images are re-split; the folds share images, so it "
@@ -209,7 +210,7 @@ def fold_predictions_arrays(result: SweepResult, label_data: LabelData) -> dict[
         groups = rows if label_data.groups is None else label_data.groups[test]
         fold_arrays = {
             "rows": rows.astype(np.int64),
-            "fold": np.full(test.size, int(fold), np.int64),
+            FOLD_COLUMN: np.full(test.size, int(fold), np.int64),
             "group": np.asarray(groups, np.int64),
             "labels": label_data.labels[test],
             "logits": one.logits[SCORING_SPLIT][:, 0],
