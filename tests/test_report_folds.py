@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import csv
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -80,7 +81,7 @@ def test_fold_report_shows_fold_means_wins_and_the_folds_x_bootstrap_interval(fo
     )
     with open(out / "results.csv") as f:
         (row,) = list(csv.DictReader(f))
-    summary = json.loads(open(f"{location}/probes/mean/summary.json").read())
+    summary = json.loads(pathlib.Path(f"{location}/probes/mean/summary.json").read_text())
     assert best == SIGNAL_LAYER == int(row["best_layer"])
     assert float(row["peak"]) == pytest.approx(mean_over_folds("test", best), abs=1e-9)
     assert float(row["last"]) == pytest.approx(mean_over_folds("test", 3), abs=1e-9)
@@ -115,7 +116,7 @@ def test_report_warns_when_probes_hit_the_epoch_budget(tmp_path):
     location = _probed(tmp_path, epochs=2)
     build_report([location], str(tmp_path / "report"))
     report = (tmp_path / "report" / "report.md").read_text()
-    summary = json.loads(open(f"{location}/probes/mean/summary.json").read())
+    summary = json.loads(pathlib.Path(f"{location}/probes/mean/summary.json").read_text())
     convergence = summary["convergence"]
     # 4 layers x 3 folds x 2 seeds x {labels, control}.
     assert convergence["probes"] == convergence["not_converged"] == 48
