@@ -132,7 +132,6 @@ class _Cells:
     image: np.ndarray
     bounds: tuple[tuple[int, int], ...]
     num_images: int
-    fold_ids: np.ndarray
 
     @property
     def num_cells(self) -> int:
@@ -147,21 +146,18 @@ def _cells(group: np.ndarray, fold: np.ndarray | None) -> _Cells:
             np.arange(num_images, dtype=np.int32),
             ((0, num_images),),
             num_images,
-            np.zeros(1, np.int64),
         )
     fold = np.asarray(fold).ravel()
     if fold.shape != image_of_row.shape:
         raise ValueError(f"fold has {fold.size} rows, group {image_of_row.size}")
-    fold_ids, fold_of_row = np.unique(fold, return_inverse=True)
+    fold_ids, fold_of_row = np.unique(fold, return_inverse=True)  # folds in id order
     pairs, inverse = np.unique(
         np.stack([fold_of_row.ravel(), image_of_row]), axis=1, return_inverse=True
     )
     counts = np.bincount(pairs[0], minlength=fold_ids.size)
     stops = np.cumsum(counts)
     bounds = tuple((int(a), int(b)) for a, b in zip(stops - counts, stops, strict=True))
-    return _Cells(
-        inverse.ravel().astype(np.int32), pairs[1].astype(np.int32), bounds, num_images, fold_ids
-    )
+    return _Cells(inverse.ravel().astype(np.int32), pairs[1].astype(np.int32), bounds, num_images)
 
 
 @functools.partial(jax.jit, static_argnames=("num_images",))
