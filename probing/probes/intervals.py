@@ -90,8 +90,9 @@ class ImageIntervals:
                     "own test rows by its own probes, mean over seeds, then over folds) over "
                     "resamples of the images of every fold's test part with replacement (all "
                     "rows of an image together, one weight per image in every fold that tests "
-                    "it), every metric, layer and probe on the same resamples "
-                    "(probing/probes/bootstrap.py)"
+                    "it), every metric, layer and probe on the same resamples; the resampled "
+                    "deviations widened to the folds' scatter (variance over folds / K) where "
+                    "that is larger (probing/probes/bootstrap.py)"
                 ),
             )
         else:
@@ -111,9 +112,9 @@ class ImageIntervals:
             "resample_seed": self.result.seed,
             "num_test_images": self.result.num_images,
             "split": "test",
-            "num_folds": self.result.num_folds,
             "metrics": metrics,
             "seed_spread": SEED_SPREAD,
+            **({"num_folds": self.result.num_folds} if self.result.num_folds > 1 else {}),
         }
 
 
