@@ -15,6 +15,7 @@ import collections
 import csv
 import json
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -22,7 +23,10 @@ import pytest
 from configs.probe import get_config
 from probing.probes.stats import CI_LABEL, FOLD_CI_LABEL
 from probing.probes.train import train_workdir
+from probing.reporting import tables
 from probing.reporting.builder import build_report
+from probing.reporting.runs import load_runs
+from probing.reporting.statistics import FOLDS, layer_interval
 from probing.testing.planted import planted_arrays, write_workdir
 
 SIGNAL_LAYER = 2
@@ -126,3 +130,26 @@ def test_report_warns_when_probes_hit_the_epoch_budget(tmp_path):
     assert "WARNING, probes that did not converge" in report
     assert "48 of 48 probes did not converge within max_epochs = 2" in report
     assert "layers 0, 1, 2, 3" in report
+
+
+@pytest.mark.slow
+def test_folds_without_a_bootstrap_fall_back_to_the_fold_interval(fold_report, tmp_path):
+    # The same results as if trained with bootstrap_resamples = 0: no ci95 anywhere.
+    location, _ = fold_report
+    copy = tmp_path / "w"
+    shutil.copytree(location, copy)
+    (copy / "probes/mean/results.json").unlink()  # a hand-edited folder is read as is
+    path = copy / "probes/mean/summary.json"
+    summary = json.loads(path.read_text())
+    for entry in summary["layers"]:
+        for values in entry["test"].values():
+            values.pop("ci95", None)
+    path.write_text(json.dumps(summary))
+    (run,) = load_runs([str(copy)])
+    _, low, high, source = layer_interval(run, "accuracy")
+    assert source == FOLDS
+    for entry in summary["layers"]:
+        layer = entry["layer"]
+        assert [low[layer], high[layer]] == entry["test"]["accuracy"]["fold_interval"]
+    row = tables.result_row(run)
+    assert tables.results_cells([row])[0][5].endswith("(folds)")
