@@ -2,6 +2,8 @@
 
   python benchmarks/folds.py --size=small      # about a minute on 2 cores
   python benchmarks/folds.py --size=full       # N=40,000, 29 layers, D=1,536, 5 seeds, K=5
+  python benchmarks/folds.py --size=full --examples=12000 --layers=8 --hidden=256 --seeds=3
+                                               # a reduced size: ~3 min on 2 cores
 
 Both train the same kind of probes on the same splits: the fold sweep
 (settings.folds = K, grouped K-fold by image) trains every (fold, layer,
@@ -51,6 +53,9 @@ _FOLDS = flags.DEFINE_integer("folds", 5, "K: folds of the fold sweep and separa
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Minibatch size of all probes.")
 _EPOCHS = flags.DEFINE_integer("epochs", 300, "Epoch budget (probes stop earlier, patience 5).")
 _LAYERS = flags.DEFINE_integer("layers", 0, "Layers to probe (0: the size's own count).")
+_EXAMPLES = flags.DEFINE_integer("examples", 0, "N (0: the size's own); a reduced size.")
+_HIDDEN = flags.DEFINE_integer("hidden", 0, "D (0: the size's own).")
+_SEEDS = flags.DEFINE_integer("seeds", 0, "Probe seeds (0: the size's own count).")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0, "On CPU, JAX devices to shard the layers over (0: one per core)."
 )
@@ -69,6 +74,8 @@ def main(argv):
     jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value or os.cpu_count() or 1)
     num_examples, num_layers, dim, num_seeds = SIZES[_SIZE.value]
     num_layers = _LAYERS.value or num_layers
+    num_examples = _EXAMPLES.value or num_examples
+    dim, num_seeds = _HIDDEN.value or dim, _SEEDS.value or num_seeds
     k = _FOLDS.value
     arrays = planted_arrays(
         num_examples, num_layers, dim, [SIGNAL_LAYER], strength=3.0, layer_major=True

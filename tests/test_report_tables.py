@@ -20,6 +20,9 @@ from probing.reporting.runs import ReportError, load_runs
 from probing.reporting.statistics import BOOTSTRAP, SEEDS, mean_and_ci, paired_bootstrap_pvalue
 from probing.testing.probed import write_probed_workdir
 
+# The peak cell, whatever columns come before it.
+PEAK_COLUMN = next(i for i, h in enumerate(tables.RESULTS_HEADER) if h.startswith("peak ["))
+
 
 def test_mean_and_ci_matches_student_t_interval():
     values = np.array([[0.70, 0.74, 0.75, 0.71], [0.5, 0.5, 0.5, 0.5]])
@@ -96,13 +99,18 @@ def test_results_row_equals_values_recomputed_from_metrics_csv(
         with open(os.path.join(location, "probes/mean/summary.json")) as f:
             ci95 = json.load(f)["layers"][expected["best_layer"]]["test"][metric]["ci95"]
         expected["peak_ci_low"], expected["peak_ci_high"] = ci95
-        assert row.ci_source == BOOTSTRAP and "(seeds)" not in tables.results_cells([row])[0][4]
+        assert (
+            row.ci_source == BOOTSTRAP
+            and "(seeds)" not in tables.results_cells([row])[0][PEAK_COLUMN]
+        )
         # The fabricated baseline (0.6) is above layer 0 (0.55) and below the peak.
         assert row.strongest_baseline == "always_positive"
         assert row.layers_not_above_baseline.split()[0] == "0"
         assert str(expected["best_layer"]) not in row.layers_not_above_baseline.split()
     else:
-        assert row.ci_source == SEEDS and tables.results_cells([row])[0][4].endswith("(seeds)")
+        assert row.ci_source == SEEDS and tables.results_cells([row])[0][PEAK_COLUMN].endswith(
+            "(seeds)"
+        )
         assert row.strongest_baseline == "" and row.layers_not_above_baseline == ""
     assert row.metric == metric
     if task == "category":  # the fixture leaves one category without positives

@@ -7,11 +7,16 @@ column (or axis) added:
   metrics.csv        layer, fold, seed, split, metric, value
   curves.csv         layer, fold, seed, epoch, split, loss
   summary.json       per layer, split and metric: the mean over folds (each
-                     fold the mean over its seeds), `fold_interval` (Student-t
-                     95% interval over folds), std and n over folds; "folds":
-                     the best layer of each fold (chosen on its val) and how
-                     often each layer wins; "convergence" as without folds.
-                     No image-bootstrap ci95 yet (folds x bootstrap: issue 11)
+                     fold the mean over its seeds); on the test split `ci95`,
+                     the folds x bootstrap interval (probing.probes.bootstrap:
+                     the fold mean under resamples of the images of all
+                     folds' test parts, the interval to quote); `fold_interval`
+                     (Student-t 95% interval over folds: how far one re-split
+                     scatters), std and n over folds; trivial baselines
+                     averaged over folds; the best layer and its paired
+                     difference to the last; "folds": the best layer of each
+                     fold (chosen on its val) and how often each layer wins;
+                     "convergence" as without folds
   probe_config.json  as without folds, plus each fold's split sizes
   weights.npz        kernel [L, F, S, D, C], bias [L, F, S, C], mean and
                      scale [L, F, D] (each fold's train statistics), folds [F]
@@ -29,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from probing.probes.data import LabelData
+from probing.probes.intervals import ImageIntervals, fold_baselines
 from probing.probes.results import (
     _csv_bytes,
     _json_bytes,
@@ -44,6 +50,9 @@ from probing.probes.sweep import SweepResult
 from probing.store.atomic import write_probe_dir
 from probing.store.layout import (
     CURVES_CSV,
+    FOLD_COLUMN,
+    FOLD_CURVES_COLUMNS,
+    FOLD_METRICS_COLUMNS,
     HEADLINE_METRIC,
     METRICS_CSV,
     PREDICTIONS_NPZ,
@@ -53,17 +62,16 @@ from probing.store.layout import (
     SPLIT_NAMES,
     SUMMARY_JSON,
     TEST,
+    TRAIN,
     WEIGHTS_NPZ,
     probes_dir,
 )
 from probing.store.workdir import Workdir
 
-FOLD_METRICS_COLUMNS = ("layer", "fold", "seed", "split", "metric", "value")
-FOLD_CURVES_COLUMNS = ("layer", "fold", "seed", "epoch", "split", "loss")
 FOLD_INTERVAL = (
     "Student-t 95% interval of the mean over folds, each fold the mean over its probe seeds: "
     "how much the number moves when the images are re-split; the folds share images, so it "
-    "is approximate, and it leaves out the sampling of each fold's test images"
+    "is approximate. Not the interval to quote: ci95 (folds x bootstrap) is"
 )
 
 
@@ -83,21 +91,48 @@ def fold_tables(result: SweepResult, label_data: LabelData) -> tuple[list[tuple]
     return metrics, curves
 
 
+def _fold_baselines(result: SweepResult, label_data: LabelData) -> dict[str, Any]:
+    """The trivial baselines of every fold (its train frequencies, its test labels), averaged."""
+    parts = []
+    for split in result.folds.split:
+        train, test = split == TRAIN, split == TEST
+        labels, mask = label_data.labels, label_data.mask
+        parts.append((labels[train], mask[train], labels[test], mask[test]))
+    return fold_baselines(label_data.label_kind, parts)
+
+
 def fold_summary(
-    metrics: list[tuple], result: SweepResult, label_data: LabelData, pooling: str, settings
+    metrics: list[tuple],
+    result: SweepResult,
+    label_data: LabelData,
+    pooling: str,
+    settings,
+    predictions: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """summary.json with folds: intervals over folds, and the best layer of each fold."""
+    """summary.json with folds: folds x bootstrap ci95, intervals over folds, the best
+    layer of each fold. `predictions` (fold_predictions_arrays) feed the bootstrap; it
+    is skipped when settings.bootstrap_resamples is 0."""
     headline = HEADLINE_METRIC[label_data.label_kind]
     # (layer, fold, split, metric) -> values over seeds.
     per_seed: dict[tuple, list[float]] = {}
     for layer, fold, _, split_name, metric, value in metrics:
         per_seed.setdefault((layer, fold, split_name, metric), []).append(float(value))
     fold_means = {key: float(np.mean(values)) for key, values in per_seed.items()}
+    num_resamples = settings.bootstrap_resamples
+    intervals = None
+    if num_resamples:
+        if predictions is None:
+            predictions = fold_predictions_arrays(result, label_data)
+        intervals = ImageIntervals(predictions, num_resamples)
     # Each fold's seed mean stands where a seed's value stands without folds.
     summary = build_summary(
         [(layer, fold, s, m, v) for (layer, fold, s, m), v in fold_means.items()],
         pooling=pooling,
         label_kind=label_data.label_kind,
+        intervals=intervals and intervals.ci95(),
+        interval_info=intervals and intervals.describe(),
+        compare_layers=intervals and intervals.compare_layers,
+        baselines=_fold_baselines(result, label_data),
     )
     fold_ids = [int(f) for f in result.folds.ids]
     # build_summary names the spread of its "seed" values, here the folds'.
@@ -118,10 +153,13 @@ def fold_summary(
 
     # Chosen on each fold's val, the first layer winning ties, as without folds.
     best = [max(layers, key=lambda layer: fold_score(layer, f, SELECTION_SPLIT)) for f in fold_ids]
+    info = dict(summary["intervals"])
+    info.pop("seed_spread", None)
+    info["fold_interval"] = FOLD_INTERVAL
     summary.update(
         num_seeds=len(result.seeds),
         num_folds=len(fold_ids),
-        intervals={"ci95": None, "fold_interval": FOLD_INTERVAL},
+        intervals=info,
         convergence=convergence_summary(result, settings),
         folds={
             "kind": result.folds.kind,
@@ -161,7 +199,7 @@ def fold_weights_bytes(result: SweepResult, label_data: LabelData) -> bytes:
     return buffer.getvalue()
 
 
-def fold_predictions_bytes(result: SweepResult, label_data: LabelData) -> bytes:
+def fold_predictions_arrays(result: SweepResult, label_data: LabelData) -> dict[str, np.ndarray]:
     """predictions.npz: every fold's test rows and logits, fold after fold."""
     multilabel = label_data.label_kind == "multilabel"
     parts: dict[str, list[np.ndarray]] = {}
@@ -172,7 +210,7 @@ def fold_predictions_bytes(result: SweepResult, label_data: LabelData) -> bytes:
         groups = rows if label_data.groups is None else label_data.groups[test]
         fold_arrays = {
             "rows": rows.astype(np.int64),
-            "fold": np.full(test.size, int(fold), np.int64),
+            FOLD_COLUMN: np.full(test.size, int(fold), np.int64),
             "group": np.asarray(groups, np.int64),
             "labels": label_data.labels[test],
             "logits": one.logits[SCORING_SPLIT][:, 0],
@@ -197,6 +235,11 @@ def fold_predictions_bytes(result: SweepResult, label_data: LabelData) -> bytes:
         label_kind=np.asarray(label_data.label_kind),
         label_names=np.asarray(label_data.label_names),
     )
+    return arrays
+
+
+def fold_predictions_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """predictions.npz's bytes."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -214,7 +257,8 @@ def write_fold_results(
     """Writes every file of probes/<pooling>/ for a sweep with folds, as one unit (see
     results.write_results for `write` and `partial`); returns the summary."""
     metrics, curves = fold_tables(result, label_data)
-    summary = fold_summary(metrics, result, label_data, pooling, settings)
+    predictions = fold_predictions_arrays(result, label_data)
+    summary = fold_summary(metrics, result, label_data, pooling, settings, predictions)
     if partial:
         summary["partial_store"] = dict(partial)
     if not write:
@@ -227,7 +271,7 @@ def write_fold_results(
         SUMMARY_JSON: _json_bytes(_json_safe(summary)),
         PROBE_CONFIG_JSON: _json_bytes(_json_safe(config)),
         WEIGHTS_NPZ: fold_weights_bytes(result, label_data),
-        PREDICTIONS_NPZ: fold_predictions_bytes(result, label_data),
+        PREDICTIONS_NPZ: fold_predictions_bytes(predictions),
     }
     meta = {"partial_store": dict(partial)} if partial else None
     write_probe_dir(workdir, probes_dir(pooling), files, meta)

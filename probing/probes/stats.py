@@ -19,6 +19,8 @@ from scipy import stats as scipy_stats
 CONFIDENCE = 0.95
 # How summary.json, report captions and table headers name the default interval.
 CI_LABEL = "95% CI: cluster bootstrap over test images"
+# The same with folds: the fold mean under one bootstrap of the images of all folds' test parts.
+FOLD_CI_LABEL = "95% CI: folds × cluster bootstrap over the test images of every fold"
 
 
 def seed_summary(values: np.ndarray, confidence: float = CONFIDENCE) -> dict[str, object]:

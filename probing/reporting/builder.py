@@ -2,6 +2,9 @@
 
 It loads the runs, writes the results table, draws every figure of the
 registry probing.reporting.figures.FIGURES per task, and renders the document.
+A run whose summary.json lists probes that did not converge (best epoch at
+the epoch budget, or stopped by the budget while still improving) gets a
+warning under the results table naming them.
 
 Output folder layout::
 
@@ -23,7 +26,7 @@ from typing import Any
 
 from absl import logging
 
-from probing.probes.stats import CI_LABEL
+from probing.probes.stats import CI_LABEL, FOLD_CI_LABEL
 from probing.reporting import document, tables
 from probing.reporting.document import Block, Code, Heading, Paragraph, Table
 from probing.reporting.figures import FIGURES, FigureContext
@@ -130,6 +133,30 @@ def _first_token_blocks(runs: Sequence[ProbeRun], out_dir: str) -> list[Block]:
     return blocks
 
 
+def _convergence_blocks(runs: Sequence[ProbeRun]) -> list[Block]:
+    """A warning per run with probes that did not converge (summary.json["convergence"])."""
+    lines = []
+    for run in runs:
+        convergence = run.summary.get("convergence") or {}
+        flagged = convergence.get("not_converged_probes") or []
+        if not convergence.get("not_converged"):
+            continue
+        layers = sorted({int(p["layer"]) for p in flagged})
+        at_budget = sum(int(p["best_epoch"]) == int(p["epochs_trained"]) for p in flagged)
+        lines.append(
+            f"{run.label}: {convergence['not_converged']} of {convergence.get('probes', '?')} "
+            f"probes did not converge within max_epochs = {convergence.get('max_epochs')} "
+            f"(patience {convergence.get('patience')}): {at_budget} had their best val loss "
+            f"at their last epoch; layers {', '.join(map(str, layers))}. Their numbers may "
+            "change with more epochs: raise --config.epochs and re-run "
+            f"`python -m probing.train_all_layers --workdir={run.workdir}` "
+            f'(the list: probes/{run.pooling}/summary.json, "convergence").'
+        )
+    if not lines:
+        return []
+    return [Paragraph("WARNING, probes that did not converge: " + " ".join(lines))]
+
+
 def build_report(
     workdirs: Sequence[str],
     out_dir: str,
@@ -184,7 +211,13 @@ def build_report(
             f"workdir(s), tasks: {', '.join(by_task)}. Generated {generated}. Metrics are "
             "test-split means over probe seeds; the best layer is chosen on the val split. "
             f"Intervals: {CI_LABEL} (all rows of an image resampled together, from the "
-            "saved test logits); the spread over probe seeds is training noise and is not "
+            "saved test logits)"
+            + (
+                f"; for runs trained with folds, {FOLD_CI_LABEL} (values are means over folds)"
+                if any(run.has_folds for run in runs)
+                else ""
+            )
+            + "; the spread over probe seeds is training noise and is not "
             "used as an interval. Layer 0 is the embedding output; relative depth is layer / "
             "last layer."
         ),
@@ -195,10 +228,15 @@ def build_report(
         blocks.append(Heading(f"Task {task}", 3))
         baselines = tables.baseline_cells(by_task[task])
         note = tables.PAIRING_NOTE + (" " + tables.BASELINE_NOTE if baselines else "")
+        if any(row.num_folds for row in task_rows):
+            note += " " + tables.FOLDS_NOTE
         blocks.append(
-            Table(tables.RESULTS_HEADER, tables.results_cells(task_rows) + baselines, note)
+            Table(
+                tables.results_header(task_rows), tables.results_cells(task_rows) + baselines, note
+            )
         )
     blocks.append(Paragraph("Full-precision values: results.csv."))
+    blocks.extend(_convergence_blocks(runs))
 
     for task, members in by_task.items():
         logging.info("figures of task %s (%d run(s))", task, len(members))

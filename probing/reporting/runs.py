@@ -5,6 +5,12 @@ split, metric) as dense arrays, the loss curves, and what the legends and
 tables need to name it (model, pooling, task, baseline variant). Only files
 of the contract are read (WORKSPACE.md), through `Workdir`, so workdirs on a
 bucket work like local ones.
+
+Probes trained with folds (a `fold` column in metrics.csv and curves.csv)
+keep every fold in `fold_metrics` [layer, fold, seed]; `metrics` and `curves`
+then hold the mean over folds per seed, so a layer's mean over seeds is the
+mean over folds of each fold's seed mean, the `mean` of summary.json, and
+every figure and table reads them as it reads a run without folds.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from probing.store.layout import (
     CONFIG_JSON,
     CURVES_COLUMNS,
     CURVES_CSV,
+    FOLD_COLUMN,
     HEADLINE_METRIC,
     METRICS_COLUMNS,
     METRICS_CSV,
@@ -89,6 +96,10 @@ class ProbeRun:
       summary: probes/<pooling>/summary.json ({} when absent): the bootstrap
         intervals (`ci95`), the best layer's paired comparison with the last
         and the trivial baselines come from it.
+      folds: the fold ids of a sweep with folds, in column order of
+        fold_metrics (empty without folds).
+      fold_metrics: (split, metric) -> [num_layers, num_folds, num_seeds]
+        (empty without folds); `metrics` is then their mean over folds.
     """
 
     workdir: str
@@ -103,6 +114,13 @@ class ProbeRun:
     label: str = ""
     predictions: dict[str, np.ndarray] | None = None
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    folds: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=int))
+    fold_metrics: dict[tuple[str, str], np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def has_folds(self) -> bool:
+        """Trained with folds re-drawn at probe time (a fold column in metrics.csv)."""
+        return self.folds.size > 0
 
     @property
     def partial(self) -> bool:
@@ -207,17 +225,27 @@ def _parse_number(raw: str, name: str, row_number: int, column: str, kind: type)
         ) from None
 
 
+def _fold_mean(grid: np.ndarray) -> np.ndarray:
+    """[..., folds, x] -> [..., x], the mean over the folds that have a value (NaN: none)."""
+    count = np.sum(~np.isnan(grid), axis=-2)
+    total = np.nansum(grid, axis=-2)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def _load_metrics(
     workdir: Workdir, pooling: str, num_layers: int
-) -> tuple[dict[tuple[str, str], np.ndarray], np.ndarray]:
+) -> tuple[dict[tuple[str, str], np.ndarray], np.ndarray, np.ndarray, dict]:
+    """(metrics [L, S] per (split, metric), seeds, fold ids, fold metrics [L, F, S])."""
     name = probe_file(pooling, METRICS_CSV)
     rows = _read_csv(workdir, name, METRICS_COLUMNS)
     if not rows:
         raise ReportError(f"{workdir.location}/{name} has no rows")
     where = f"{workdir.location}/{name}"
+    with_folds = FOLD_COLUMN in rows[0]
     parsed = [
         (
             _parse_number(r["layer"], where, i + 2, "layer", int),
+            _parse_number(r[FOLD_COLUMN], where, i + 2, FOLD_COLUMN, int) if with_folds else 0,
             _parse_number(r["seed"], where, i + 2, "seed", int),
             r["split"],
             r["metric"],
@@ -225,33 +253,42 @@ def _load_metrics(
         )
         for i, r in enumerate(rows)
     ]
-    seeds = np.array(sorted({seed for _, seed, _, _, _ in parsed}))
+    seeds = np.array(sorted({row[2] for row in parsed}))
+    folds = np.array(sorted({row[1] for row in parsed}))
     seed_column = {seed: i for i, seed in enumerate(seeds)}
-    metrics: dict[tuple[str, str], np.ndarray] = {}
-    for layer, seed, split, metric, value in parsed:
+    fold_column = {fold: i for i, fold in enumerate(folds)}
+    grids: dict[tuple[str, str], np.ndarray] = {}
+    for layer, fold, seed, split, metric, value in parsed:
         if not 0 <= layer < num_layers:
             raise ReportError(
                 f"{where}: layer {layer} is outside 0..{num_layers - 1} "
                 f"(manifest.json says num_layers={num_layers})"
             )
-        grid = metrics.get((split, metric))
+        grid = grids.get((split, metric))
         if grid is None:
-            grid = metrics[(split, metric)] = np.full((num_layers, len(seeds)), np.nan)
-        grid[layer, seed_column[seed]] = value
-    return metrics, seeds
+            grid = grids[(split, metric)] = np.full((num_layers, len(folds), len(seeds)), np.nan)
+        grid[layer, fold_column[fold], seed_column[seed]] = value
+    metrics = {key: _fold_mean(grid) for key, grid in grids.items()}
+    if not with_folds:
+        return metrics, seeds, np.zeros(0, dtype=int), {}
+    return metrics, seeds, folds, grids
 
 
 def _load_curves(
     workdir: Workdir, pooling: str, num_layers: int, seeds: np.ndarray
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """split -> [L, S, epochs] losses; with folds the mean over the folds that trained
+    that long (a fold that stopped early drops out of the later epochs)."""
     name = probe_file(pooling, CURVES_CSV)
     if not workdir.exists(name):
         return {}, np.zeros(0, dtype=int)
     rows = _read_csv(workdir, name, CURVES_COLUMNS)
     where = f"{workdir.location}/{name}"
+    with_folds = bool(rows) and FOLD_COLUMN in rows[0]
     parsed = [
         (
             _parse_number(r["layer"], where, i + 2, "layer", int),
+            _parse_number(r[FOLD_COLUMN], where, i + 2, FOLD_COLUMN, int) if with_folds else 0,
             _parse_number(r["seed"], where, i + 2, "seed", int),
             _parse_number(r["epoch"], where, i + 2, "epoch", int),
             r["split"],
@@ -259,17 +296,20 @@ def _load_curves(
         )
         for i, r in enumerate(rows)
     ]
-    epochs = np.array(sorted({epoch for _, _, epoch, _, _ in parsed}), dtype=int)
+    epochs = np.array(sorted({row[3] for row in parsed}), dtype=int)
+    folds = sorted({row[1] for row in parsed})
     epoch_index = {epoch: i for i, epoch in enumerate(epochs)}
+    fold_index = {fold: i for i, fold in enumerate(folds)}
     seed_column = {int(seed): i for i, seed in enumerate(seeds)}
-    curves: dict[str, np.ndarray] = {}
-    for layer, seed, epoch, split, loss in parsed:
+    grids: dict[str, np.ndarray] = {}
+    for layer, fold, seed, epoch, split, loss in parsed:
         if not 0 <= layer < num_layers or seed not in seed_column:
             continue  # A curve of a probe with no metrics cannot be placed; ignore it.
-        grid = curves.get(split)
+        grid = grids.get(split)
         if grid is None:
-            grid = curves[split] = np.full((num_layers, len(seeds), len(epochs)), np.nan)
-        grid[layer, seed_column[seed], epoch_index[epoch]] = loss
+            grid = grids[split] = np.full((num_layers, len(seeds), len(folds), len(epochs)), np.nan)
+        grid[layer, seed_column[seed], fold_index[fold], epoch_index[epoch]] = loss
+    curves = {split: _fold_mean(grid) for split, grid in grids.items()}  # [L, S, F, E]
     return curves, epochs
 
 
@@ -329,7 +369,7 @@ def load_workdir_runs(
             continue
         # A folder whose files are not one run is refused before anything is parsed.
         verified = verify_probe_dir(workdir, probes_dir(pooling)) is not None
-        metrics, seeds = _load_metrics(workdir, pooling, num_layers)
+        metrics, seeds, folds, fold_metrics = _load_metrics(workdir, pooling, num_layers)
         curves, epochs = _load_curves(workdir, pooling, num_layers, seeds)
         predictions = _load_predictions(workdir, pooling)
         if not verified:
@@ -349,6 +389,8 @@ def load_workdir_runs(
                 epochs=epochs,
                 predictions=predictions,
                 summary=summary,
+                folds=folds,
+                fold_metrics=fold_metrics,
             )
         )
     if not runs:

@@ -1,5 +1,11 @@
 """The report's intervals: the image bootstrap of summary.json, or the seed spread without it.
 
+With folds (ProbeRun.has_folds) summary.json's `ci95` is the folds x bootstrap
+interval (FOLD_BOOTSTRAP); without it (probes trained with
+bootstrap_resamples = 0) the report falls back to its `fold_interval` over
+folds (FOLDS), never to seeds. `best_layer_wins` reads how often each layer
+won across folds.
+
 `layer_interval` gives a metric's test mean over seeds (from metrics.csv) per
 layer and its 95% interval: summary.json's `ci95`, the cluster bootstrap over
 test images the trainer computed from the saved test logits, whenever
@@ -19,7 +25,7 @@ import numpy as np
 from absl import logging
 from scipy import stats
 
-from probing.probes.stats import CI_LABEL, CONFIDENCE
+from probing.probes.stats import CI_LABEL, CONFIDENCE, FOLD_CI_LABEL
 from probing.store.layout import SCORING_SPLIT
 
 if TYPE_CHECKING:
@@ -27,9 +33,13 @@ if TYPE_CHECKING:
 
 # What an interval of the report is, in captions, headers and results.csv.
 BOOTSTRAP = "bootstrap"
+FOLD_BOOTSTRAP = "folds × bootstrap"
+FOLDS = "folds"
 SEEDS = "seeds"
 CI_LABELS = {
     BOOTSTRAP: CI_LABEL,
+    FOLD_BOOTSTRAP: FOLD_CI_LABEL,
+    FOLDS: "Student-t 95% interval over folds (re-split scatter; no bootstrap in summary.json)",
     SEEDS: "95% CI over probe seeds (training noise only: no bootstrap in summary.json)",
 }
 
@@ -91,14 +101,19 @@ def paired_bootstrap_pvalue(
 def layer_interval(run: ProbeRun, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """(mean, low, high, source) per layer of `metric` on the test split.
 
-    mean is the seed mean of metrics.csv; source is BOOTSTRAP when the
-    interval is summary.json's ci95, SEEDS when it is the seed interval.
+    mean is the seed mean of metrics.csv (with folds, the mean over folds of
+    each fold's seed mean); source is BOOTSTRAP or FOLD_BOOTSTRAP when the
+    interval is summary.json's ci95, FOLDS when it is its fold_interval
+    (folds without a bootstrap), SEEDS when it is the seed interval.
     """
     mean, low, high = mean_and_ci(run.values(SCORING_SPLIT, metric))
     entries = {int(e["layer"]): e.get(SCORING_SPLIT, {}).get(metric) for e in _layers(run)}
     probed = np.flatnonzero(~np.isnan(mean))
     found = [entries.get(int(layer)) for layer in probed]
-    if not found or any(e is None or e.get("ci95") is None for e in found):
+    key, source = "ci95", FOLD_BOOTSTRAP if run.has_folds else BOOTSTRAP
+    if run.has_folds and found and all(e is not None and e.get(key) is None for e in found):
+        key, source = "fold_interval", FOLDS
+    if not found or any(e is None or e.get(key) is None for e in found):
         return mean, low, high, SEEDS
     if any(
         e["mean"] is None or not math.isclose(e["mean"], mean[layer], abs_tol=1e-6)
@@ -112,8 +127,15 @@ def layer_interval(run: ProbeRun, metric: str) -> tuple[np.ndarray, np.ndarray, 
         return mean, low, high, SEEDS
     low, high = np.full_like(mean, np.nan), np.full_like(mean, np.nan)
     for entry, layer in zip(found, probed, strict=True):
-        low[layer], high[layer] = entry["ci95"]
-    return mean, low, high, BOOTSTRAP
+        low[layer], high[layer] = entry[key]
+    return mean, low, high, source
+
+
+def best_layer_wins(run: ProbeRun) -> dict[int, int]:
+    """layer -> in how many folds it was the best layer (chosen on that fold's val); {}
+    without folds or when summary.json does not record it."""
+    frequency = run.summary.get("folds", {}).get("best_layer_frequency") or {}
+    return {int(layer): int(count) for layer, count in frequency.items()}
 
 
 def _layers(run: ProbeRun) -> list[dict]:

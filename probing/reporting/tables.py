@@ -8,8 +8,14 @@ layer and the drop from the peak, the gain over layer 0, the selectivity at
 the best layer, the strongest trivial baseline and the layers whose interval
 does not lie above it, and a paired bootstrap p-value for "the peak layer
 beats the last layer". That p comes from summary.json (the same resamples as
-the intervals); for older runs it resamples test images of predictions.npz,
-or probe seeds without it.
+the intervals); for older runs it runs the same bootstrap
+(probing.probes.bootstrap) on the test logits of predictions.npz, or
+resamples probe seeds without it.
+
+Runs trained with folds: values are means over folds, the interval is the
+folds x bootstrap one (the header names the interval kinds of the rows),
+and the column "best-layer wins across folds" says how often each layer was
+a fold's best.
 """
 
 from __future__ import annotations
@@ -24,12 +30,17 @@ from typing import Any
 
 import numpy as np
 
+from probing.probes import bootstrap as bs
 from probing.probes.metrics import CATEGORIES_LEFT_OUT, SELECTIVITY
-from probing.probes.stats import CI_LABEL, image_bootstrap
+from probing.probes.stats import CI_LABEL
 from probing.reporting.labels import group_key
 from probing.reporting.runs import ProbeRun
 from probing.reporting.statistics import (
+    BOOTSTRAP,
+    CI_LABELS,
+    FOLDS,
     SEEDS,
+    best_layer_wins,
     layer_interval,
     layers_not_above_baseline,
     mean_and_ci,
@@ -42,6 +53,7 @@ from probing.store.workdir import Workdir
 # What the bootstrap of "peak better than last" resamples: test images when
 # per-example predictions exist, probe seeds (metrics.csv only) otherwise.
 IMAGE_UNIT = "image"
+FOLD_IMAGE_UNIT = "folds × image"
 SEED_UNIT = "seed"
 BOOTSTRAP_RESAMPLES = 10_000
 PAIRING_NOTE = (
@@ -58,6 +70,14 @@ PAIRING_NOTE = (
     "predictions.npz: the probe seeds are resampled, so with few seeds p only says whether "
     "every seed agrees. (k left out): categories without a positive in the test split, "
     "outside the macro averages."
+)
+FOLDS_NOTE = (
+    "Runs trained with folds (the image-grouped split re-drawn at probe time): every value "
+    "is the mean over folds of each fold's seed mean, each fold scored on its own test "
+    "images; the interval is the folds × bootstrap one (the images of every fold's test "
+    "part resampled together, every fold's metric recomputed, the fold mean taken), and p "
+    "(folds × image) runs on the same resamples. Best-layer wins across folds: how often "
+    "each layer was the best of a fold (chosen on that fold's val)."
 )
 
 
@@ -97,6 +117,9 @@ class ResultRow:
     layers_not_above_baseline: str = ""
     # Multilabel: test categories without a positive, outside the macro averages.
     categories_left_out: float = math.nan
+    # With folds: their number and "layer:wins" pairs, most wins first ("" without folds).
+    num_folds: int = 0
+    best_layer_wins: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,7 +150,7 @@ def result_row(run: ProbeRun) -> ResultRow:
         p_value = _summary_pvalue(run, best, last)
         if math.isnan(p_value):
             p_value = _image_bootstrap_pvalue(run, best, last)
-        p_unit = IMAGE_UNIT
+        p_unit = FOLD_IMAGE_UNIT if run.has_folds else IMAGE_UNIT
         if math.isnan(p_value):
             p_value = paired_bootstrap_pvalue(
                 test[best], test[last], num_resamples=BOOTSTRAP_RESAMPLES
@@ -161,6 +184,11 @@ def result_row(run: ProbeRun) -> ResultRow:
         strongest_baseline_value=baseline[1] if baseline else math.nan,
         layers_not_above_baseline=" ".join(map(str, layers_not_above_baseline(run, metric))),
         categories_left_out=left_out,
+        num_folds=int(run.folds.size),
+        best_layer_wins=" ".join(
+            f"{layer}:{count}"
+            for layer, count in sorted(best_layer_wins(run).items(), key=lambda x: (-x[1], x[0]))
+        ),
     )
 
 
@@ -174,24 +202,26 @@ def _summary_pvalue(run: ProbeRun, better: int, worse: int) -> float:
 
 
 def _image_bootstrap_pvalue(run: ProbeRun, better: int, worse: int) -> float:
-    """p of "layer `better` beats layer `worse`" resampling test images; NaN without predictions."""
+    """p of "layer `better` beats layer `worse`": the bootstrap summary.json's intervals
+    use (probing.probes.bootstrap, folds x bootstrap with folds) on predictions.npz's test
+    logits of the two layers; NaN without predictions."""
     predictions = run.predictions
     if predictions is None:
         return math.nan
     position = {int(layer): i for i, layer in enumerate(predictions["layers"])}
     if better not in position or worse not in position:
         return math.nan
-    logits = predictions["logits"]
-    result = image_bootstrap(
-        logits[position[better]],
-        logits[position[worse]],
+    two = [position[better], position[worse]]
+    result = bs.bootstrap(
+        [np.asarray(predictions["logits"])[two]],
         predictions["labels"],
         predictions["group"],
-        run.label_kind,
         mask=predictions.get("mask"),
+        label_kind=run.label_kind,
         num_resamples=BOOTSTRAP_RESAMPLES,
+        fold=predictions.get("fold"),
     )
-    return result["p_a_better"]
+    return bs.layer_difference(result, run.headline_metric, 0, 1)["p_a_better"]
 
 
 # results.csv columns named otherwise than their ResultRow field.
@@ -226,6 +256,7 @@ RESULTS_HEADER = (
     "run",
     "metric",
     "best layer",
+    "best-layer wins across folds",
     "rel. depth",
     f"peak [{CI_LABEL}]",
     "last layer",
@@ -238,13 +269,27 @@ RESULTS_HEADER = (
 )
 
 
+def results_header(rows: Sequence[ResultRow]) -> tuple[str, ...]:
+    """RESULTS_HEADER with the peak column naming the interval kinds of these rows."""
+    sources = sorted({row.ci_source for row in rows if row.ci_source and row.ci_source != SEEDS})
+    label = "; ".join(CI_LABELS[source] for source in sources or [BOOTSTRAP])
+    return tuple(f"peak [{label}]" if h.startswith("peak [") else h for h in RESULTS_HEADER)
+
+
+def _wins_cell(row: ResultRow) -> str:
+    if not row.num_folds:
+        return "—"
+    pairs = (pair.split(":") for pair in row.best_layer_wins.split())
+    return ", ".join(f"L{layer}: {count}/{row.num_folds}" for layer, count in pairs)
+
+
 def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
     """Display cells of the results table (RESULTS_HEADER columns)."""
     cells = []
     for row in rows:
         peak = f"{_number(row.peak)} [{_number(row.peak_ci_low)}, {_number(row.peak_ci_high)}]"
-        if row.ci_source == SEEDS:
-            peak += " (seeds)"
+        if row.ci_source in (SEEDS, FOLDS):
+            peak += f" ({row.ci_source})"
         baseline = ""
         if row.strongest_baseline:
             name = row.strongest_baseline.replace("_", "-")
@@ -259,6 +304,7 @@ def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
                 if math.isnan(row.categories_left_out)
                 else f"{row.metric} ({row.categories_left_out:g} left out)",
                 f"{row.best_layer} / {row.num_layers - 1}",
+                _wins_cell(row),
                 _number(row.relative_depth, 2),
                 peak,
                 f"{_number(row.last)} (L{row.last_layer})",
@@ -291,6 +337,7 @@ def baseline_cells(runs: Sequence[ProbeRun]) -> list[list[str]]:
             [
                 f"{run.series} · text-only baseline ({baseline.reads})",
                 run.headline_metric,
+                "—",
                 "—",
                 "—",
                 f"{_number(score)} (ROC-AUC {_number(auc)})",

@@ -68,6 +68,11 @@ PREDICTIONS_NPZ = "predictions.npz"
 RESULTS_JSON = "results.json"
 METRICS_COLUMNS = ("layer", "seed", "split", "metric", "value")
 CURVES_COLUMNS = ("layer", "seed", "epoch", "split", "loss")
+# With folds re-drawn at probe time (config.folds), both files gain a fold column
+# after the layer, and predictions.npz a `fold` array (the fold that tested each row).
+FOLD_COLUMN = "fold"
+FOLD_METRICS_COLUMNS = ("layer", FOLD_COLUMN, "seed", "split", "metric", "value")
+FOLD_CURVES_COLUMNS = ("layer", FOLD_COLUMN, "seed", "epoch", "split", "loss")
 
 
 def probes_dir(pooling: str) -> str:

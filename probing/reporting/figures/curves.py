@@ -2,7 +2,8 @@
 
 Metrics are test-split means over seeds with their 95% CI band: the cluster
 bootstrap over test images of summary.json (the seed interval, labelled so,
-for runs trained without it).
+for runs trained without it); for runs trained with folds, means over folds
+too with the folds x bootstrap band, named so in the caption.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             for ax in axes[0]:
                 ax.axhline(value, color="black", linestyle="-.", linewidth=0.9)
         seeds = sorted({len(run.seeds) for run in runs})
+        # Runs with folds average over their folds too (probing.reporting.runs).
+        folds = sorted({int(run.folds.size) for run in runs if run.has_folds})
+        over_folds = f" × {'/'.join(map(str, folds))} folds" if folds else ""
         axes[0, 0].set_ylabel(f"test {metric}")
         axes[0, 0].set_title("by layer index")
         axes[0, 1].set_title("by relative depth")
@@ -160,7 +164,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
         fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
         fig.suptitle(
             f"Task {task}: test {metric} per layer, mean over {'/'.join(map(str, seeds))} "
-            f"seeds; {interval_label(sources)}",
+            f"seeds{over_folds}; {interval_label(sources)}",
             fontsize=9,
         )
     caption = (
