@@ -10,13 +10,17 @@ with one category the result is bitwise the joint probe's.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from probing.probes.settings import SweepSettings, default_config
-from probing.probes.sweep import run_sweep
+from probing.probes.sweep import run_streaming_sweep, run_sweep
+from probing.probes.train import train_workdir
 from probing.store.layout import VAL
+from probing.testing.planted import planted_arrays, write_workdir
 
 # Noise per category at the signal layer: a clean category is still improving
 # when a noisy one has begun to overfit, so their best epochs differ.
@@ -117,3 +121,50 @@ def test_the_option_is_off_by_default_and_read_from_the_config():
     assert config.per_category_selection is False
     config.per_category_selection = True
     assert SweepSettings.from_config(config).per_category_selection is True
+    from configs.probe import get_config
+
+    assert get_config("tao").per_category_selection is True
+    assert get_config().per_category_selection is False
+    with pytest.raises(ValueError, match="'tao ,x' is not one of tao"):
+        get_config("tao ,x")
+
+
+@pytest.mark.slow
+def test_layer_groups_and_folds_keep_the_per_category_selection():
+    features, labels, mask, split = _inputs()
+    settings = dataclasses.replace(SETTINGS, epochs=6, layer_group_size=1)
+    streamed = run_streaming_sweep(
+        lambda group: features[group], [0, 1], labels, mask, split, settings
+    )
+    whole = run_sweep(
+        features, labels, mask, split, dataclasses.replace(settings, layer_group_size=0)
+    )
+    np.testing.assert_array_equal(streamed.category_best_epoch, whole.category_best_epoch)
+    np.testing.assert_array_equal(streamed.category_val_loss, whole.category_val_loss)
+    np.testing.assert_array_equal(streamed.kernel, whole.kernel)
+    folded = run_sweep(
+        features, labels, mask, split, dataclasses.replace(settings, folds=3), groups=np.arange(240)
+    )
+    assert folded.category_best_epoch.shape == (2, 3, 1, 2, 1, 3)  # [L, F, T, S, G, C]
+    assert folded.fold(1).category_val_loss.shape == (6, 2, 1, 2, 1, 3)
+
+
+@pytest.mark.slow
+def test_train_all_layers_writes_each_categorys_best_epoch(tmp_path):
+    arrays = planted_arrays(160, 2, 8, [1], num_labels=3, strength=3.0, seed=2)
+    workdir = write_workdir(str(tmp_path / "w"), arrays, poolings=("mean",))
+    config = default_config()
+    config.update(num_seeds=2, epochs=8, per_category_selection=True, bootstrap_resamples=0)
+    train_workdir(workdir.location, config)
+    with open(tmp_path / "w" / "probes" / "mean" / "probe_config.json") as f:
+        written = json.load(f)
+    assert written["settings"]["per_category_selection"] is True
+    entry = written["category_best_epoch"]
+    assert entry["axes"] == ["layer", "task", "seed", "category"]
+    assert entry["categories"] == ["cat0", "cat1", "cat2"]
+    epochs = np.asarray(entry["epochs"])
+    assert epochs.shape == (2, 2, 2, 3) and ((epochs >= 1) & (epochs <= 8)).all()
+    metrics = pd.read_csv(tmp_path / "w" / "probes" / "mean" / "metrics.csv")
+    best = metrics[(metrics.split == "val") & (metrics.metric == "best_epoch")]
+    best = best.sort_values(["layer", "seed"]).value.to_numpy()
+    np.testing.assert_array_equal(best, epochs[:, 0].max(-1).ravel())
