@@ -209,10 +209,12 @@ def default_config() -> ml_collections.ConfigDict:
     # category and picks one best epoch (and stop) for it on the joint val score.
     # True is Tao et al.'s separate probe per category: each category's output
     # keeps the weights of its own best epoch on its own val loss (or F1) and
-    # stops on its own patience (configs/probe.py:tao). The outputs of a linear
-    # probe train independently, so this equals separate probes trained on the
-    # same minibatches, at the cost of one. metrics.csv's best_epoch is then the
-    # latest of the categories'; probe_config.json lists each category's.
+    # stops on its own patience (configs/probe.py:tao), at the cost of one probe.
+    # The outputs of a linear probe train independently of each other; they
+    # differ from separately trained probes only in the loss being averaged over
+    # all scored entries of a minibatch instead of each category's own, a scale
+    # that Adam's normalised step nearly cancels. metrics.csv's best_epoch is then
+    # the latest of the categories'; probe_config.json lists each category's.
     # A binary task (one output) is the same either way.
     config.per_category_selection = defaults.per_category_selection
     # Train the shuffled-label control probe alongside (control_* metrics and
