@@ -14,7 +14,9 @@ negative caption, 3 candidate categories among its 40 with its singular object
 prompt, chat template, mean, last and text_mean pooling) or tao (Tao et al.
 2024: 5 positives with hard negatives, all 80 categories, raw prompts,
 last-token features); for categories nocat (default) or withcat (the setups
-in full: probing.extraction.config.apply_paper_setup); smoke swaps in the
+in full: probing.extraction.config.apply_paper_setup; train a tao category
+workdir's probes with --config=configs/probe.py:tao for Tao's separate probe
+per category, the default being one joint probe); smoke swaps in the
 tiny random checkpoint of the same architecture and a small generated
 dataset. COCO 2017 is expected under coco_root as
 annotations/{instances,captions}_train2017.json and train2017/*.jpg; the model

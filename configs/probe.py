@@ -15,6 +15,12 @@ runs, benchmarks/folds.py). A GPU or TPU runs the same program without changes.
 Grid search: give any of grid.learning_rate, grid.weight_decay, grid.dropout a
 tuple of values, e.g. `--config.grid.learning_rate="(1e-3, 1e-2)"`; the
 product grid is trained in the same sweep and one point chosen per layer on val.
+
+`--config=configs/probe.py:tao` probes a multilabel (category) workdir as Tao
+et al. did, with a separate probe per category: each category's output keeps
+its own best val epoch and stops on its own (`per_category_selection`). The
+default is one joint probe with one epoch chosen for all categories. Both
+train in the same one program; only the epoch selection differs.
 """
 
 from __future__ import annotations
@@ -23,11 +29,19 @@ import ml_collections
 
 from probing.probes.settings import default_config
 
+# Config arguments: the probe setups of the papers.
+ARGS = ("", "tao")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the default probe config; `arg` is accepted for symmetry and unused.
+    """The default probe config, or with arg "tao" Tao et al.'s per-category probes.
 
     Every field and its default is documented in probing.probes.settings.default_config.
     """
-    del arg
-    return default_config()
+    arg = (arg or "").strip()
+    if arg not in ARGS:
+        raise ValueError(f"config argument {arg!r} is not one of {', '.join(a for a in ARGS if a)}")
+    config = default_config()
+    if arg == "tao":
+        config.per_category_selection = True
+    return config

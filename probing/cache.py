@@ -66,5 +66,11 @@ def publish_file(path: str, write: Callable[[str], None]) -> None:
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}{os.path.splitext(path)[1]}"
-    write(tmp)
-    os.replace(tmp, path)  # atomic, so concurrent runs never read half a file
+    try:
+        write(tmp)
+        os.replace(tmp, path)  # atomic, so concurrent runs never read half a file
+    except BaseException:
+        # A full disk (or a kill raised as an exception) leaves no temporary file.
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

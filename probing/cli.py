@@ -6,13 +6,15 @@ ValueError (or FileNotFoundError) whose message names the culprit and says
 what to do. `run_main` prints that message as one line,
 `<program>: error: <message>`, and exits with status 2; so do bad flags: a
 config file that does not exist or fails to load, a bad config argument, a
-misspelt config field (with the "did you mean" suggestion in the line).
+misspelt config field (with the "did you mean" suggestion in the line). A
+write that finds the disk full is one line too.
 Set PROBING_TRACEBACK=1 to see the full traceback instead.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
 import os
 import re
 import sys
@@ -21,6 +23,20 @@ from collections.abc import Callable, Sequence
 from absl import app, flags
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+
+
+# A full disk or an exhausted quota is the user's to fix, not a bug: one line.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_line(error: OSError) -> str:
+    """The one line for a write that ran out of space."""
+    where = f" while writing {error.filename}" if error.filename else ""
+    return (
+        f"{error.strerror or 'no space left on device'}{where}; free space and rerun the same "
+        "command (writes are atomic: files already written are whole, and an extraction "
+        "resumes where it stopped)"
+    )
 
 
 def _fail(program: str, message: str) -> None:
@@ -98,5 +114,9 @@ def run_main(main: Callable[[list[str]], None], program: str) -> None:
             if os.environ.get("PROBING_TRACEBACK"):
                 raise
             _fail(program, " ".join(str(error).split()))
+        except OSError as error:
+            if error.errno not in DISK_FULL or os.environ.get("PROBING_TRACEBACK"):
+                raise
+            _fail(program, disk_full_line(error))
 
     app.run(guarded, flags_parser=parse)

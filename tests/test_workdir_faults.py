@@ -3,29 +3,41 @@
 Cases: inputs edited between a run and its resume (captions, removed images,
 weights, tokenizer), a second writer, overwrite beside user files, a remote
 workdir that does not answer, incomplete and damaged stores before training,
-mixed and repeated probe results in the report.
+mixed and repeated probe results in the report; and bad inputs, each one line
+naming the culprit: undecodable and decompression-bomb images (skipped under
+either skip flag), image file names leaving the image folder, an unavailable
+sentence encoder, a checkpoint without tokenizer files, a full disk.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from probing import cli
+from probing.cache import publish_file
 from probing.config_files import REPO_ROOT
+from probing.data.coco import CocoDataset, DatasetError
+from probing.data.synthetic_coco import ensure_synthetic_coco
+from probing.extraction.batches import BatchSource, RejectedInput, load_rgb
 from probing.extraction.runner import extract
 from probing.extraction.settings import ExtractionError
-from probing.models import resolve_model_path
+from probing.models import ModelLoadError, load_model, resolve_model_path
 from probing.probes.train import train_workdir
 from probing.reporting.runs import ReportError, load_runs
 from probing.store import layout
@@ -33,6 +45,8 @@ from probing.store.integrity import FeatureError, IncompleteWorkdirError
 from probing.store.lock import LockError
 from probing.store.remote import RemoteWorkdirError
 from probing.store.workdir import Workdir
+from probing.tasks import build_task
+from probing.tasks.embeddings import EmbeddingError
 from probing.testing.planted import planted_arrays, write_workdir
 
 
@@ -47,6 +61,15 @@ def _config(tmp_path, model: str = "tiny:qwen2_vl"):
     config.task.split_sizes.test = 8
     config.extract.batch_size = 8
     config.extract.poolings = ("mean",)
+    return config
+
+
+def _unbuildable(tmp_path, model: str = "tiny:qwen2_vl"):
+    """A config whose dataset does not exist: a step that runs before reading it must stop."""
+    config = _config(tmp_path, model)
+    with config.unlocked():
+        config.data.source = "coco"
+        config.data.coco_root = str(tmp_path / "no_coco_here")
     return config
 
 
@@ -141,10 +164,7 @@ def test_second_extraction_stops_at_once_naming_the_holder(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        config = _config(tmp_path)
-        with config.unlocked():
-            config.data.source = "coco"  # would fail if the task were built
-            config.data.coco_root = str(tmp_path / "no_coco_here")
+        config = _unbuildable(tmp_path)
         started = time.monotonic()
         with pytest.raises(LockError, match=rf"pid {holder.pid}.*probing\.extract \(first\)"):
             extract(config, workdir)
@@ -195,10 +215,7 @@ def test_remote_workdir_that_does_not_answer_fails_before_the_task(tmp_path, mon
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
-    config = _config(tmp_path)
-    with config.unlocked():
-        config.data.source = "coco"  # would fail if the task were built
-        config.data.coco_root = str(tmp_path / "no_coco_here")
+    config = _unbuildable(tmp_path)
     monkeypatch.setattr("probing.store.remote.DEFAULT_TIMEOUT_S", 3.0)
     started = time.monotonic()
     with pytest.raises(RemoteWorkdirError, match=r"s3://bucket/run.*no AWS credentials found"):
@@ -273,12 +290,147 @@ def test_checkpoint_with_truncated_weights_is_named_before_the_task(tmp_path, lo
     (weights_file,) = glob.glob(os.path.join(local_checkpoint, "*.safetensors"))
     with open(weights_file, "r+b") as f:
         f.truncate(os.path.getsize(weights_file) // 2)
-    config = _config(tmp_path, model=local_checkpoint)
-    with config.unlocked():
-        config.data.source = "coco"  # would fail if the task were built
-        config.data.coco_root = str(tmp_path / "no_coco_here")
+    config = _unbuildable(tmp_path, model=local_checkpoint)
     with pytest.raises(ValueError, match=r"model\.safetensors is truncated"):
         extract(config, str(tmp_path / "w"))
     os.remove(weights_file)
     with pytest.raises(ValueError, match="has no weights file"):
         extract(config, str(tmp_path / "w"))
+
+
+# ------------------------------------------------- bad inputs, one line each
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height (a decompression bomb needs no pixels)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header))
+        f.write(chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture()
+def coco_copy(tmp_path):
+    """A COCO-format dataset of 12 generated images that the test may damage."""
+    root = ensure_synthetic_coco(tmp_path / "coco", num_images=12, seed=0)
+    images = sorted(glob.glob(os.path.join(root, "train2017", "*.png")))
+    return root, images
+
+
+def _coco_config(tmp_path, root):
+    config = _config(tmp_path)
+    with config.unlocked():
+        config.data.source = "coco"
+        config.data.coco_root = str(root)
+        config.task.split_sizes.val = 2
+        config.task.split_sizes.test = 2
+    return config
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("bomb", "too many pixels to decode safely"),  # PIL's DecompressionBombError
+        ("warning_size", "too many pixels to decode safely"),  # its DecompressionBombWarning
+        ("garbage", "UnidentifiedImageError"),
+    ],
+)
+def test_undecodable_image_is_skipped_by_both_flags_or_named(tmp_path, coco_copy, damage, reason):
+    root, images = coco_copy
+    bad = images[5]
+    if damage == "garbage":
+        with open(bad, "wb") as f:
+            f.write(os.urandom(2048))
+    else:
+        side = 20000 if damage == "bomb" else 10000
+        _png_header_only(bad, side, side)
+    config = _coco_config(tmp_path, root)
+    with pytest.raises(DatasetError, match=re.escape(bad) + r".*" + reason) as stopped:
+        build_task(config.data, config.task, config.seed)
+    assert "skip_unreadable_images" in str(stopped.value)
+    with config.unlocked():
+        config.data.skip_unreadable_images = True
+    table = build_task(config.data, config.task, config.seed)
+    assert [s["path"] for s in table.skipped] == [bad]
+    assert bad not in table.image_paths.values()
+
+    # Stage 1 decodes again (data.image_check="none" leaves it to extraction).
+    with pytest.raises(RejectedInput, match=r"image 6: cannot decode " + re.escape(bad)):
+        load_rgb(bad, 6)
+    source = BatchSource(
+        [(0, [0])], [{"image_id": 6, "prompt": "p"}], {6: bad}, None, True, False, True
+    )
+    assert source[0].rejected == [{"row": 0, "image_id": 6, "reason": "unreadable"}]
+
+
+@pytest.mark.parametrize("file_name", ["../../etc/passwd", "/etc/passwd", "a/../../b.png"])
+def test_image_file_name_outside_the_image_folder_is_refused(tmp_path, coco_copy, file_name):
+    root, _ = coco_copy
+    instances = os.path.join(root, "annotations", "instances_train2017.json")
+    with open(instances) as f:
+        data = json.load(f)
+    data["images"][3]["file_name"] = file_name
+    with open(instances, "w") as f:
+        json.dump(data, f)
+    expected = f"{instances}: images[3].file_name = {file_name!r} is not a relative path inside"
+    with pytest.raises(DatasetError, match=re.escape(expected)):
+        CocoDataset(root, ["train2017"])
+
+
+def test_unavailable_embedding_model_stops_before_the_dataset_is_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = _unbuildable(tmp_path)
+    with config.unlocked():
+        config.task.negatives = "hard"
+        config.task.hard_negatives.embedding_model = "no-such-org/no-such-encoder"
+    with pytest.raises(EmbeddingError, match=r"'no-such-org/no-such-encoder' is neither a local"):
+        build_task(config.data, config.task, config.seed)
+    with config.unlocked():
+        config.task.hard_negatives.embedding_model = str(tmp_path / "missing_encoder")
+    with pytest.raises(EmbeddingError, match="is not a directory"):
+        build_task(config.data, config.task, config.seed)
+    assert issubclass(EmbeddingError, cli.USER_ERRORS)  # so the CLI prints one line
+
+
+def test_checkpoint_without_tokenizer_files_says_so_before_the_task(tmp_path, local_checkpoint):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        os.remove(os.path.join(local_checkpoint, name))
+    config = _unbuildable(tmp_path, model=local_checkpoint)
+    with pytest.raises(ModelLoadError, match=r"the checkpoint has no tokenizer files"):
+        extract(config, str(tmp_path / "w"))
+    # A hub checkpoint is not listed beforehand: the empty tokenizer it loads is named.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("probing.models.loading._check_tokenizer_files", lambda name, path: None)
+        with pytest.raises(ModelLoadError, match=r"its tokenizer is empty \(1 tokens\)"):
+            load_model(config.model)
+
+
+def test_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):
+    target = str(tmp_path / "cache" / "vectors.npy")
+
+    def write_half(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", tmp)
+
+    with pytest.raises(OSError):
+        publish_file(target, write_half)
+    assert os.listdir(tmp_path / "cache") == []
+
+    def main(argv):
+        publish_file(target, write_half)
+
+    monkeypatch.delenv("PROBING_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "argv", ["probing.extract"])
+    with pytest.raises(SystemExit) as exited:
+        cli.run_main(main, "probing.extract")
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("probing.extract: error: No space left on device while writing ")
+    assert "free space and rerun the same command" in line
+    assert os.listdir(tmp_path / "cache") == []

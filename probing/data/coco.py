@@ -22,8 +22,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pycocotools.coco import COCO
+
+from probing.data.images import UnreadableImage, open_image
 
 
 class DatasetError(ValueError):
@@ -100,7 +102,7 @@ def _check_fields(data: dict[str, Any], path: str, kind: str) -> None:
 
 
 def _check_values(data: dict[str, Any], path: str, kind: str) -> None:
-    """Ids are integers, image ids unique, captions non-empty text.
+    """Ids are integers, image ids unique, file names inside the image folder, captions text.
 
     pycocotools accepts all of these silently: a repeated image id pairs one
     image's captions with another's file, an empty caption makes rows whose
@@ -123,6 +125,15 @@ def _check_values(data: dict[str, Any], path: str, kind: str) -> None:
                 f"annotation file {path}: images[{index}].id = {entry['id']} repeats "
                 f"images[{earlier}].id; every image id must appear once"
             )
+    if kind == "instances":
+        for index, entry in enumerate(data["images"]):
+            name = entry["file_name"]
+            if not _stays_inside(name):
+                raise DatasetError(
+                    f"annotation file {path}: images[{index}].file_name = {name!r} is not a "
+                    "relative path inside the split's image folder; image files are read only "
+                    "from <root>/<split>/ (or <root>/images/<split>/), fix the entry"
+                )
     if kind == "captions":
         for index, entry in enumerate(data["annotations"]):
             caption = entry["caption"]
@@ -132,6 +143,20 @@ def _check_values(data: dict[str, Any], path: str, kind: str) -> None:
                     f"{'empty' if isinstance(caption, str) else 'not text'} (image_id "
                     f"{entry['image_id']}); remove the entry or give it a caption"
                 )
+
+
+def _stays_inside(file_name: Any) -> bool:
+    """Whether `file_name` names a file inside the image folder (no absolute path, no '..').
+
+    Checked on the text, not by resolving links: an image folder that is a
+    link to another disk, or links inside it, stay allowed.
+    """
+    if not isinstance(file_name, str) or not file_name.strip() or "\0" in file_name:
+        return False
+    if os.path.isabs(file_name):
+        return False
+    normal = os.path.normpath(file_name)
+    return normal != "." and normal != ".." and not normal.startswith(".." + os.sep)
 
 
 def _quiet_coco(dataset: dict[str, Any]) -> COCO:
@@ -260,22 +285,13 @@ class CocoDataset:
 
     def _open_image(self, image_id: int, decode: bool) -> Image.Image | None:
         """Decodes the image (decode=True) or only verifies its file."""
-        path = self.image_path(image_id)
         try:
-            with Image.open(path) as image:
-                if decode:
-                    return image.convert("RGB")
-                image.verify()
-                return None
-        except FileNotFoundError as e:
+            return open_image(self.image_path(image_id), decode)
+        except UnreadableImage as e:
+            what = "does not exist" if e.missing else f"is corrupt or unreadable ({e.reason})"
             raise DatasetError(
-                f"image file {path} (image id {image_id}) does not exist; restore it, or set "
-                "data.skip_unreadable_images=True to skip unreadable images"
-            ) from e
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DatasetError(
-                f"image file {path} (image id {image_id}) is corrupt or unreadable ({e}); "
-                "replace it, or set data.skip_unreadable_images=True to skip it"
+                f"image file {e.path} (image id {image_id}) {what}; restore or replace it, or "
+                "set data.skip_unreadable_images=True to skip such images"
             ) from e
 
     # ------------------------------------------------------------ annotations

@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from probing.data.images import UnreadableImage, open_image
 from probing.extraction.settings import ExtractionError, ExtractSettings
 
 
@@ -27,12 +28,11 @@ class RejectedInput(ValueError):
 def load_rgb(path: str, image_id: int) -> Image.Image:
     """Decodes one image as RGB; RejectedInput if it is missing or undecodable."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError as e:
-        raise RejectedInput(f"image {image_id}: file {path} does not exist") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise RejectedInput(f"image {image_id}: cannot decode {path} ({e})") from e
+        return open_image(path)
+    except UnreadableImage as e:
+        if e.missing:
+            raise RejectedInput(f"image {image_id}: file {path} does not exist") from e
+        raise RejectedInput(f"image {image_id}: cannot decode {path} ({e.reason})") from e
 
 
 class ForwardBatch(NamedTuple):

@@ -15,6 +15,7 @@ import torch
 
 from probing.extraction.batches import RejectedInput, load_rgb
 from probing.extraction.settings import ExtractionError
+from probing.hub import hub_offline
 
 
 def prompt_token_counts(
@@ -68,15 +69,6 @@ def check_batch_length(inputs, rows, limit: int | None) -> None:
         )
 
 
-def _offline() -> bool:
-    import huggingface_hub.constants
-
-    flags = (os.environ.get(n, "").lower() for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(f in ("1", "true", "yes", "on") for f in flags) or bool(
-        huggingface_hub.constants.HF_HUB_OFFLINE
-    )
-
-
 def check_hub_model(name: str, revision: str | None, timeout_s: float = 10.0) -> None:
     """Fails in seconds, before the task is built, if a hub id can be neither read nor fetched.
 
@@ -94,7 +86,7 @@ def check_hub_model(name: str, revision: str | None, timeout_s: float = 10.0) ->
     if isinstance(cached, str):
         return
     where = f"model.name {name!r}" + (f" (revision {revision})" if revision else "")
-    if _offline():
+    if hub_offline():
         raise ModelLoadError(
             f"{where} is a hub id and offline mode is on (HF_HUB_OFFLINE / "
             "TRANSFORMERS_OFFLINE), but it is not in the local cache; download it where there "

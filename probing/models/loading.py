@@ -146,8 +146,35 @@ def resolve_model_path(name: str) -> str:
                 f"model.name {name!r} is a local path but {os.path.join(path, 'config.json')} "
                 "does not exist; point it at a directory written by save_pretrained"
             )
+        _check_tokenizer_files(name, path)
         return path
     return name
+
+
+# Files that hold a tokenizer's vocabulary, one of which every checkpoint needs.
+# Without any, transformers builds an empty tokenizer without a word, and the
+# run later fails on a baffling "image token count mismatch".
+TOKENIZER_VOCAB_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+def _check_tokenizer_files(name: str, path: str) -> None:
+    """A local checkpoint must carry its tokenizer's vocabulary (see TOKENIZER_VOCAB_FILES)."""
+    present = os.listdir(path)
+    if any(f in TOKENIZER_VOCAB_FILES or f.endswith(".tiktoken") for f in present):
+        return
+    raise ModelLoadError(
+        f"model.name {name!r}: the checkpoint has no tokenizer files (none of "
+        f"{', '.join(TOKENIZER_VOCAB_FILES)} in {path}); save the processor next to the model "
+        "(processor.save_pretrained(path)) or copy the tokenizer files from the original "
+        "checkpoint"
+    )
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -210,6 +237,15 @@ def load_model(
             "needs its processor files (processor/tokenizer/preprocessor configs) next to "
             "config.json"
         ) from error
+
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None and len(tokenizer) < 2:
+        # A hub checkpoint missing its tokenizer files loads an empty tokenizer.
+        raise ModelLoadError(
+            f"model {model_config.name!r}: its tokenizer is empty ({len(tokenizer)} tokens), "
+            "the checkpoint lacks its tokenizer files (tokenizer.json, vocab.json, ...); "
+            "use a checkpoint that includes them"
+        )
 
     model_kwargs: dict[str, Any] = {"dtype": DTYPES[model_config.dtype]}
     if model_config.attn_implementation is not None:

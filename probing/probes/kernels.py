@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import optax
 
 from probing.probes import stopping
+from probing.probes.category_selection import select_per_category
 from probing.probes.model import LinearProbe, _optimizer, hash_bits
 from probing.probes.scoring import _apply_all, _selection_score, _standardized, _weighted_sum
 
@@ -88,9 +89,23 @@ def _stream_key(seed: int, stream: int, *indices: jax.Array) -> jax.Array:
 
 
 def _init_state(
-    layer_ids, seed_ids, hp, *, seed, num_folds, num_targets, num_outputs, dim, zero_init
+    layer_ids,
+    seed_ids,
+    hp,
+    *,
+    seed,
+    num_folds,
+    num_targets,
+    num_outputs,
+    dim,
+    zero_init,
+    per_category=False,
 ):
-    """Initial parameters, optimizer and stopping state, [layer, fold, target, seed, grid, ...]."""
+    """Initial parameters, optimizer and stopping state, [layer, fold, target, seed, grid, ...].
+
+    With `per_category`, "category" holds each output's own selection and
+    stopping state, [layer, fold, target, seed, grid, C] (see _select_epoch).
+    """
 
     def init_one(layer, seed_index):
         key = _stream_key(seed, _INIT_STREAM, seed_index, layer)
@@ -117,7 +132,7 @@ def _init_state(
     )
     opt_state = opt_init(params, hp["learning_rate"], hp["weight_decay"])
     num_probes = params["dense"]["bias"].shape[:5]
-    return {
+    state = {
         "params": params,
         "opt_state": opt_state,
         "best_params": params,
@@ -125,6 +140,14 @@ def _init_state(
         "best_epoch": jnp.zeros(num_probes, jnp.int32),
         **stopping.initial_state(num_probes),
     }
+    if per_category:
+        per_output = (*num_probes, num_outputs)
+        state["category"] = {
+            "best_score": jnp.full(per_output, -jnp.inf, jnp.float32),
+            "best_epoch": jnp.zeros(per_output, jnp.int32),
+            **stopping.initial_state(per_output),
+        }
+    return state
 
 
 def _probe_step(params, opt_state, live, x, labels, mask, bits, lr, wd, rate, *, num_outputs):
@@ -364,20 +387,28 @@ def _select_epoch(
     multilabel,
     patience,
     min_delta,
+    per_category=False,
 ):
     """Scores every probe on its fold's val rows, keeps its parameters if they improved, and
     updates its early stopping.
 
     y_val, m_val: [F, T, S, n, C], the control's val labels shuffled like its train labels.
+    With `per_category` (state has "category"), see category_selection.
+
+    Returns:
+      the state, and {"loss": val loss per probe} (with `per_category` also
+      "category_loss", the val loss per probe and output).
     """
     logits = _apply_all(state["params"], x, val_rows, mean, inverse, num_outputs=num_outputs)
+    labels, mask = y_val[None, :, :, :, None], m_val[None, :, :, :, None]
     val_loss, score = _selection_score(
-        logits,
-        y_val[None, :, :, :, None],
-        m_val[None, :, :, :, None],
-        selection=selection,
-        multilabel=multilabel,
+        logits, labels, mask, selection=selection, multilabel=multilabel
     )
+    if per_category:
+        state, category_loss = select_per_category(
+            state, logits, labels, mask, val_loss, score, epoch, selection, patience, min_delta
+        )
+        return state, {"loss": val_loss, "category_loss": category_loss}
     # Strictly better only: ties keep the earlier epoch. A stopped probe's
     # selection is frozen with it.
     improved = state["active"] & (score > state["best_score"])
@@ -391,4 +422,5 @@ def _select_epoch(
         "best_score": jnp.where(improved, score, state["best_score"]),
         "best_epoch": jnp.where(improved, epoch + 1, state["best_epoch"]),
     }
-    return stopping.update(state, score, epoch, patience=patience, min_delta=min_delta), val_loss
+    state = stopping.update(state, score, epoch, patience=patience, min_delta=min_delta)
+    return state, {"loss": val_loss}

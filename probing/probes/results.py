@@ -249,9 +249,25 @@ def predictions_arrays(result: SweepResult, label_data: LabelData) -> dict[str, 
     return arrays
 
 
+def _category_best_epochs(result: SweepResult, label_names) -> dict | None:
+    """Each category's own best epoch at the chosen grid point (per-category selection)."""
+    epochs = result.category_best_epoch
+    if epochs is None:
+        return None
+    grid = result.chosen_grid  # [L] or [L, F]
+    index = grid.reshape(grid.shape + (1,) * (epochs.ndim - grid.ndim))
+    chosen = np.take_along_axis(epochs, index, axis=-2)[..., 0, :]
+    folded = result.folds is not None
+    return {
+        "axes": ["layer", *(["fold"] if folded else []), "task", "seed", "category"],
+        "categories": list(label_names),
+        "epochs": chosen.tolist(),
+    }
+
+
 def probe_config(settings: SweepSettings, result: SweepResult, label_data: LabelData) -> dict:
     """probe_config.json: the settings, grid, chosen points and split sizes."""
-    return {
+    config = {
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
         "layers": result.layers.tolist(),
         "seeds": result.seeds.tolist(),
@@ -267,6 +283,11 @@ def probe_config(settings: SweepSettings, result: SweepResult, label_data: Label
             "counter hash (lowbias32); see probing/probes/model.py"
         ),
     }
+    per_category = _category_best_epochs(result, label_data.label_names)
+    if per_category is not None:
+        # settings.per_category_selection: metrics.csv's best_epoch is the latest of these.
+        config["category_best_epoch"] = per_category
+    return config
 
 
 def write_results(

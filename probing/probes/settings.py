@@ -40,6 +40,7 @@ class SweepSettings:
     weight_decays: tuple[float, ...] = (0.0,)
     dropouts: tuple[float, ...] = (0.1,)
     selection: str = "loss"
+    per_category_selection: bool = False
     controls: bool = True
     layer_group_size: int = 0
     zero_init: bool = True
@@ -123,6 +124,7 @@ class SweepSettings:
             weight_decays=axis("weight_decay"),
             dropouts=axis("dropout"),
             selection=str(optional("selection")),
+            per_category_selection=bool(optional("per_category_selection")),
             controls=bool(optional("controls")),
             layer_group_size=int(optional("layer_group_size")),
             zero_init=bool(optional("zero_init")),
@@ -203,6 +205,18 @@ def default_config() -> ml_collections.ConfigDict:
     # What picks the best epoch (and grid point) on val: "loss" (val cross-entropy,
     # smooth even on small val splits) or "headline" (accuracy / macro-F1).
     config.selection = defaults.selection
+    # Multilabel tasks: False (default) trains one probe with an output per
+    # category and picks one best epoch (and stop) for it on the joint val score.
+    # True is Tao et al.'s separate probe per category: each category's output
+    # keeps the weights of its own best epoch on its own val loss (or F1) and
+    # stops on its own patience (configs/probe.py:tao), at the cost of one probe.
+    # The outputs of a linear probe train independently of each other; they
+    # differ from separately trained probes only in the loss being averaged over
+    # all scored entries of a minibatch instead of each category's own, a scale
+    # that Adam's normalised step nearly cancels. metrics.csv's best_epoch is then
+    # the latest of the categories'; probe_config.json lists each category's.
+    # A binary task (one output) is the same either way.
+    config.per_category_selection = defaults.per_category_selection
     # Train the shuffled-label control probe alongside (control_* metrics and
     # selectivity in metrics.csv); doubles the work.
     config.controls = defaults.controls

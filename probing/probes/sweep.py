@@ -69,6 +69,10 @@ class SweepResult:
       logits: split name -> [L, (F,) T, S, n, C] of the chosen grid point (with
         folds, n is padded to the longest fold; fold(i) crops it).
       folds: the FoldSet trained, None without folds.
+      category_best_epoch: [L, (F,) T, S, G, C] with settings.per_category_selection,
+        each output's own best epoch (1-based); best_epoch is then their latest.
+      category_val_loss: [E, L, (F,) T, S, G, C] with per_category_selection, each
+        output's val loss per epoch, NaN after that output stopped.
     """
 
     layers: np.ndarray
@@ -88,16 +92,20 @@ class SweepResult:
     scale: np.ndarray
     logits: dict[str, np.ndarray]
     folds: FoldSet | None = None
+    category_best_epoch: np.ndarray | None = None
+    category_val_loss: np.ndarray | None = None
 
     @staticmethod
     def concatenate(parts: Sequence[SweepResult]) -> SweepResult:
         """Joins results of layer groups along the layer axis (epochs padded with NaN)."""
         first = parts[0]
         num_epochs = max(p.train_loss.shape[0] for p in parts)
-        layer_axis = {"train_loss": 1, "val_loss": 1}
+        layer_axis = {"train_loss": 1, "val_loss": 1, "category_val_loss": 1}
 
         def join(name):
             values = [getattr(p, name) for p in parts]
+            if values[0] is None:
+                return None
             if isinstance(values[0], dict):
                 return {k: np.concatenate([v[k] for v in values], axis=0) for k in values[0]}
             if name in layer_axis:
@@ -119,11 +127,11 @@ class SweepResult:
 
     def fold(self, index: int) -> SweepResult:
         """Fold `index` (a position on the fold axis) as a result without a fold axis."""
-        at = {"train_loss": 2, "val_loss": 2}
+        at = {"train_loss": 2, "val_loss": 2, "category_val_loss": 2}
         fields = {}
         for f in dataclasses.fields(SweepResult):
             value = getattr(self, f.name)
-            if f.name in ("layers", "seeds", "targets", "grid", "folds"):
+            if f.name in ("layers", "seeds", "targets", "grid", "folds") or value is None:
                 fields[f.name] = value
             elif f.name == "logits":
                 split = self.folds.split[index]
@@ -163,12 +171,16 @@ def _train(programs, state, inputs, x, statistics, progress, probes_per_epoch):
 
     Returns:
       the final state and the per-epoch train and val losses, [E, L', F, T, S, G]
-      each, NaN for the probes that had stopped before that epoch.
+      each, NaN for the probes that had stopped before that epoch; and with
+      per-category selection each output's val loss [E, L', F, T, S, G, C]
+      (NaN after it stopped), else None.
     """
     mean, _, inverse = statistics
-    train_losses, val_losses = [], []
+    train_losses, val_losses, category_losses = [], [], []
     for epoch in inputs.epochs:
         trained = _to_host(state["active"])
+        if "category" in state:
+            trained_outputs = _to_host(state["category"]["active"])
         state, (loss_sums, scored) = programs.train_epoch(
             state, x, mean, inverse, *inputs.train_args(epoch)
         )
@@ -177,11 +189,15 @@ def _train(programs, state, inputs, x, statistics, progress, probes_per_epoch):
         )
         train_loss = _epoch_mean_loss(_to_host(loss_sums), _to_host(scored))
         train_losses.append(np.where(trained, train_loss, np.nan))
-        val_losses.append(np.where(trained, _to_host(val_loss), np.nan))
+        val_losses.append(np.where(trained, _to_host(val_loss["loss"]), np.nan))
+        if "category_loss" in val_loss:
+            category_loss = _to_host(val_loss["category_loss"])
+            category_losses.append(np.where(trained_outputs, category_loss, np.nan))
         progress.update(probes_per_epoch, force=True)
         if not _to_host(state["active"]).any():
             break
-    return state, np.stack(train_losses), np.stack(val_losses)
+    categories = np.stack(category_losses) if category_losses else None
+    return state, np.stack(train_losses), np.stack(val_losses), categories
 
 
 def _collect(
@@ -200,11 +216,20 @@ def _collect(
         inverse,
         _place(chosen_grid, mesh, _BY_LAYER),
     )
-    train_loss, val_loss = losses
+    train_loss, val_loss, category_loss = losses
     kept = slice(0, len(layer_ids))
     best_epoch = _to_host(state["best_epoch"])[kept]
     epochs_trained = _to_host(state["epochs_trained"])[kept]
     active = _to_host(state["active"])[kept]
+    converged = stopping.converged(best_epoch, epochs_trained, active, settings.patience)
+    category_best_epoch = None
+    if "category" in state:
+        # A probe of separate per-category selections converged when each output did.
+        category = {k: _to_host(v)[kept] for k, v in state["category"].items()}
+        category_best_epoch = category["best_epoch"]
+        converged = stopping.converged(
+            category_best_epoch, category["epochs_trained"], category["active"], settings.patience
+        ).all(axis=-1)
     # Without folds the fold axis (of size 1) is dropped: the outputs are as before folds.
     unfold = (lambda a, axis=1: a) if folds.enabled else (lambda a, axis=1: a.squeeze(axis))
     return SweepResult(
@@ -217,7 +242,7 @@ def _collect(
         bias=unfold(_to_host(picked["dense"]["bias"])[kept]),
         best_epoch=unfold(best_epoch),
         epochs_trained=unfold(epochs_trained),
-        converged=unfold(stopping.converged(best_epoch, epochs_trained, active, settings.patience)),
+        converged=unfold(converged),
         train_loss=unfold(train_loss[:, kept], 2),
         val_loss=unfold(val_loss[:, kept], 2),
         val_score=unfold(best_score[kept]),
@@ -228,6 +253,8 @@ def _collect(
             for name, logits in zip(SPLIT_NAMES, split_logits, strict=True)
         },
         folds=folds if folds.enabled else None,
+        category_best_epoch=None if category_loss is None else unfold(category_best_epoch),
+        category_val_loss=None if category_loss is None else unfold(category_loss[:, kept], 2),
     )
 
 

@@ -23,8 +23,9 @@ from probing.data.coco import CocoDataset, DatasetError
 from probing.data.synthetic_coco import ensure_synthetic_coco
 from probing.store.layout import SPLIT_CODES, SPLIT_NAMES
 from probing.tasks import config as task_config_module
-from probing.tasks.caption import build_caption_rows
+from probing.tasks.caption import build_caption_rows, needs_embeddings
 from probing.tasks.category import build_category_rows
+from probing.tasks.embeddings import check_encoder_available
 from probing.tasks.splits import SplitError, draw_splits, load_splits
 from probing.tasks.table import TaskTable, task_statistics
 from probing.tasks.templates import resolve_template
@@ -125,6 +126,9 @@ def build_task(
     withcat = task.kind == "category" and task.category_prompt == "withcat"
     template_name, template = resolve_template(str(task.prompt), task.kind, withcat)
 
+    if task.kind == "caption" and needs_embeddings(task):
+        # Seconds before the dataset is read and long before the VLM is loaded.
+        check_encoder_available(str(task.hard_negatives.embedding_model))
     dataset = open_dataset(data_config)
     if task.reuse_splits_from:
         splits = load_splits(os.path.expanduser(str(task.reuse_splits_from)), dataset.image_ids)

@@ -103,6 +103,11 @@ def _block_similarity(
     return result
 
 
+def needs_embeddings(task: ml_collections.ConfigDict) -> bool:
+    """Whether the caption rows of `task` need the sentence encoder (hard negatives, stats)."""
+    return task.negatives == "hard" or bool(task.similarity_stats)
+
+
 def build_caption_rows(
     dataset: CocoDataset,
     splits: Mapping[str, Sequence[int]],
@@ -123,9 +128,8 @@ def build_caption_rows(
             "at least one caption per image"
         )
 
-    need_embeddings = task.negatives == "hard" or bool(task.similarity_stats)
     vectors, text_index = None, {}
-    if need_embeddings:
+    if needs_embeddings(task):
         texts = sorted({t for c in captions.values() for t in c})
         text_index = {t: n for n, t in enumerate(texts)}
         hn = task.hard_negatives

