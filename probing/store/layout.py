@@ -111,6 +111,11 @@ WEIGHTS_NPZ = "weights.npz"
 PREDICTIONS_NPZ = "predictions.npz"
 # Written last: every other file's sha256, so a reader can refuse a mixed folder.
 RESULTS_JSON = "results.json"
+# The columns that identify a run, first in every row of metrics.csv and
+# curves.csv (probing.probes.identity), so that many workdirs' files concatenate.
+RUN_COLUMNS = ("model", "task", "prompt", "pooling")
+# The columns of one probe's numbers; a reader requires these (files written
+# by hand or before RUN_COLUMNS existed have only them).
 METRICS_COLUMNS = ("layer", "seed", "split", "metric", "value")
 CURVES_COLUMNS = ("layer", "seed", "epoch", "split", "loss")
 
