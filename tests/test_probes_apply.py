@@ -19,13 +19,10 @@ from probing.testing.planted import planted_arrays, write_workdir
 
 
 def _config(**overrides):
+    # The settings of test_probes_train.py (the compiled sweep is shared), without intervals.
     config = get_config()
-    config.num_seeds = 2
-    config.epochs = 4
-    config.batch_size = 16
-    config.learning_rate = 3e-2
-    config.bootstrap_resamples = 0
-    config.update(overrides)
+    config.update(dict(num_seeds=2, epochs=4, batch_size=16, learning_rate=3e-2))
+    config.update(dict(bootstrap_resamples=0, **overrides))
     return config
 
 
