@@ -25,6 +25,7 @@ Stage 1 (torch, transformers) is imported only when `extract` is called.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -172,6 +173,13 @@ def report(workdirs: str | Sequence[str], out: str, **options: Any) -> str:
     """
     from probing.reporting.builder import build_report
 
+    allowed = set(inspect.signature(build_report).parameters) - {"workdirs", "out_dir", "command"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"probing.api.report: no option(s) {', '.join(unknown)}; "
+            f"options: {', '.join(sorted(allowed))}"
+        )
     workdirs = [workdirs] if isinstance(workdirs, str | os.PathLike) else list(workdirs)
     workdirs = [str(w) for w in workdirs]
     shown = ", ".join(f"{k}={v!r}" for k, v in options.items())

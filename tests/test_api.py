@@ -109,6 +109,14 @@ def test_layer_curve_and_plots(probed):
         results.layer_curve("macro_f1")
 
 
+def test_report_writes_and_refuses_unknown_options(probed, tmp_path):
+    with pytest.raises(ValueError, match=r"no option\(s\) pooling; options: .*poolings"):
+        api.report(probed, str(tmp_path / "r"), pooling=["mean"])
+    path = api.report(probed, str(tmp_path / "r"), poolings=["last"])
+    with open(path) as f:
+        assert "probing.api.report(" in f.read()  # the call is recorded as it was made
+
+
 def test_results_of_an_untrained_pooling_name_what_exists(probed):
     with pytest.raises(
         WorkdirError, match=r"no probe results for pooling\(s\) max .*probed: mean, last"
