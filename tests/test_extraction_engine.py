@@ -280,8 +280,9 @@ def test_a_different_run_is_refused_and_overwrite_replaces_it(reference_run, tmp
     manifest = extract(config, workdir)
     assert manifest["complete"] and manifest["poolings"] == ["mean"]
     assert "tao" in json.dumps(Workdir(workdir).read_json("config.json")["task"]["prompt"])
-    # Arrays of the replaced run are gone, not left stale beside the new ones.
-    assert sorted(os.listdir(os.path.join(workdir, "features"))) == ["mean"]
+    # Arrays of the replaced run are gone, not left stale beside the new ones (the
+    # folder's zarr group metadata is rewritten with them).
+    assert sorted(os.listdir(os.path.join(workdir, "features"))) == ["mean", "zarr.json"]
 
 
 def test_prompt_longer_than_the_context_fails_before_work(tmp_path) -> None:

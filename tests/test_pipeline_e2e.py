@@ -17,6 +17,7 @@ from probing.config_files import load_config
 from probing.extraction.runner import extract
 from probing.probes.train import train_workdir
 from probing.reporting import build_report
+from probing.store import layout
 from probing.store.workdir import Workdir
 
 # Every test here extracts with tiny models first (a minute of setup).
@@ -99,6 +100,12 @@ def _check_contract(workdir: str) -> dict:
         assert np.isfinite(features).all()
         # Different rows give different features (the store is not all zeros).
         assert np.abs(features[0] - features[-1]).max() > 0
+        # A zarr hierarchy with named axes (WORKSPACE.md), as zarr-python reads it.
+        with open(os.path.join(workdir, "features", pooling, "zarr.json")) as f:
+            assert json.load(f)["dimension_names"] == ["row", "layer", "dim"]
+    for group in layout.ZARR_GROUPS:
+        with open(os.path.join(workdir, group, layout.ZARR_JSON)) as f:
+            assert json.load(f)["node_type"] == "group"
     return manifest
 
 
@@ -110,13 +117,13 @@ def test_smoke_workdir_follows_contract_and_is_probed(probed_workdirs, name):
         probe_dir = os.path.join(workdir, "probes", pooling)
         with open(os.path.join(probe_dir, "metrics.csv")) as f:
             rows = list(csv.DictReader(f))
-        assert set(rows[0]) == {"layer", "seed", "split", "metric", "value"}
+        assert list(rows[0]) == [*layout.RUN_COLUMNS, *layout.METRICS_COLUMNS]
         layers = {int(r["layer"]) for r in rows if r["split"] == "test"}
         assert layers == set(range(manifest["num_layers"]))
         seeds = {int(r["seed"]) for r in rows if r["seed"] not in ("", "-1")}
         assert len(seeds) == 2
         with open(os.path.join(probe_dir, "curves.csv")) as f:
-            assert next(csv.reader(f)) == ["layer", "seed", "epoch", "split", "loss"]
+            assert next(csv.reader(f)) == [*layout.RUN_COLUMNS, *layout.CURVES_COLUMNS]
         with open(os.path.join(probe_dir, "summary.json")) as f:
             summary = json.load(f)
         assert len(summary["layers"]) == manifest["num_layers"]

@@ -16,7 +16,7 @@ from probing.probes.data import load_features, load_labels
 from probing.probes.intervals import ImageIntervals
 from probing.probes.stats import seed_summary
 from probing.probes.train import train_workdir
-from probing.store.layout import GROUP, LABEL_MASK, LABELS, SPLIT, WRITTEN
+from probing.store.layout import GROUP, LABEL_MASK, LABELS, RUN_COLUMNS, SPLIT, WRITTEN
 from probing.store.workdir import Workdir, WorkdirError
 from probing.testing.planted import planted_arrays, write_workdir
 
@@ -84,7 +84,7 @@ def test_outputs_follow_the_contract(trained):
     ]
     assert not os.path.exists(os.path.join(location, "probes", "last"))
     rows = _read_csv(os.path.join(directory, "metrics.csv"))
-    assert list(rows[0]) == ["layer", "seed", "split", "metric", "value"]
+    assert list(rows[0]) == [*RUN_COLUMNS, "layer", "seed", "split", "metric", "value"]
     metrics = {r["metric"] for r in rows}
     for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "tp", "fp", "tn", "fn"):
         assert {name, f"control_{name}", f"majority_{name}"} <= metrics
@@ -99,7 +99,7 @@ def test_outputs_follow_the_contract(trained):
     assert sum(counts) == load_labels(location).split_rows(2).size
 
     curves = _read_csv(os.path.join(directory, "curves.csv"))
-    assert list(curves[0]) == ["layer", "seed", "epoch", "split", "loss"]
+    assert list(curves[0]) == [*RUN_COLUMNS, "layer", "seed", "epoch", "split", "loss"]
     assert len(curves) == 4 * 2 * 4 * 2  # layers x seeds x epochs x (train, val)
 
     summary = json.loads(_read_text(os.path.join(directory, "summary.json")))

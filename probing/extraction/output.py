@@ -183,8 +183,9 @@ _OWN_FILES = (
     layout.SPLITS_JSON,
     layout.TASK_STATS_JSON,
     layout.SKIPPED_JSONL,
+    layout.ZARR_JSON,  # the workdir's zarr group metadata
 )
-_OWN_PREFIXES = (layout.FEATURES_DIR + "/", "arrays/")
+_OWN_PREFIXES = (layout.FEATURES_DIR + "/", layout.ARRAYS_DIR + "/")
 
 
 def _is_own(key: str) -> bool:

@@ -3,8 +3,9 @@
 The file names and columns come from probing.store.layout, the metric names
 from probing.probes.metrics and summary.json from probing.probes.summary.
 
-  metrics.csv        layer, seed, split, metric, value
-  curves.csv         layer, seed, epoch, split, loss (task probe, chosen grid point)
+  metrics.csv        model, task, prompt, pooling (the run), layer, seed, split, metric, value
+  curves.csv         the run's columns, layer, seed, epoch, split, loss (task probe,
+                     chosen grid point)
   summary.json       per layer, split and metric: mean, 95% CI (cluster bootstrap over
                      test images), seed spread; trivial baselines; the best layer;
                      which probes did not converge ("convergence")
@@ -31,6 +32,7 @@ import numpy as np
 
 from probing.probes.bootstrap import NUM_RESAMPLES
 from probing.probes.data import LabelData
+from probing.probes.identity import workdir_run_columns
 from probing.probes.intervals import ImageIntervals, trivial_baselines
 from probing.probes.metrics import (
     BEST_EPOCH,
@@ -129,13 +131,20 @@ def curve_table(result: SweepResult) -> list[tuple[int, int, int, str, float]]:
     return table
 
 
-def _csv_bytes(header: tuple[str, ...], rows: list[tuple]) -> bytes:
+def _csv_bytes(
+    header: tuple[str, ...], rows: list[tuple], run: dict[str, str] | None = None
+) -> bytes:
+    """A tidy CSV; `run` (identity.run_columns) prepends the run's columns to every row."""
+    run = run or {}
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
+    writer.writerow([*run, *header])
+    prefix = list(run.values())
     for row in rows:
         # repr keeps every float bit, so reruns compare exactly.
-        writer.writerow([repr(float(v)) if isinstance(v, float | np.floating) else v for v in row])
+        writer.writerow(
+            prefix + [repr(float(v)) if isinstance(v, float | np.floating) else v for v in row]
+        )
     return buffer.getvalue().encode()
 
 
@@ -315,9 +324,10 @@ def write_results(
         summary["partial_store"] = dict(partial)
     if not write:
         return summary
+    run = workdir_run_columns(workdir, pooling)
     files = {
-        METRICS_CSV: _csv_bytes(METRICS_COLUMNS, table),
-        CURVES_CSV: _csv_bytes(CURVES_COLUMNS, curve_table(result)),
+        METRICS_CSV: _csv_bytes(METRICS_COLUMNS, table, run),
+        CURVES_CSV: _csv_bytes(CURVES_COLUMNS, curve_table(result), run),
         SUMMARY_JSON: _json_bytes(_json_safe(summary)),
         PROBE_CONFIG_JSON: _json_bytes(_json_safe(probe_config(settings, result, label_data))),
         WEIGHTS_NPZ: weights_bytes(result, label_data),

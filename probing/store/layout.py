@@ -23,6 +23,7 @@ SKIPPED_JSONL = "skipped.jsonl"
 REJECTED_ROWS_JSONL = "rejected_rows.jsonl"
 
 # ------------------------------------------------------- row-aligned arrays
+ARRAYS_DIR = "arrays"
 LABELS = "arrays/labels"
 LABEL_MASK = "arrays/label_mask"
 SPLIT = "arrays/split"
@@ -41,6 +42,50 @@ FEATURES_DIR = "features"
 def features(pooling: str) -> str:
     """The feature array of one pooling: [N, L+1, D]."""
     return f"{FEATURES_DIR}/{pooling}"
+
+
+# ------------------------------------------------------- zarr hierarchy
+# Zarr v3 node metadata: every array folder holds one (TensorStore writes it),
+# and so do the workdir and the folders of arrays, as groups, so that
+# zarr.open_group(workdir) and xr.open_zarr(workdir + "/features") see a hierarchy.
+ZARR_JSON = "zarr.json"
+ZARR_GROUPS = ("", FEATURES_DIR, ARRAYS_DIR)
+ZARR_GROUP_METADATA = {"zarr_format": 3, "node_type": "group", "attributes": {}}
+# Axis names of every array (zarr3 `dimension_names`, xarray's dims). Arrays that
+# share an axis share its name, so one folder opens as one xarray Dataset.
+ROW, LAYER, DIM, CATEGORY = "row", "layer", "dim", "category"
+_DIMENSION_NAMES: dict[str, tuple[str, ...]] = {
+    LABEL_MASK: (ROW, CATEGORY),
+    SPLIT: (ROW,),
+    GROUP: (ROW,),
+    WRITTEN: (ROW,),
+    REJECTED: (ROW,),
+    FIRST_TOKEN_IDS: (ROW, "rank"),
+    FIRST_TOKEN_PROBS: (ROW, "rank"),
+    TOKEN_COUNTS: (ROW, "token_kind"),
+}
+
+
+def dimension_names(name: str, ndim: int) -> tuple[str, ...]:
+    """The axis names of array `name` (a path inside the workdir) with `ndim` axes.
+
+    Features are (row, layer, dim); labels (row,) or (row, category); an array
+    this page does not name gets (row, <base>_1, ...), so a folder holding it
+    still opens as one Dataset.
+    """
+    if name.startswith(FEATURES_DIR + "/") and ndim == 3:
+        return (ROW, LAYER, DIM)
+    if name == LABELS:
+        return (ROW, CATEGORY)[:ndim] if ndim <= 2 else _generic(name, ndim)
+    known = _DIMENSION_NAMES.get(name)
+    if known is not None and len(known) == ndim:
+        return known
+    return _generic(name, ndim)
+
+
+def _generic(name: str, ndim: int) -> tuple[str, ...]:
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    return (ROW, *(f"{base}_{i}" for i in range(1, ndim)))[:ndim]
 
 
 # ------------------------------------------------------------------- splits
@@ -66,6 +111,11 @@ WEIGHTS_NPZ = "weights.npz"
 PREDICTIONS_NPZ = "predictions.npz"
 # Written last: every other file's sha256, so a reader can refuse a mixed folder.
 RESULTS_JSON = "results.json"
+# The columns that identify a run, first in every row of metrics.csv and
+# curves.csv (probing.probes.identity), so that many workdirs' files concatenate.
+RUN_COLUMNS = ("model", "task", "prompt", "pooling")
+# The columns of one probe's numbers; a reader requires these (files written
+# by hand or before RUN_COLUMNS existed have only them).
 METRICS_COLUMNS = ("layer", "seed", "split", "metric", "value")
 CURVES_COLUMNS = ("layer", "seed", "epoch", "split", "loss")
 # With folds re-drawn at probe time (config.folds), both files gain a fold column

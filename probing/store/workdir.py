@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from probing.store.layout import LABEL_KINDS, MANIFEST_JSON, MANIFEST_REQUIRED
+from probing.store.layout import (
+    LABEL_KINDS,
+    MANIFEST_JSON,
+    MANIFEST_REQUIRED,
+    ZARR_GROUP_METADATA,
+    ZARR_JSON,
+    dimension_names,
+)
 
 
 class WorkdirError(ValueError):
@@ -152,7 +159,12 @@ class Workdir:
         chunk_shape: Sequence[int] | None = None,
         fill_value: Any = 0,
     ) -> ts.TensorStore:
-        """Creates (replacing any existing) array `name`."""
+        """Creates (replacing any existing) array `name`, with its zarr groups above it.
+
+        The array's axes get the names WORKSPACE.md gives them
+        (`layout.dimension_names`), which zarr-python and xarray read.
+        """
+        self.write_zarr_groups(name)
         spec = self.array_spec(name)
         spec["metadata"] = {
             "shape": list(shape),
@@ -162,8 +174,22 @@ class Workdir:
                 "configuration": {"chunk_shape": list(chunk_shape or shape)},
             },
             "fill_value": fill_value,
+            "dimension_names": list(dimension_names(name, len(shape))),
         }
         return ts.open(spec, create=True, delete_existing=True).result()
+
+    def write_zarr_groups(self, name: str) -> None:
+        """Writes zarr3 group metadata in the workdir and every folder above array `name`.
+
+        Without it zarr-python and xarray see loose arrays, not a hierarchy;
+        TensorStore itself needs none. An existing group file is left alone.
+        """
+        parts = name.strip("/").split("/")[:-1]
+        group = json.dumps(ZARR_GROUP_METADATA).encode()
+        for depth in range(len(parts) + 1):
+            key = "/".join([*parts[:depth], ZARR_JSON])
+            if not self.exists(key):
+                self.write_bytes(key, group)
 
     def open_array(self, name: str) -> ts.TensorStore:
         if not self.array_exists(name):

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from probing.probes.identity import run_columns
 from probing.probes.metrics import (
     BEST_EPOCH,
     CATEGORIES_LEFT_OUT,
@@ -213,10 +214,17 @@ def write_probed_workdir(
                     val_loss = floor + 0.6 * np.exp(-epoch) + rng.normal(0, 0.005)
                     curve_rows.append((layer, seed_id, epoch, "train", f"{train_loss:.6f}"))
                     curve_rows.append((layer, seed_id, epoch, "val", f"{val_loss:.6f}"))
+        # The run's identifying columns lead every row, as probing.probes.results writes them.
+        run = run_columns(workdir.manifest(), {"task": task_config}, pooling)
+        prefix = tuple(run.values())
         workdir.write_bytes(
-            probe_file(pooling, METRICS_CSV), _tidy_csv(METRICS_COLUMNS, metric_rows)
+            probe_file(pooling, METRICS_CSV),
+            _tidy_csv((*run, *METRICS_COLUMNS), [prefix + tuple(r) for r in metric_rows]),
         )
-        workdir.write_bytes(probe_file(pooling, CURVES_CSV), _tidy_csv(CURVES_COLUMNS, curve_rows))
+        workdir.write_bytes(
+            probe_file(pooling, CURVES_CSV),
+            _tidy_csv((*run, *CURVES_COLUMNS), [prefix + tuple(r) for r in curve_rows]),
+        )
         extras = _fabricated_intervals(metric_rows, headline_name) if with_intervals else {}
         workdir.write_json(
             probe_file(pooling, SUMMARY_JSON),
