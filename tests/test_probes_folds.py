@@ -21,6 +21,7 @@ from probing.probes.folds import make_folds
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_streaming_sweep, run_sweep
 from probing.probes.train import train_workdir
+from probing.store import layout
 from probing.store.layout import TEST, TRAIN, VAL
 from probing.testing.planted import planted_arrays, write_workdir
 
@@ -196,10 +197,13 @@ def test_train_workdir_with_folds_writes_a_fold_column_and_the_best_layer_freque
     summary = train_workdir(str(tmp_path / "w"), config)["mean"]
     probes = tmp_path / "w" / "probes" / "mean"
     metrics = list(csv.reader(io.StringIO((probes / "metrics.csv").read_text())))
-    assert metrics[0] == ["layer", "fold", "seed", "split", "metric", "value"]
-    assert {row[1] for row in metrics[1:]} == {"0", "1", "2"}
+    # The run's identifying columns lead, as without folds.
+    run = list(layout.RUN_COLUMNS)
+    assert metrics[0] == [*run, "layer", "fold", "seed", "split", "metric", "value"]
+    assert {row[len(run) + 1] for row in metrics[1:]} == {"0", "1", "2"}
+    assert {row[run.index("pooling")] for row in metrics[1:]} == {"mean"}
     curves = (probes / "curves.csv").read_text().splitlines()
-    assert curves[0] == "layer,fold,seed,epoch,split,loss"
+    assert curves[0] == ",".join([*run, "layer", "fold", "seed", "epoch", "split", "loss"])
     predictions = np.load(probes / "predictions.npz")
     # K folds: every row is tested exactly once, with its fold's probes.
     assert sorted(predictions["rows"].tolist()) == list(range(300))

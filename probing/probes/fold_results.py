@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from probing.probes.data import LabelData
+from probing.probes.identity import workdir_run_columns
 from probing.probes.intervals import ImageIntervals, fold_baselines
 from probing.probes.results import (
     _csv_bytes,
@@ -265,9 +266,11 @@ def write_fold_results(
         return summary
     config = probe_config(settings, result, label_data)
     config["folds"] = summary["folds"]["rows_per_split"]
+    # The run's identifying columns lead, as without folds (pd.concat over workdirs).
+    run = workdir_run_columns(workdir, pooling)
     files = {
-        METRICS_CSV: _csv_bytes(FOLD_METRICS_COLUMNS, metrics),
-        CURVES_CSV: _csv_bytes(FOLD_CURVES_COLUMNS, curves),
+        METRICS_CSV: _csv_bytes(FOLD_METRICS_COLUMNS, metrics, run),
+        CURVES_CSV: _csv_bytes(FOLD_CURVES_COLUMNS, curves, run),
         SUMMARY_JSON: _json_bytes(_json_safe(summary)),
         PROBE_CONFIG_JSON: _json_bytes(_json_safe(config)),
         WEIGHTS_NPZ: fold_weights_bytes(result, label_data),

@@ -69,7 +69,15 @@ def loss_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure
                 for split, linestyle in (("train", "-"), ("val", "--")):
                     if split not in run.curves:
                         continue
-                    losses = np.nanmean(run.curves[split][layer], axis=0)
+                    # Seeds that stopped early have NaN after their last epoch; an
+                    # epoch no seed reached stays NaN (a gap), without numpy's warning.
+                    curves = run.curves[split][layer]
+                    reached = np.isfinite(curves).sum(axis=0)
+                    losses = np.where(
+                        reached > 0,
+                        np.nansum(curves, axis=0) / np.maximum(reached, 1),
+                        np.nan,
+                    )
                     label = f"layer {layer} ({role})" if split == "train" else None
                     ax.plot(
                         run.epochs,
