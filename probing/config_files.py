@@ -51,3 +51,38 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(arg) if arg else module.get_config()
     config.lock()
     return config
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
+    """Dotted field path -> value of every leaf field, in the config's order."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def compact(config: ml_collections.ConfigDict, width: int = 100) -> str:
+    """The config in a few lines: `section: field=value ...` per top-level section.
+
+    What an entry point logs at start (the full config is in the workdir's
+    config.json); lines wrap at `width` characters.
+    """
+    sections: dict[str, list[str]] = {}
+    for path, value in flatten(config).items():
+        section, _, rest = path.partition(".")
+        name = rest or section
+        sections.setdefault(section if rest else "", []).append(f"{name}={value!r}")
+    lines = []
+    for section, items in sections.items():
+        line = f"  {section}:" if section else " "
+        for item in items:
+            if len(line) + 1 + len(item) > width and not line.rstrip().endswith(":"):
+                lines.append(line)
+                line = "    "
+            line += " " + item
+        lines.append(line)
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probing.probes.stats import CONFIDENCE
+from probing.progress import Progress
 
 NUM_RESAMPLES = 10_000
 METRICS = {
@@ -315,6 +316,7 @@ def bootstrap(
         size += block[2].size
     calls.append(current)
     chunk_size = min(chunk_size, num_resamples)
+    progress = Progress("bootstrap", num_resamples * len(calls), unit="resamples")
     for call in calls:
         hits = tuple(h for _, _, h in call)
         for start in range(0, num_resamples, chunk_size):
@@ -326,6 +328,8 @@ def bootstrap(
                     result[index].samples[metric][start:stop, layers] = np.asarray(v)[
                         : stop - start
                     ]
+            progress.update(stop - start)
+    progress.close()
     left_out = (base_np.sum(0)[:, 0] == 0).sum() if label_kind == "multilabel" else 0
     return Bootstrap(label_kind, result, num_images, num_resamples, seed, int(left_out))
 

@@ -24,6 +24,7 @@ from typing import Any
 from absl import logging
 
 from probing.probes.stats import CI_LABEL
+from probing.progress import Progress
 from probing.reporting import document, tables
 from probing.reporting.document import Block, Code, Heading, Paragraph, Table
 from probing.reporting.figures import FIGURES, FigureContext
@@ -200,12 +201,15 @@ def build_report(
         )
     blocks.append(Paragraph("Full-precision values: results.csv."))
 
+    progress = Progress("report figures", len(by_task) * len(FIGURES), unit="figure kinds")
     for task, members in by_task.items():
         logging.info("figures of task %s (%d run(s))", task, len(members))
         blocks.append(Heading(f"Figures: task {task}"))
         context = FigureContext(task=task, figures_dir=figures_dir, extra_layers=layers)
         for figure in FIGURES:
             blocks.extend(figure(members, context))
+            progress.update(1)
+    progress.close()
 
     blocks.extend(_first_token_blocks(runs, out_dir))
     blocks.extend(table1_blocks(runs, out_dir, first_token_category))
