@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 import os
 import shlex
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ from probing.reporting.runs import (
     group_runs,
     load_runs,
 )
+from probing.store.layout import PROBE_CONFIG_JSON, PROBE_ENVIRONMENT, probe_file
 
 
 def _report_command(workdirs: Sequence[str], out_dir: str, **options: Any) -> str:
@@ -53,14 +55,29 @@ def _report_command(workdirs: Sequence[str], out_dir: str, **options: Any) -> st
     return shlex.join(parts)
 
 
+def _probe_environment(run: ProbeRun) -> dict[str, Any]:
+    """probe_config.json's record of how the run's probes were trained ({} if none)."""
+    path = os.path.join(run.workdir, probe_file(run.pooling, PROBE_CONFIG_JSON))
+    try:
+        with open(path) as f:
+            return json.load(f).get(PROBE_ENVIRONMENT) or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _recorded_commands(run: ProbeRun) -> list[str]:
-    """The extraction command manifest.json recorded (a generic form when it did not),
-    then the probe training command."""
+    """The extraction command manifest.json recorded, then the probe training command
+    probe_config.json recorded, each as run (overrides included); a generic form
+    marked as not recorded for workdirs written before they were recorded."""
     extraction = run.manifest.get("command") or (
         f"python -m probing.extract --config=<config> --workdir={run.workdir}"
-        "   # config not recorded in the workdir"
+        "   # not recorded in the workdir"
     )
-    return [str(extraction), f"python -m probing.train_all_layers --workdir={run.workdir}"]
+    training = _probe_environment(run).get("command") or (
+        f"python -m probing.train_all_layers --workdir={run.workdir}"
+        "   # not recorded in the workdir"
+    )
+    return [str(extraction), str(training)]
 
 
 def _recorded(value: Any) -> str:
@@ -97,6 +114,19 @@ def _environment_rows(run: ProbeRun) -> list[list[str]]:
     rows.append(["date", _recorded(manifest.get("date"))])
     for library, version in sorted(manifest.get("library_versions", {}).items()):
         rows.append([library, str(version)])
+    probes = _probe_environment(run)
+    if probes:
+        devices = probes.get("devices", {})
+        rows.append(
+            [
+                "probe devices",
+                f"{devices.get('count', '?')} x {', '.join(devices.get('kinds', []))} "
+                f"({devices.get('backend', '?')}, {devices.get('process_count', 1)} process(es))",
+            ]
+        )
+        rows.append(["probe training date", _recorded(probes.get("date"))])
+        for library, version in sorted(probes.get("library_versions", {}).items()):
+            rows.append([f"{library} (probes)", str(version)])
     return rows
 
 
@@ -225,11 +255,8 @@ def build_report(
 
     blocks.append(Heading("Commands"))
     command_lines = []
-    seen = set()
-    for run in runs:
-        if run.workdir not in seen:
-            seen.add(run.workdir)
-            command_lines.extend(_recorded_commands(run))
+    for run in runs:  # a workdir's extraction once; each probe run's training once
+        command_lines.extend(c for c in _recorded_commands(run) if c not in command_lines)
     command_lines.append(command)
     blocks.append(Code("\n".join(command_lines)))
 

@@ -66,6 +66,10 @@ WEIGHTS_NPZ = "weights.npz"
 PREDICTIONS_NPZ = "predictions.npz"
 # Written last: every other file's sha256, so a reader can refuse a mixed folder.
 RESULTS_JSON = "results.json"
+# probe_config.json's record of how and where the probes were trained
+# (probing.provenance.probe_environment): {"command", "date", "library_versions",
+# "devices"}; manifest.json's "command" is the extraction's.
+PROBE_ENVIRONMENT = "environment"
 METRICS_COLUMNS = ("layer", "seed", "split", "metric", "value")
 CURVES_COLUMNS = ("layer", "seed", "epoch", "split", "loss")
 
