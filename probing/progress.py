@@ -17,7 +17,8 @@ total when a loop ends early (probes that stopped), so the ETA of a bound
 (`bound=True`, shown as "ETA ≤") stays honest.
 
 `quiet_libraries()` turns off the progress bars and chatter of transformers,
-huggingface_hub and sentence-transformers, whose bars are unreadable in logs.
+huggingface_hub and sentence-transformers, whose bars are unreadable in logs,
+and JAX's note about absent TPU backends.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class Progress:
         self._rate_n, self._rate_t = EMA(SMOOTHING), EMA(SMOOTHING)
         self._closed = False
         self._last_logged_done = -1
+        self._updates = 0
         tty = on_terminal(stream) if tty is None else tty
         self._bar = None
         if tty:
@@ -159,7 +161,12 @@ class Progress:
         for key, value in extra_counts.items():
             self.extra_counts[key] = self.extra_counts.get(key, 0) + int(value)
         dt = now - self._last_update
-        if count and dt > 0:
+        # The first update carries the loop's warm-up (a jit compile, the first
+        # batch's allocations): the rate is measured from the second on, and
+        # no line is logged before there is one.
+        warm = self._updates > 0
+        self._updates += 1
+        if warm and count and dt > 0:
             self._rate_n(count)
             self._rate_t(dt)
         self._last_update = now
@@ -167,7 +174,8 @@ class Progress:
             self._bar.set_postfix_str(self._postfix(now), refresh=False)
             self._bar.update(count)
             return
-        if now - self._last_log >= self.every_s or (self.done >= self.total and self._worth(now)):
+        due = warm and now - self._last_log >= self.every_s
+        if due or (self.done >= self.total and self._worth(now)):
             self._log(now)
 
     def _worth(self, now: float) -> bool:
@@ -279,5 +287,6 @@ def quiet_libraries() -> None:
         import huggingface_hub.utils
 
         huggingface_hub.utils.disable_progress_bars()
-    for name in ("sentence_transformers", "httpx", "urllib3", "filelock"):
+    # jax._src.xla_bridge: "Unable to initialize backend 'tpu'" on every machine without one.
+    for name in ("sentence_transformers", "httpx", "urllib3", "filelock", "jax._src.xla_bridge"):
         std_logging.getLogger(name).setLevel(std_logging.WARNING)

@@ -25,6 +25,7 @@ from probing.config_files import compact
 from probing.probes.devices import start_jax
 from probing.probes.overview import overview
 from probing.probes.train import train_workdir
+from probing.progress import quiet_libraries
 
 _DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "probe.py"
@@ -43,6 +44,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = _CONFIG.value
+    quiet_libraries()
     logging.info("probe config:\n%s", compact(config))
     start = time.monotonic()
     start_jax(distributed=bool(config.get("distributed")))

@@ -65,6 +65,21 @@ def test_eta_of_a_steady_loop_is_the_remaining_time(lines):
     assert "ETA 00:39" in progress.line() or "ETA 00:40" in progress.line()
 
 
+def test_the_first_update_is_warm_up_not_rate(lines):
+    clock = FakeClock()
+    progress = Progress("warm", total=100, every_s=2.0, tty=False, clock=clock)
+    clock.now += 30.0  # the first batch compiles
+    progress.update(1)
+    assert lines() == []  # no ETA from the warm-up alone
+    for _ in range(9):
+        clock.now += 0.25
+        progress.update(1)
+    assert progress.rate() == pytest.approx(4.0)
+    assert progress.eta() == pytest.approx(22.5)  # 90 left at 4/s, not at 10 / 32 s
+    # The first line comes with the second update, its ETA already at the real rate.
+    assert lines()[0] == "warm: 2/100 (2%) |  4.00it/s | elapsed 00:30, ETA 00:24"
+
+
 def test_smoothed_rate_follows_a_change_of_speed():
     clock = FakeClock()
     progress = Progress("speed", total=1000, every_s=5.0, tty=False, clock=clock)
