@@ -13,8 +13,9 @@ one when a loop that ran that long ends, so a log never fills with progress. The
 smoothed (tqdm's exponential moving average over updates) and the ETA is the
 remaining count over that rate. `paused()` excludes a stretch (a compilation)
 from the clock, so setup time does not distort the rate; `shrink` lowers the
-total when a loop ends early (probes that stopped), so the ETA of a bound
-(`bound=True`, shown as "ETA ≤") stays honest.
+total when a loop ends early (probes that stopped), and a loop whose total is
+only a bound (`bound=True`) shows its ETA as a range, from the least total it
+can still have (`at_least`) to the bound.
 
 `quiet_libraries()` turns off the progress bars and chatter of transformers,
 huggingface_hub and sentence-transformers, whose bars are unreadable in logs,
@@ -44,16 +45,11 @@ SMOOTHING = 0.3
 
 
 def _format(bound: bool, bar: bool) -> str:
-    eta = "ETA ≤ {remaining}" if bound else "ETA {remaining}"
+    # A bound's ETA is a range, written by Progress itself (in the postfix on a bar).
+    eta = "" if bound else ", ETA {remaining}"
     middle = " {bar:20} " if bar else " "
-    return (
-        "{desc}:"
-        + middle
-        + (
-            "{n_fmt}/{total_fmt} ({percentage:.0f}%) | {rate_fmt}{postfix} | elapsed {elapsed}, "
-            + eta
-        )
-    )
+    counts = "{n_fmt}/{total_fmt} ({percentage:.0f}%) | {rate_fmt}{postfix} | elapsed {elapsed}"
+    return "{desc}:" + middle + counts + eta
 
 
 def default_every_s() -> float:
@@ -79,7 +75,9 @@ class Progress:
       tty: draw a bar (None: when stderr is a terminal, see on_terminal).
       clock: seconds, monotonic (tests pass a fake one).
       stream: where the bar is drawn (default stderr).
-      bound: `total` is an upper bound (the loop may end early); the ETA says "≤".
+      bound: `total` is an upper bound (the loop may end early); the ETA is then a
+        range, from the least total the loop can still have (`at_least`, default
+        the bound) to the bound: "ETA 00:12–04:10".
     """
 
     def __init__(
@@ -109,6 +107,7 @@ class Progress:
         self._closed = False
         self._last_logged_done = -1
         self._updates = 0
+        self._least: int | None = None
         tty = on_terminal(stream) if tty is None else tty
         self._bar = None
         if tty:
@@ -183,6 +182,10 @@ class Progress:
         (a report's many small bootstraps) stay silent."""
         return self._last_logged_done >= 0 or self._active(now) >= self.every_s
 
+    def at_least(self, total: float) -> None:
+        """The least total a bounded loop can still reach (its ETA range's low end)."""
+        self._least = int(min(max(total, self.done), self.total))
+
     def shrink(self, count: int) -> None:
         """Lowers the total by `count` items that will not run (a loop that ended early)."""
         self.total = max(self.total - int(count), self.done)
@@ -220,18 +223,28 @@ class Progress:
         rate = self.rate(now)
         return (self.total - self.done) / rate if rate > 0 else None
 
+    def _eta_range(self, now: float) -> str:
+        """A bounded loop's ETA: from its least possible total to its bound, at the rate."""
+        rate = self.rate(now)
+        if rate <= 0:
+            return "ETA ?"
+        least = self.total if self._least is None else max(self._least, self.done)
+        low, high = (tqdm.format_interval((t - self.done) / rate) for t in (least, self.total))
+        return f"ETA {high}" if low == high else f"ETA {low}–{high}"
+
     def _postfix(self, now: float) -> str:
         elapsed = self._active(now)
-        if not elapsed:
-            return ""
-        return ", ".join(
-            f"{value / elapsed:.0f} {key}/s" for key, value in self.extra_counts.items()
-        )
+        parts = []
+        if elapsed:
+            parts = [f"{value / elapsed:.0f} {key}/s" for key, value in self.extra_counts.items()]
+        if self.bound and self._bar is not None:
+            parts.append(self._eta_range(now))
+        return ", ".join(parts)
 
     def line(self, now: float | None = None) -> str:
         """The progress line (the bar's text without the bar)."""
         now = self._clock() if now is None else now
-        return tqdm.format_meter(
+        text = tqdm.format_meter(
             self.done,
             self.total,
             self._active(now),
@@ -239,8 +252,9 @@ class Progress:
             unit=self.unit,
             rate=self.rate(now) or None,
             postfix=self._postfix(now) or None,
-            bar_format=_format(self.bound and self.done < self.total, bar=False),
+            bar_format=_format(self.bound, bar=False),
         )
+        return f"{text}, {self._eta_range(now)}" if self.bound else text
 
     def final_line(self, now: float | None = None) -> str:
         """The line of a finished loop: how many, how long, the mean rate."""

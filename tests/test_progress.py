@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from probing.progress import Progress
@@ -123,8 +124,13 @@ def test_a_bar_on_a_terminal_and_no_log_lines(lines):
 def test_short_loops_stay_silent_and_a_bound_shrinks(lines):
     clock = FakeClock()
     progress = Progress("short", total=10, every_s=10.0, tty=False, clock=clock, bound=True)
-    progress.update(3)
-    assert "ETA ≤" in progress.line()
+    clock.now += 1.0
+    progress.update(1)
+    clock.now += 1.0
+    progress.update(2)  # 2 items/s measured
+    assert progress.line().endswith("ETA 00:03")  # 7 left at most
+    progress.at_least(5)
+    assert progress.line().endswith("ETA 00:01–00:03")  # 2 to 7 left
     progress.shrink(7)  # the loop ended early: the rest will not run
     progress.close()
     assert progress.total == 3
@@ -180,3 +186,15 @@ def test_train_all_layers_log_repeats_no_line_within_a_second(tmp_path):
     assert first and int(first.group(1)) <= 3, first
     assert "best layer" in run.stdout and f"{location}/probes/mean" in run.stdout
     assert len(run.stdout.splitlines()) <= 24  # one screen
+
+
+def test_sweep_eta_low_end_follows_the_stopping_rule():
+    from probing.probes.sweep import _earliest_end
+
+    state = {"active": np.array([True, False, True]), "anchor_epoch": np.array([3, 9, 5])}
+    # The latest active probe improved at epoch 5: with patience 5 it runs to epoch 10.
+    assert _earliest_end(state, 5, num_epochs=300, patience=5) == 10
+    assert _earliest_end(state, 5, num_epochs=8, patience=5) == 8  # the budget caps it
+    assert _earliest_end(state, 5, num_epochs=300, patience=0) == 300  # no early stopping
+    state["active"][:] = False
+    assert _earliest_end(state, 5, num_epochs=300, patience=5) == 6  # all stopped: this epoch

@@ -144,7 +144,8 @@ def _sweep_progress(total_probe_epochs: int, what: str = "probe sweep") -> Progr
 
     Its clock runs only while epochs train: compilation and feature placement
     are paused out (and logged as their own step), so the rate is the
-    training rate from the first epoch on.
+    training rate. The ETA is a range: from the earliest the stopping rule
+    lets the probes finish (if none improves again) to the epoch budget.
     """
     return Progress(what, total_probe_epochs, unit="probe-epochs", bound=True)
 
@@ -165,7 +166,19 @@ def _epoch_mean_loss(step_loss_sums: jax.Array, step_scored: jax.Array) -> np.nd
     return (total_loss / np.maximum(total_scored, 1.0)).astype(np.float32)
 
 
-def _train(programs, state, inputs, x, statistics, progress, probes_per_epoch):
+def _earliest_end(state, epoch: int, num_epochs: int, patience: int) -> int:
+    """The fewest epochs the loop can still run: an active probe runs at least until
+    `patience` epochs after its last significant improvement (probing.probes.stopping)."""
+    if not patience:
+        return num_epochs
+    active = _to_host(state["active"])
+    if not active.any():
+        return epoch + 1
+    anchor = int(np.max(np.where(active, _to_host(state["anchor_epoch"]), 0)))
+    return min(num_epochs, max(epoch + 1, anchor + patience))
+
+
+def _train(programs, state, inputs, x, statistics, progress, probes_per_epoch, patience):
     """Trains and selects every probe epoch by epoch, until every probe has stopped.
 
     Returns:
@@ -174,7 +187,12 @@ def _train(programs, state, inputs, x, statistics, progress, probes_per_epoch):
     """
     mean, _, inverse = statistics
     train_losses, val_losses = [], []
-    for epoch in inputs.epochs:
+    num_epochs = len(inputs.epochs)
+    # The progress total is a bound (every epoch of this group and of the later
+    # groups); its least value assumes the later groups stop when this one does.
+    before = progress.done
+    later = progress.total - before - probes_per_epoch * num_epochs
+    for epoch_index, epoch in enumerate(inputs.epochs):
         trained = _to_host(state["active"])
         state, (loss_sums, scored) = programs.train_epoch(
             state, x, mean, inverse, *inputs.train_args(epoch)
@@ -185,6 +203,8 @@ def _train(programs, state, inputs, x, statistics, progress, probes_per_epoch):
         train_loss = _epoch_mean_loss(_to_host(loss_sums), _to_host(scored))
         train_losses.append(np.where(trained, train_loss, np.nan))
         val_losses.append(np.where(trained, _to_host(val_loss), np.nan))
+        end = _earliest_end(state, epoch_index, num_epochs, patience)
+        progress.at_least(before + (probes_per_epoch + later / num_epochs) * end)
         progress.update(probes_per_epoch)
         if not _to_host(state["active"]).any():
             break
@@ -348,7 +368,9 @@ def run_sweep(
             time.monotonic() - setup_start,
             probes_per_epoch,
         )
-    state, *losses = _train(programs, state, inputs, x, statistics, progress, probes_per_epoch)
+    state, *losses = _train(
+        programs, state, inputs, x, statistics, progress, probes_per_epoch, settings.patience
+    )
     if own_progress:
         progress.close()
     return _collect(
