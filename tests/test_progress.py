@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 
-import numpy as np
+import jax.numpy as jnp
 import pytest
 
 from probing.progress import Progress
@@ -191,10 +191,10 @@ def test_train_all_layers_log_repeats_no_line_within_a_second(tmp_path):
 def test_sweep_eta_low_end_follows_the_stopping_rule():
     from probing.probes.sweep import _earliest_end
 
-    state = {"active": np.array([True, False, True]), "anchor_epoch": np.array([3, 9, 5])}
+    state = {"active": jnp.array([True, False, True]), "anchor_epoch": jnp.array([3, 9, 5])}
     # The latest active probe improved at epoch 5: with patience 5 it runs to epoch 10.
     assert _earliest_end(state, 5, num_epochs=300, patience=5) == 10
     assert _earliest_end(state, 5, num_epochs=8, patience=5) == 8  # the budget caps it
     assert _earliest_end(state, 5, num_epochs=300, patience=0) == 300  # no early stopping
-    state["active"][:] = False
+    state["active"] = jnp.zeros(3, bool)
     assert _earliest_end(state, 5, num_epochs=300, patience=5) == 6  # all stopped: this epoch
