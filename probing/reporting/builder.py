@@ -26,6 +26,7 @@ from absl import logging
 
 from probing.probes.stats import CI_LABEL
 from probing.progress import Progress
+from probing.provenance import process_command
 from probing.reporting import document, tables
 from probing.reporting.document import Block, Code, Heading, Paragraph, Table
 from probing.reporting.figures import FIGURES, FigureContext
@@ -181,7 +182,7 @@ def build_report(
       tasks: only workdirs of these tasks (default: all).
       layers: extra layers whose loss curves are drawn, besides best and worst.
       command: the command line to record; default: the equivalent
-        `python -m probing.report` invocation.
+        `python -m probing.report` invocation, with what ran it (`# run by: ...`).
       allow_partial: also report workdirs whose extraction has not finished
         (their runs are labelled "[partial store]").
       first_token_category: the category of Tao's Table 1 (default person, or
@@ -198,9 +199,12 @@ def build_report(
         raise ReportError(f"--out={out_dir} is a file; pass a folder for the report")
     os.makedirs(out_dir, exist_ok=True)
     figures_dir = os.path.join(out_dir, "figures")
-    command = command or _report_command(
-        workdirs, out_dir, poolings=poolings, tasks=tasks, layers=layers
-    )
+    if command is None:
+        # Called from Python (a notebook, probing.demo): the equivalent command, and what ran it.
+        equivalent = _report_command(
+            workdirs, out_dir, poolings=poolings, tasks=tasks, layers=layers
+        )
+        command = f"{equivalent}  # run by: {process_command()}"
     logging.info("report over %d run(s) in %d task(s) -> %s", len(runs), len(by_task), out_dir)
 
     rows = [tables.result_row(run) for run in runs]
