@@ -6,7 +6,8 @@
         progress.update(len(batch), tokens=num_tokens)
     progress.close()
 
-On a terminal (stderr is a TTY) it draws a tqdm bar. In batch logs (SLURM,
+On a terminal (stderr is a TTY) or in a Jupyter notebook it draws a tqdm
+bar. In batch logs (SLURM,
 `nohup`, CI, a notebook's captured stderr) it writes one absl INFO line at
 most every `every_s` seconds (default 10, or $PROBING_PROGRESS_EVERY_S) and
 one when a loop that ran that long ends, so a log never fills with progress. The rate is
@@ -56,12 +57,20 @@ def default_every_s() -> float:
     return float(os.environ.get(EVERY_S_ENV, DEFAULT_EVERY_S))
 
 
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (whose stderr is no TTY but draws bars)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def on_terminal(stream: TextIO | None = None) -> bool:
-    """Whether progress is drawn as a bar: stderr is a TTY and lines were not asked for."""
+    """Whether progress is drawn as a bar: stderr is a TTY or a notebook's, and log lines
+    were not asked for."""
     if os.environ.get(LINES_ENV, "") not in ("", "0"):
         return False
     stream = stream or sys.stderr
-    return bool(getattr(stream, "isatty", lambda: False)())
+    return bool(getattr(stream, "isatty", lambda: False)()) or in_notebook()
 
 
 class Progress:

@@ -10,11 +10,12 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import jax.numpy as jnp
 import pytest
 
-from probing.progress import Progress
+from probing.progress import Progress, on_terminal
 from probing.testing.planted import planted_arrays, write_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,6 +120,17 @@ def test_a_bar_on_a_terminal_and_no_log_lines(lines):
     progress.close()
     assert "\r" in stream.getvalue() and "bar:" in stream.getvalue()
     assert lines() == []
+
+
+def test_a_notebook_gets_a_bar(monkeypatch):
+    class ZMQInteractiveShell:  # what get_ipython() returns in a Jupyter kernel
+        pass
+
+    fake = types.SimpleNamespace(get_ipython=ZMQInteractiveShell)
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert on_terminal(io.StringIO())
+    monkeypatch.setenv("PROBING_PROGRESS_LINES", "1")
+    assert not on_terminal(io.StringIO())
 
 
 def test_short_loops_stay_silent_and_a_bound_shrinks(lines):
