@@ -109,6 +109,8 @@ def run_main(main: Callable[[list[str]], None], program: str) -> None:
 
     def parse(argv: list[str]) -> list[str]:
         spec = _config_help(argv)
+        if _HELP_REQUESTED and spec is None:
+            _fail(program, "--config.help: this program takes no config file; see --help")
         if spec is not None:
             from probing.config_help import describe
 
