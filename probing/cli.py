@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags
 
+from probing import config_files
+
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
 
 
@@ -93,10 +95,46 @@ def _check_loaded_configs(program: str) -> None:
                 _fail(program, f"--{name}={flags.FLAGS[name].config_filename}: {text}")
 
 
+_HELP_FLAGS = ("--config.help", "--config.help=True", "--config.help=true")
+# `--config.help` leaves argv before any config flag is defined: ml_collections reads
+# --config.* overrides while loading a default config, and `help` is no field.
+_HELP_REQUESTED = any(a in _HELP_FLAGS for a in sys.argv[1:])
+sys.argv[1:] = [a for a in sys.argv[1:] if a not in _HELP_FLAGS]
+
+
+def _config_help(argv: Sequence[str]) -> str | None:
+    """The config `--config.help` asks about (the --config given, else the default), or None."""
+    if not _HELP_REQUESTED:
+        return None
+    given = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    if given:
+        return given[-1]
+    if "config" in flags.FLAGS:
+        return getattr(flags.FLAGS["config"], "config_filename", None) or None
+    return None
+
+
 def run_main(main: Callable[[list[str]], None], program: str) -> None:
-    """`app.run(main)`, turning user errors into `program: error: message`."""
+    """`app.run(main)`, turning user errors into `program: error: message`.
+
+    `--config.help` prints every field of the config with its value and comment
+    (probing.config_help) instead of running; `--config.<tuple field>=a,b`
+    reads as the tuple ("a", "b") (probing.config_files.CommaTupleParser).
+    """
+    config_files.accept_comma_lists()
 
     def parse(argv: list[str]) -> list[str]:
+        spec = _config_help(argv)
+        if _HELP_REQUESTED and spec is None:
+            _fail(program, "--config.help: this program takes no config file; see --help")
+        if spec is not None:
+            from probing.config_help import describe
+
+            try:
+                print(describe(spec))
+            except (*USER_ERRORS, AttributeError) as error:
+                _fail(program, f"--config={spec}: {' '.join(str(error).split())}")
+            sys.exit(0)
         try:
             rest = flags.FLAGS(argv)
         except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:

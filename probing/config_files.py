@@ -10,10 +10,12 @@ probing.configs), so the same spelling works from anywhere.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 
 import ml_collections
+from ml_collections.config_flags import config_flags, tuple_parser
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/ in a source checkout (also under `pip install -e .`).
@@ -51,3 +53,78 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     config = module.get_config(arg) if arg else module.get_config()
     config.lock()
     return config
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
+    """Dotted field path -> value of every leaf field, in the config's order."""
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def compact(config: ml_collections.ConfigDict, width: int = 100) -> str:
+    """The config in a few lines: `section: field=value ...` per top-level section.
+
+    What an entry point logs at start (the full config is in the workdir's
+    config.json); lines wrap at `width` characters.
+    """
+    sections: dict[str, list[str]] = {}
+    for path, value in flatten(config).items():
+        section, _, rest = path.partition(".")
+        name = rest or section
+        sections.setdefault(section if rest else "", []).append(f"{name}={value!r}")
+    lines = []
+    for section, items in sections.items():
+        line = f"  {section}:" if section else " "
+        for item in items:
+            if len(line) + 1 + len(item) > width and not line.rstrip().endswith(":"):
+                lines.append(line)
+                line = "    "
+            line += " " + item
+        lines.append(line)
+    return "\n".join(lines)
+
+
+class CommaTupleParser(tuple_parser.TupleParser):
+    """Tuple fields from the command line: `--config.poolings=mean,max` as ("mean", "max").
+
+    ml_collections' own parser reads only Python literals ("('mean', 'max')");
+    a bare comma-separated list is what researchers type. Literals still work,
+    and each item that is a Python literal (1e-3, True) is read as one.
+    """
+
+    def parse(self, argument):
+        if isinstance(argument, list):  # a flag given several times: one item each
+            return tuple(item for a in argument for item in self.parse(a))
+        if isinstance(argument, str) and "," in argument:
+            try:
+                value = ast.literal_eval(argument)
+            except (ValueError, SyntaxError):
+                return tuple(
+                    _literal_or_text(item.strip()) for item in argument.split(",") if item.strip()
+                )
+            return (
+                value
+                if isinstance(value, tuple)
+                else tuple(value)
+                if isinstance(value, list)
+                else (value,)
+            )
+        return super().parse(argument)
+
+
+def _literal_or_text(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def accept_comma_lists() -> None:
+    """Makes every tuple config field accept `a,b,c` on the command line (before flags parse)."""
+    config_flags.register_flag_parser_for_type(tuple, CommaTupleParser())

@@ -21,6 +21,7 @@ from absl import app, flags
 
 from probing.cli import run_main
 from probing.pipeline import DEMO_FAMILIES, DEMO_TASKS, run_demo
+from probing.progress import quiet_libraries
 
 _OUT = flags.DEFINE_string("out", "runs/demo", "Directory for the workdirs and the report.")
 _FAMILIES = flags.DEFINE_list("families", list(DEMO_FAMILIES), "Tiny model families.")
@@ -34,6 +35,7 @@ def main(argv: list[str]) -> None:
     from probing.probes.devices import use_every_cpu_core
 
     use_every_cpu_core()
+    quiet_libraries()
     report = run_demo(_OUT.value, _FAMILIES.value, _TASKS.value, _NUM_SEEDS.value)
     print(f"Report: {report}")
 

@@ -15,7 +15,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from probing.cli import run_main
+from probing.config_files import compact
 from probing.extraction.runner import extract
+from probing.progress import quiet_libraries
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Extraction config file, e.g. configs/qwen.py[:arg].", lock_config=True
@@ -27,7 +29,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.info("Config:\n%s", _CONFIG.value)
+    quiet_libraries()
+    logging.info("config (all of it in the workdir's config.json):\n%s", compact(_CONFIG.value))
     manifest = extract(_CONFIG.value, _WORKDIR.value)
     print(
         f"Wrote {manifest['num_examples']} rows x {manifest['num_layers']} layers "

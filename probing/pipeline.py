@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from absl import logging
 
 from probing.config_files import load_config
+from probing.provenance import recorded_as, stage_command
 
 DEMO_FAMILIES = ("qwen2_vl", "fast_vlm")
 DEMO_TASKS = ("caption", "category")
@@ -43,12 +44,21 @@ def run_pipeline(
     if unknown:
         raise ValueError(f"{probe_spec} has no field(s) {', '.join(unknown)}")
     probe_config.update(overrides)
+    train_args = [f"--config={probe_spec}"] * (probe_spec != "configs/probe.py")
+    train_args += [f"--config.{name}={value}" for name, value in overrides.items()]
     workdirs = []
     for name, spec in extract_specs.items():
         workdir = os.path.join(out_dir, name)
         logging.info("=== %s -> %s", spec, workdir)
-        extract(load_config(spec), workdir)
-        train_workdir(workdir, probe_config)
+        # The stand-alone commands each stage equals, recorded in the workdir for the report.
+        with recorded_as(
+            stage_command("probing.extract", f"--config={spec}", f"--workdir={workdir}")
+        ):
+            extract(load_config(spec), workdir)
+        with recorded_as(
+            stage_command("probing.train_all_layers", *train_args, f"--workdir={workdir}")
+        ):
+            train_workdir(workdir, probe_config)
         workdirs.append(workdir)
     return build_report(workdirs, os.path.join(out_dir, "report"), **(report_options or {}))
 

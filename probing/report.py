@@ -10,13 +10,12 @@ logic lives in `probing.reporting.builder.build_report`.
 
 from __future__ import annotations
 
-import shlex
-import sys
 from collections.abc import Sequence
 
 from absl import app, flags
 
 from probing.cli import run_main
+from probing.provenance import command_line
 from probing.reporting.builder import build_report
 
 _WORKDIRS = flags.DEFINE_list(
@@ -47,7 +46,7 @@ def main(argv: Sequence[str]) -> None:
         tasks=_TASKS.value,
         layers=_LAYERS.value,
         allow_partial=_ALLOW_PARTIAL.value,
-        command=shlex.join(["python", "-m", "probing.report", *sys.argv[1:]]),
+        command=command_line(),
         first_token_category=_TABLE1_CATEGORY.value,
     )
     print(path)

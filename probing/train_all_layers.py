@@ -13,14 +13,19 @@ sharded over `config.devices` devices (0 = all JAX sees). On several hosts
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from probing.cli import run_main
+from probing.config_files import compact
 from probing.probes.devices import start_jax
+from probing.probes.overview import overview
 from probing.probes.train import train_workdir
+from probing.progress import quiet_libraries
 
 _DEFAULT_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "probe.py"
@@ -39,9 +44,13 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = _CONFIG.value
-    logging.info("probe config:\n%s", config)
+    quiet_libraries()
+    logging.info("probe config:\n%s", compact(config))
+    start = time.monotonic()
     start_jax(distributed=bool(config.get("distributed")))
-    train_workdir(_WORKDIR.value, config, _POOLING.value)
+    summaries = train_workdir(_WORKDIR.value, config, _POOLING.value)
+    if jax.process_index() == 0:
+        print(overview(_WORKDIR.value, summaries, time.monotonic() - start))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ about 2e-2 (8 mantissa bits), which is why the tests run in float32.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -142,11 +143,24 @@ def test_prefix_sharing_equals_unshared(loaded) -> None:
     prompts = [f'This image describes "{c}" Is it right? Answer:' for c in captions] * 2
     images = [red] * 3 + [green] * 3
     groups = torch.tensor([0, 0, 0, 1, 1, 1])
-    with PooledForward(model, adapter, POOLINGS, True, first_token_topk=4) as runner:
-        inputs = adapter.to_model(adapter.build_batch(images, prompts))
-        plain = runner.run(inputs)
-        prefix_inputs = adapter.to_model(adapter.build_batch([red, green], prompts[::3]))
-        shared = runner.run_shared(inputs, prefix_inputs, groups)
+    passed = []  # the keyword arguments of every forward call
+    spy = model.register_forward_pre_hook(
+        lambda module, args, kwargs: passed.append(set(kwargs)), with_kwargs=True
+    )
+    try:
+        with PooledForward(model, adapter, POOLINGS, True, first_token_topk=4) as runner:
+            inputs = adapter.to_model(adapter.build_batch(images, prompts))
+            plain = runner.run(inputs)
+            prefix_inputs = adapter.to_model(adapter.build_batch([red, green], prompts[::3]))
+            shared = runner.run_shared(inputs, prefix_inputs, groups)
+    finally:
+        spy.remove()
+    # The prefix cache goes in under the installed transformers' own name, not the
+    # deprecated past_key_values (removal announced for transformers 5.40).
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else None
+    assert any((cache_name or "past_key_values") in keys for keys in passed)
+    if cache_name:
+        assert not any("past_key_values" in keys for keys in passed)
     for name in POOLINGS:
         torch.testing.assert_close(
             shared.pooled[name], plain.pooled[name], **BATCH_INVARIANT_FLOAT32, msg=name

@@ -8,6 +8,8 @@ probing.models).
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from probing.models import default_model_config
@@ -213,7 +215,9 @@ def coco_study_config(
     apply_paper_setup(config, args["setup"], withcat=args["prompt"] == "withcat")
     config.extract.batch_size = 16
     config.extract.feature_dtype = "float16"
-    config.extract.num_workers = 8
+    # Image decoding workers: 8 keep a GPU fed on COCO JPEGs; fewer on a
+    # small machine, where more processes than cores only add warnings.
+    config.extract.num_workers = min(8, os.cpu_count() or 1)
     if args["smoke"]:
         make_smoke(config, family)
     return config

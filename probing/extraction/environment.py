@@ -10,14 +10,13 @@ coordinate through the workdir alone (see runner._prepare_workdir).
 
 from __future__ import annotations
 
-import datetime
 import os
 import platform
-import shlex
-import sys
 from typing import Any
 
 import torch
+
+from probing import provenance
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -86,11 +85,10 @@ def hardware() -> dict[str, Any]:
 
 
 def command_line() -> str:
-    """The command that started this process, shell-quoted."""
-    argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
-    return shlex.join(argv)
+    """The command manifest.json records (probing.provenance.command_line)."""
+    return provenance.command_line()
 
 
 def utc_now() -> str:
-    """The current time, ISO 8601 in UTC (e.g. 2025-01-31T12:00:00+00:00)."""
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    """The current time, ISO 8601 in UTC (probing.provenance.utc_now)."""
+    return provenance.utc_now()

@@ -19,6 +19,7 @@ continuation has run.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,19 @@ class ForwardResult:
     topk_probs: torch.Tensor | None = None  # [B, k] float32
     # [B, 3] long: image, template and prompt tokens per row (with prompt spans).
     token_counts: torch.Tensor | None = None
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The forward argument that takes a KV cache: "cache" in transformers >= 5.2x, where
+    "past_key_values" is deprecated (removal announced for 5.40), else "past_key_values"."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _output_cache(output: Any) -> Any:
+    """The KV cache of a forward's output, under its new name or the old one."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def check_prefix_sharing_supported(adapter: ModelAdapter) -> None:
@@ -259,7 +273,7 @@ class PooledForward:
         with torch.inference_mode():
             self.capture.keep_prefix()
             out = self.model(**prefix, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
+            cache = _output_cache(out)
             cache.reorder_cache(prefix_groups)
             extra: dict[str, Any] = {}
             if _is_mrope(self.model):
@@ -280,7 +294,7 @@ class PooledForward:
             self.model(
                 **continuation,
                 attention_mask=full_mask,
-                past_key_values=cache,
+                **{_cache_argument(self.model): cache},
                 use_cache=True,
                 logits_to_keep=1,
                 **extra,

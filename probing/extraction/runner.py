@@ -158,6 +158,7 @@ def _run_batches(run: _Run, rank: int, world: int) -> list[dict[str, Any]]:
             writer.add(batch.window, batch.rows, result, len(batch.rejected))
             tokens = result.tokens if result is not None else 0
             progress.update(len(batch.rows) + len(batch.rejected), tokens=tokens)
+    progress.close()
     return rejections
 
 

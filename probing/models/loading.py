@@ -24,7 +24,7 @@ import torch
 import transformers
 
 from probing.models.base import PADDING_SIDES, PROMPT_FORMATS, ModelAdapter
-from probing.models.registry import adapter_class_for_model_type
+from probing.models.registry import adapter_class_for
 
 # Prefix -> module that registers that checkpoint source when imported. It is
 # imported on the first name with the prefix, so this module never imports
@@ -117,6 +117,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     # Tokenizer padding side for batches: None keeps the processor's own
     # ("left" for Qwen2-VL-Instruct); "left" or "right" overrides it.
     config.padding_side = ml_collections.config_dict.placeholder(str)
+    # Your own ModelAdapter subclass, "package.module:Class", for a family probing
+    # does not ship (probing.models.registry); None picks the adapter by the
+    # checkpoint's model_type.
+    config.adapter = ml_collections.config_dict.placeholder(str)
     return config
 
 
@@ -226,8 +230,10 @@ def load_model(
             "directory, 'tiny:<family>', 'trained:<family>', or a hub id already in the Hugging Face cache "
             "(HF_HUB_OFFLINE=1 forbids downloads)."
         ) from error
-    adapter_class = adapter_class_for_model_type(
-        hf_config.model_type, source=f"config.json of {model_config.name!r}"
+    adapter_class = adapter_class_for(
+        hf_config.model_type,
+        model_config.get("adapter"),
+        source=f"config.json of {model_config.name!r}",
     )
     try:
         processor = transformers.AutoProcessor.from_pretrained(path, **hub_kwargs)

@@ -1,12 +1,16 @@
 """Which adapter handles which checkpoint, resolved by config.json's ``model_type``.
 
-To support a new family: write ``probing/models/<family>.py`` with a
+To support a new family in probing: write ``probing/models/<family>.py`` with a
 :class:`~probing.models.base.ModelAdapter` subclass (set ``family`` and
 ``model_types``, override what differs), and add the class to ``ADAPTERS``.
+Without touching probing: write the subclass in your own module and name it
+in the config, ``--config.model.adapter=my_package.adapters:MyAdapter``
+(`adapter_class_for`); it then handles the checkpoint whatever its model_type.
 """
 
 from __future__ import annotations
 
+from probing.imports import load_object
 from probing.models.base import ModelAdapter
 from probing.models.fast_vlm import FastVlmAdapter
 from probing.models.gemma3 import Gemma3Adapter
@@ -43,7 +47,8 @@ def _how_to_add() -> str:
     return (
         f"Known families: {listing}. To add one, write probing/models/<family>.py with a "
         "ModelAdapter subclass (family, model_types, overrides) and add it to ADAPTERS in "
-        "probing/models/registry.py."
+        "probing/models/registry.py, or name your own subclass in the config: "
+        "--config.model.adapter=my_package.module:MyAdapter."
     )
 
 
@@ -67,3 +72,19 @@ def adapter_class_for_family(family: str) -> type[ModelAdapter]:
         if adapter.family == family:
             return adapter
     raise UnknownFamilyError(f"Unknown model family {family!r}. {_how_to_add()}")
+
+
+def adapter_class_for(
+    model_type: str, import_path: str | None = None, source: str = ""
+) -> type[ModelAdapter]:
+    """The adapter named by `import_path` ("package.module:Class", config model.adapter) if
+    given, else the registered one for `model_type` (adapter_class_for_model_type)."""
+    if not import_path:
+        return adapter_class_for_model_type(model_type, source)
+    adapter = load_object(import_path, "model.adapter")
+    if not (isinstance(adapter, type) and issubclass(adapter, ModelAdapter)):
+        raise UnknownFamilyError(
+            f"model.adapter={import_path!r} is {adapter!r}, not a subclass of "
+            "probing.models.base.ModelAdapter"
+        )
+    return adapter

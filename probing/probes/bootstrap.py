@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probing.probes.stats import CONFIDENCE
+from probing.progress import Progress
 
 NUM_RESAMPLES = 10_000
 METRICS = {
@@ -409,6 +410,7 @@ def bootstrap(
     calls.append(current)
     chunk_size = min(chunk_size, num_resamples)
     cell_image = jnp.asarray(cells.image)
+    progress = Progress("bootstrap", num_resamples * len(calls), unit="resamples")
     for call in calls:
         hits = tuple(h for _, _, h in call)
         for start in range(0, num_resamples, chunk_size):
@@ -430,6 +432,8 @@ def bootstrap(
                     result[index].samples[metric][start:stop, layers] = np.asarray(v)[
                         : stop - start
                     ]
+            progress.update(stop - start)
+    progress.close()
     if len(cells.bounds) > 1 and widen_to_folds:
         for probes in result:
             _widen_to_fold_spread(probes)

@@ -48,6 +48,7 @@ from probing.probes.settings import SweepSettings
 from probing.probes.stopping import convergence_summary
 from probing.probes.summary import build_summary
 from probing.probes.sweep import TARGET_NAMES_IN_FILES, SweepResult
+from probing.provenance import probe_environment
 from probing.store.atomic import write_probe_dir
 from probing.store.layout import (
     CURVES_COLUMNS,
@@ -57,6 +58,7 @@ from probing.store.layout import (
     METRICS_CSV,
     PREDICTIONS_NPZ,
     PROBE_CONFIG_JSON,
+    PROBE_ENVIRONMENT,
     SCORING_SPLIT,
     SELECTION_SPLIT,
     SPLIT_NAMES,
@@ -291,6 +293,7 @@ def probe_config(settings: SweepSettings, result: SweepResult, label_data: Label
             "one mask per (seed, epoch, step), shared by all layers, from a keyed "
             "counter hash (lowbias32); see probing/probes/model.py"
         ),
+        PROBE_ENVIRONMENT: probe_environment(),
     }
     per_category = _category_best_epochs(result, label_data.label_names)
     if per_category is not None:

@@ -14,10 +14,12 @@ SweepResult.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 
 from probing.probes import stopping
@@ -145,9 +147,15 @@ class SweepResult:
         return SweepResult(**fields)
 
 
-def _sweep_progress(total_probe_epochs: int) -> Progress:
-    """A progress line per epoch: probe-epochs done / total (at most), rate, ETA."""
-    return Progress("probe sweep", total_probe_epochs, unit="probe-epochs")
+def _sweep_progress(total_probe_epochs: int, what: str = "probe sweep") -> Progress:
+    """Probe-epochs done / total, rate, ETA (a bound: probes stop when they converge).
+
+    Its clock runs only while epochs train: compilation and feature placement
+    are paused out (and logged as their own step), so the rate is the
+    training rate. The ETA is a range: from the earliest the stopping rule
+    lets the probes finish (if none improves again) to the epoch budget.
+    """
+    return Progress(what, total_probe_epochs, unit="probe-epochs", bound=True)
 
 
 def _epoch_mean_loss(step_loss_sums: jax.Array, step_scored: jax.Array) -> np.ndarray:
@@ -166,7 +174,19 @@ def _epoch_mean_loss(step_loss_sums: jax.Array, step_scored: jax.Array) -> np.nd
     return (total_loss / np.maximum(total_scored, 1.0)).astype(np.float32)
 
 
-def _train(programs, state, inputs, x, statistics, progress, probes_per_epoch):
+def _earliest_end(state, epoch: int, num_epochs: int, patience: int) -> int:
+    """The fewest epochs the loop can still run: an active probe runs at least until
+    `patience` epochs after its last significant improvement (probing.probes.stopping)."""
+    if not patience:
+        return num_epochs
+    active = _to_host(state["active"])
+    if not active.any():
+        return epoch + 1
+    anchor = int(np.max(np.where(active, _to_host(state["anchor_epoch"]), 0)))
+    return min(num_epochs, max(epoch + 1, anchor + patience))
+
+
+def _train(programs, state, inputs, x, statistics, progress, probes_per_epoch, patience):
     """Trains and selects every probe epoch by epoch, until every probe has stopped.
 
     Returns:
@@ -177,7 +197,12 @@ def _train(programs, state, inputs, x, statistics, progress, probes_per_epoch):
     """
     mean, _, inverse = statistics
     train_losses, val_losses, category_losses = [], [], []
-    for epoch in inputs.epochs:
+    num_epochs = len(inputs.epochs)
+    # The progress total is a bound (every epoch of this group and of the later
+    # groups); its least value assumes the later groups stop when this one does.
+    before = progress.done
+    later = progress.total - before - probes_per_epoch * num_epochs
+    for epoch_index, epoch in enumerate(inputs.epochs):
         trained = _to_host(state["active"])
         if "category" in state:
             trained_outputs = _to_host(state["category"]["active"])
@@ -193,9 +218,13 @@ def _train(programs, state, inputs, x, statistics, progress, probes_per_epoch):
         if "category_loss" in val_loss:
             category_loss = _to_host(val_loss["category_loss"])
             category_losses.append(np.where(trained_outputs, category_loss, np.nan))
-        progress.update(probes_per_epoch, force=True)
+        end = _earliest_end(state, epoch_index, num_epochs, patience)
+        progress.at_least(before + (probes_per_epoch + later / num_epochs) * end)
+        progress.update(probes_per_epoch)
         if not _to_host(state["active"]).any():
             break
+    # Every probe stopped: the epochs left will not run, so the bound shrinks.
+    progress.shrink(probes_per_epoch * (len(inputs.epochs) - len(train_losses)))
     categories = np.stack(category_losses) if category_losses else None
     return state, np.stack(train_losses), np.stack(val_losses), categories
 
@@ -258,6 +287,42 @@ def _collect(
     )
 
 
+def _setup(features, labels, mask, settings, layer_ids, seed_ids, mesh, folds, num_outputs, dim):
+    """The sweep's inputs on the device(s), its initial state and its compiled programs."""
+    num_layers = features.shape[0]
+    grid = settings.grid()
+    layer_index = _padded_layer_index(num_layers, mesh)
+
+    def replicated(value):
+        return _place(value, mesh, _REPLICATED)
+
+    targets = {
+        name: [replicated(a) for a in fold_targets(labels, mask, folds, seed_ids, settings, code)]
+        for code, name in ((TRAIN, "train"), (VAL, "val"))
+    }
+    inputs = _DeviceInputs(
+        rows={name: replicated(folds.rows(code)[0]) for code, name in enumerate(SPLIT_NAMES)},
+        train_rows=replicated(folds.train_rows),
+        train_weight=replicated(folds.train_weight()),
+        y_train=targets["train"][0],
+        m_train=targets["train"][1],
+        y_val=targets["val"][0],
+        m_val=targets["val"][1],
+        hp={name: replicated(values) for name, values in grid.items()},
+        seeds=replicated(np.asarray(seed_ids, np.int32)),
+        epochs=[replicated(np.int32(epoch)) for epoch in range(settings.epochs)],
+    )
+    programs = _programs(
+        settings, mesh, folds=folds, num_outputs=num_outputs, dim=dim, multilabel=num_outputs > 1
+    )
+    padded_ids = _place(np.asarray(layer_ids[layer_index], np.int32), mesh, _BY_LAYER)
+    state = programs.init_state(padded_ids, inputs.seeds, inputs.hp)
+    programs, x, statistics = _compile_and_place(
+        programs, state, inputs, features, layer_index, mesh
+    )
+    return programs, state, x, statistics, inputs
+
+
 def run_sweep(
     features: np.ndarray,
     labels: np.ndarray,
@@ -314,38 +379,27 @@ def run_sweep(
         * len(seed_ids)
         * len(grid["learning_rate"])
     )
+    own_progress = progress is None
     progress = progress or _sweep_progress(probes_per_epoch * settings.epochs)
 
-    layer_index = _padded_layer_index(num_layers, mesh)
-
-    def replicated(value):
-        return _place(value, mesh, _REPLICATED)
-
-    targets = {
-        name: [replicated(a) for a in fold_targets(labels, mask, folds, seed_ids, settings, code)]
-        for code, name in ((TRAIN, "train"), (VAL, "val"))
-    }
-    inputs = _DeviceInputs(
-        rows={name: replicated(folds.rows(code)[0]) for code, name in enumerate(SPLIT_NAMES)},
-        train_rows=replicated(folds.train_rows),
-        train_weight=replicated(folds.train_weight()),
-        y_train=targets["train"][0],
-        m_train=targets["train"][1],
-        y_val=targets["val"][0],
-        m_val=targets["val"][1],
-        hp={name: replicated(values) for name, values in grid.items()},
-        seeds=replicated(np.asarray(seed_ids, np.int32)),
-        epochs=[replicated(np.int32(epoch)) for epoch in range(settings.epochs)],
+    with progress.paused():
+        setup_start = time.monotonic()
+        programs, state, x, statistics, inputs = _setup(
+            features, labels, mask, settings, layer_ids, seed_ids, mesh, folds, num_outputs, dim
+        )
+        logging.info(
+            "%s: layers %d-%d set up and compiled in %.1fs (%d probes per epoch)",
+            progress.what,
+            int(layer_ids[0]),
+            int(layer_ids[-1]),
+            time.monotonic() - setup_start,
+            probes_per_epoch,
+        )
+    state, *losses = _train(
+        programs, state, inputs, x, statistics, progress, probes_per_epoch, settings.patience
     )
-    programs = _programs(
-        settings, mesh, folds=folds, num_outputs=num_outputs, dim=dim, multilabel=num_outputs > 1
-    )
-    padded_ids = _place(np.asarray(layer_ids[layer_index], np.int32), mesh, _BY_LAYER)
-    state = programs.init_state(padded_ids, inputs.seeds, inputs.hp)
-    programs, x, statistics = _compile_and_place(
-        programs, state, inputs, features, layer_index, mesh
-    )
-    state, *losses = _train(programs, state, inputs, x, statistics, progress, probes_per_epoch)
+    if own_progress:
+        progress.close()
     return _collect(
         programs, state, x, statistics, losses, inputs, mesh, layer_ids, seed_ids, settings, folds
     )
@@ -360,6 +414,7 @@ def run_streaming_sweep(
     settings: SweepSettings,
     seed_ids: Sequence[int] | None = None,
     groups: np.ndarray | None = None,
+    what: str = "probe sweep",
 ) -> SweepResult:
     """Runs the sweep over `layers` in groups of settings.layer_group_size (0: all at once).
 
@@ -367,6 +422,7 @@ def run_streaming_sweep(
     only one group is in memory at a time. Each group is sharded over settings.devices devices
     (probe_mesh). Results equal those of a single sweep over all layers on
     one device. `groups` (image ids) are needed for folds (settings.folds).
+    `what` names the sweep in progress lines (e.g. "probe sweep (mean)").
     """
     mesh = probe_mesh(settings.devices)
     layers = [int(x) for x in layers]
@@ -380,14 +436,17 @@ def run_streaming_sweep(
         * settings.num_targets
         * len(seed_ids)
         * num_grid
-        * settings.epochs
+        * settings.epochs,
+        what,
     )
     parts = []
     for start in range(0, len(layers), group_size):
         group = layers[start : start + group_size]
+        with progress.paused():  # reading features is not training time
+            features = load_layers(group)
         parts.append(
             run_sweep(
-                load_layers(group),
+                features,
                 labels,
                 mask,
                 split,
@@ -399,4 +458,5 @@ def run_streaming_sweep(
                 folds=folds,
             )
         )
+    progress.close()
     return parts[0] if len(parts) == 1 else SweepResult.concatenate(parts)

@@ -103,6 +103,7 @@ def train_pooling(
         label_data.split,
         settings,
         groups=label_data.groups,
+        what=f"probe sweep ({pooling})",
     )
     writer = write_results if result.folds is None else write_fold_results
     summary = writer(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 import os
 import shlex
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from typing import Any
 from absl import logging
 
 from probing.probes.stats import CI_LABEL, FOLD_CI_LABEL
+from probing.progress import Progress
+from probing.provenance import process_command
 from probing.reporting import document, tables
 from probing.reporting.document import Block, Code, Heading, Paragraph, Table
 from probing.reporting.figures import FIGURES, FigureContext
@@ -39,6 +42,7 @@ from probing.reporting.runs import (
     group_runs,
     load_runs,
 )
+from probing.store.layout import PROBE_CONFIG_JSON, PROBE_ENVIRONMENT, probe_file
 
 
 def _report_command(workdirs: Sequence[str], out_dir: str, **options: Any) -> str:
@@ -55,14 +59,29 @@ def _report_command(workdirs: Sequence[str], out_dir: str, **options: Any) -> st
     return shlex.join(parts)
 
 
+def _probe_environment(run: ProbeRun) -> dict[str, Any]:
+    """probe_config.json's record of how the run's probes were trained ({} if none)."""
+    path = os.path.join(run.workdir, probe_file(run.pooling, PROBE_CONFIG_JSON))
+    try:
+        with open(path) as f:
+            return json.load(f).get(PROBE_ENVIRONMENT) or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _recorded_commands(run: ProbeRun) -> list[str]:
-    """The extraction command manifest.json recorded (a generic form when it did not),
-    then the probe training command."""
+    """The extraction command manifest.json recorded, then the probe training command
+    probe_config.json recorded, each as run (overrides included); a generic form
+    marked as not recorded for workdirs written before they were recorded."""
     extraction = run.manifest.get("command") or (
         f"python -m probing.extract --config=<config> --workdir={run.workdir}"
-        "   # config not recorded in the workdir"
+        "   # not recorded in the workdir"
     )
-    return [str(extraction), f"python -m probing.train_all_layers --workdir={run.workdir}"]
+    training = _probe_environment(run).get("command") or (
+        f"python -m probing.train_all_layers --workdir={run.workdir}"
+        "   # not recorded in the workdir"
+    )
+    return [str(extraction), str(training)]
 
 
 def _recorded(value: Any) -> str:
@@ -99,6 +118,19 @@ def _environment_rows(run: ProbeRun) -> list[list[str]]:
     rows.append(["date", _recorded(manifest.get("date"))])
     for library, version in sorted(manifest.get("library_versions", {}).items()):
         rows.append([library, str(version)])
+    probes = _probe_environment(run)
+    if probes:
+        devices = probes.get("devices", {})
+        rows.append(
+            [
+                "probe devices",
+                f"{devices.get('count', '?')} x {', '.join(devices.get('kinds', []))} "
+                f"({devices.get('backend', '?')}, {devices.get('process_count', 1)} process(es))",
+            ]
+        )
+        rows.append(["probe training date", _recorded(probes.get("date"))])
+        for library, version in sorted(probes.get("library_versions", {}).items()):
+            rows.append([f"{library} (probes)", str(version)])
     return rows
 
 
@@ -177,7 +209,7 @@ def build_report(
       tasks: only workdirs of these tasks (default: all).
       layers: extra layers whose loss curves are drawn, besides best and worst.
       command: the command line to record; default: the equivalent
-        `python -m probing.report` invocation.
+        `python -m probing.report` invocation, with what ran it (`# run by: ...`).
       allow_partial: also report workdirs whose extraction has not finished
         (their runs are labelled "[partial store]").
       first_token_category: the category of Tao's Table 1 (default person, or
@@ -194,9 +226,12 @@ def build_report(
         raise ReportError(f"--out={out_dir} is a file; pass a folder for the report")
     os.makedirs(out_dir, exist_ok=True)
     figures_dir = os.path.join(out_dir, "figures")
-    command = command or _report_command(
-        workdirs, out_dir, poolings=poolings, tasks=tasks, layers=layers
-    )
+    if command is None:
+        # Called from Python (a notebook, probing.demo): the equivalent command, and what ran it.
+        equivalent = _report_command(
+            workdirs, out_dir, poolings=poolings, tasks=tasks, layers=layers
+        )
+        command = f"{equivalent}  # run by: {process_command()}"
     logging.info("report over %d run(s) in %d task(s) -> %s", len(runs), len(by_task), out_dir)
 
     rows = [tables.result_row(run) for run in runs]
@@ -238,12 +273,15 @@ def build_report(
     blocks.append(Paragraph("Full-precision values: results.csv."))
     blocks.extend(_convergence_blocks(runs))
 
+    progress = Progress("report figures", len(by_task) * len(FIGURES), unit="figure kinds")
     for task, members in by_task.items():
         logging.info("figures of task %s (%d run(s))", task, len(members))
         blocks.append(Heading(f"Figures: task {task}"))
         context = FigureContext(task=task, figures_dir=figures_dir, extra_layers=layers)
         for figure in FIGURES:
             blocks.extend(figure(members, context))
+            progress.update(1)
+    progress.close()
 
     blocks.extend(_first_token_blocks(runs, out_dir))
     blocks.extend(table1_blocks(runs, out_dir, first_token_category))
@@ -259,11 +297,8 @@ def build_report(
 
     blocks.append(Heading("Commands"))
     command_lines = []
-    seen = set()
-    for run in runs:
-        if run.workdir not in seen:
-            seen.add(run.workdir)
-            command_lines.extend(_recorded_commands(run))
+    for run in runs:  # a workdir's extraction once; each probe run's training once
+        command_lines.extend(c for c in _recorded_commands(run) if c not in command_lines)
     command_lines.append(command)
     blocks.append(Code("\n".join(command_lines)))
 

@@ -111,6 +111,10 @@ WEIGHTS_NPZ = "weights.npz"
 PREDICTIONS_NPZ = "predictions.npz"
 # Written last: every other file's sha256, so a reader can refuse a mixed folder.
 RESULTS_JSON = "results.json"
+# probe_config.json's record of how and where the probes were trained
+# (probing.provenance.probe_environment): {"command", "date", "library_versions",
+# "devices"}; manifest.json's "command" is the extraction's.
+PROBE_ENVIRONMENT = "environment"
 # The columns that identify a run, first in every row of metrics.csv and
 # curves.csv (probing.probes.identity), so that many workdirs' files concatenate.
 RUN_COLUMNS = ("model", "task", "prompt", "pooling")

@@ -25,6 +25,7 @@ from probing.store.layout import SPLIT_CODES, SPLIT_NAMES
 from probing.tasks import config as task_config_module
 from probing.tasks.caption import build_caption_rows, needs_embeddings
 from probing.tasks.category import build_category_rows
+from probing.tasks.custom import build_custom_rows
 from probing.tasks.embeddings import check_encoder_available
 from probing.tasks.splits import SplitError, draw_splits, load_splits
 from probing.tasks.table import TaskTable, task_statistics
@@ -118,13 +119,16 @@ def build_task(
 ) -> TaskTable:
     """The rows of the task `task_config` on the data of `data_config`."""
     task = task_config
-    _check_choice(task, "kind", task_config_module.TASK_KINDS, "task")
+    builder = task.get("builder")
+    if not builder:
+        _check_choice(task, "kind", task_config_module.TASK_KINDS, "task")
     _check_choice(task, "negatives", task_config_module.NEGATIVE_KINDS, "task")
     _check_choice(task, "category_form", task_config_module.CATEGORY_FORMS, "task")
     _check_choice(task, "category_prompt", task_config_module.CATEGORY_PROMPTS, "task")
     _check_choice(task, "blind", task_config_module.BLIND_MODES, "task")
     withcat = task.kind == "category" and task.category_prompt == "withcat"
-    template_name, template = resolve_template(str(task.prompt), task.kind, withcat)
+    if not builder:
+        template_name, template = resolve_template(str(task.prompt), task.kind, withcat)
 
     if task.kind == "caption" and needs_embeddings(task):
         # Seconds before the dataset is read and long before the VLM is loaded.
@@ -138,7 +142,17 @@ def build_task(
     splits, skipped = _check_images(dataset, splits, data_config)
 
     fixed_prompt = str(task.image_only_prompt) if task.blind == "image_only" else None
-    if task.kind == "caption":
+    if builder:
+        custom_rows = build_custom_rows(str(builder), dataset, splits, task, seed)
+        examples, split_names = custom_rows.examples, custom_rows.split_names
+        labels, label_mask = custom_rows.labels, custom_rows.label_mask
+        label_names, label_kind = list(custom_rows.label_names), custom_rows.label_kind
+        extra_stats, split_stats = {**custom_rows.stats, "builder": str(builder)}, {}
+        template_name, template = "custom", custom_rows.prompt_template
+        if fixed_prompt is not None:
+            for example in examples:
+                example["prompt"] = fixed_prompt
+    elif task.kind == "caption":
         caption_rows = build_caption_rows(dataset, splits, task, template, seed)
         examples, split_names = caption_rows.examples, caption_rows.split_names
         labels = np.asarray(caption_rows.labels, dtype=np.int8)

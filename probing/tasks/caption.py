@@ -27,6 +27,7 @@ from absl import logging
 
 from probing.data.coco import CocoDataset, DatasetError
 from probing.data.truth import NounTruth, SceneTruth, caption_truth, records_scenes
+from probing.progress import Progress
 from probing.store.layout import SPLIT_NAMES
 from probing.tasks import embeddings
 from probing.tasks.negatives import CaptionPool, SplitCounts, normalise_caption
@@ -171,6 +172,8 @@ def build_caption_rows(
         # gathering every positive's sample: the same numbers, far fewer reads.
         whole_pool = hard and len(pool.texts) <= 4 * int(hn.num_candidates)
         block: dict[int, np.ndarray] = {}
+        what = f"{'hard' if hard else 'random'} negatives ({split})"
+        progress = Progress(what, len(ids), unit="images")
         for done, image_id in enumerate(ids):
             own = captions[image_id]
             own_text_ids = {pool.text_id(t) for t in own}
@@ -237,8 +240,8 @@ def build_caption_rows(
                     rows.examples.append(example)
                     rows.labels.append(label)
                     rows.split_names.append(split)
-            if (done + 1) % 2000 == 0:
-                logging.info("caption rows (%s): %d / %d images", split, done + 1, len(ids))
+            progress.update(1)
+        progress.close()
         rows.split_stats[split] = {**counts.summary(), **_quality(kept, exact, nouns)}
     if short_images:
         logging.warning(

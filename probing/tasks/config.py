@@ -1,5 +1,6 @@
 """Default data and task configs (embedded as `config.data` and `config.task`).
 
+A task of your own plugs in by import path (`task.builder`, probing.tasks.custom).
 Extraction configs start from these and override fields, e.g.::
 
     config.data = default_data_config()
@@ -63,6 +64,10 @@ def default_task_config() -> ml_collections.ConfigDict:
     # "caption": image-caption entailment (binary). "category": presence of
     # object categories from the instance annotations (multilabel with mask).
     config.kind = "caption"
+    # Your own task: "package.module:function" returning probing.tasks.custom.TaskRows
+    # for the dataset and splits (see that module); kind then names the task.
+    # None: the built-in task of `kind`.
+    config.builder = ml_collections.config_dict.placeholder(str)
     # A named template (probing.tasks.templates.TEMPLATES) or a literal template
     # string with {caption} (caption tasks) or {categories} (category tasks).
     # "default": "study2025_caption" for caption tasks, "tao_objects" for category tasks.

