@@ -15,8 +15,8 @@ prompt, chat template, mean, last and text_mean pooling) or tao (Tao et al.
 2024: 5 positives with hard negatives, all 80 categories, raw prompts,
 last-token features); for categories nocat (default) or withcat (the setups
 in full: probing.extraction.config.apply_paper_setup); smoke swaps in the
-tiny random checkpoint of the same architecture and a small generated
-dataset. COCO 2017 is expected under coco_root as
+tiny checkpoint of the same architecture trained on the generated world
+(trained:<family>) and a small generated dataset. COCO 2017 is expected under coco_root as
 annotations/{instances,captions}_train2017.json and train2017/*.jpg; the model
 is fetched from the hub on first use (or give a local directory as
 --config.model.name).

@@ -9,7 +9,8 @@ the best layer, the strongest trivial baseline and the layers whose interval
 does not lie above it, and a paired bootstrap p-value for "the peak layer
 beats the last layer". That p comes from summary.json (the same resamples as
 the intervals); for older runs it resamples test images of predictions.npz,
-or probe seeds without it.
+or probe seeds without it. Caption runs add the model's own yes/no answer on the
+same test rows (probing.reporting.behaviour).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from probing.probes.metrics import CATEGORIES_LEFT_OUT, SELECTIVITY
 from probing.probes.stats import CI_LABEL, image_bootstrap
+from probing.reporting.behaviour import answer_fields
 from probing.reporting.labels import group_key
 from probing.reporting.runs import ProbeRun
 from probing.reporting.statistics import (
@@ -57,7 +59,10 @@ PAIRING_NOTE = (
     "the same image resamples as the intervals. p (seed), for workdirs without "
     "predictions.npz: the probe seeds are resampled, so with few seeds p only says whether "
     "every seed agrees. (k left out): categories without a positive in the test split, "
-    "outside the macro averages."
+    "outside the macro averages. Model's answer (caption tasks): accuracy of the model's own "
+    "yes/no answer (yes vs no logit at the answer position, recorded at extraction) on the "
+    "same test rows, with its image-bootstrap interval: a peak above it reads more than the "
+    "model says (probing.reporting.behaviour)."
 )
 
 
@@ -97,6 +102,11 @@ class ResultRow:
     layers_not_above_baseline: str = ""
     # Multilabel: test categories without a positive, outside the macro averages.
     categories_left_out: float = math.nan
+    # Caption tasks: the model's own yes/no answer on the same test rows
+    # (probing.reporting.behaviour), with its image-bootstrap interval.
+    model_answer: float = math.nan
+    model_answer_ci_low: float = math.nan
+    model_answer_ci_high: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -161,6 +171,7 @@ def result_row(run: ProbeRun) -> ResultRow:
         strongest_baseline_value=baseline[1] if baseline else math.nan,
         layers_not_above_baseline=" ".join(map(str, layers_not_above_baseline(run, metric))),
         categories_left_out=left_out,
+        **answer_fields(run),
     )
 
 
@@ -235,6 +246,7 @@ RESULTS_HEADER = (
     "strongest baseline",
     "layers ≤ baseline",
     "p (peak > last)",
+    "model's answer",
 )
 
 
@@ -268,9 +280,17 @@ def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
                 baseline,
                 row.layers_not_above_baseline or ("none" if baseline else ""),
                 p_value,
+                _answer(row),
             ]
         )
     return cells
+
+
+def _answer(row: ResultRow) -> str:
+    if math.isnan(row.model_answer):
+        return ""
+    low, high = row.model_answer_ci_low, row.model_answer_ci_high
+    return f"{_number(row.model_answer)} [{_number(low)}, {_number(high)}]"
 
 
 def baseline_cells(runs: Sequence[ProbeRun]) -> list[list[str]]:
