@@ -245,8 +245,8 @@ RESULTS_HEADER = (
     "selectivity",
     "strongest baseline",
     "layers ≤ baseline",
-    "p (peak > last)",
     "model's answer",
+    "p (peak > last)",
 )
 
 
@@ -279,8 +279,8 @@ def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
                 _number(row.selectivity_at_best),
                 baseline,
                 row.layers_not_above_baseline or ("none" if baseline else ""),
-                p_value,
                 _answer(row),
+                p_value,
             ]
         )
     return cells
