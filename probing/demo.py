@@ -10,8 +10,8 @@ the tiny checkpoint of the real architecture trained on the generated world,
 (probing.pipeline.run_demo), with the untrained baseline (the same
 architecture with random weights) on the caption task and Tao's WithCat
 prompt beside the first family's NoCat run. About 2 minutes of CPU time
-(user+sys); 8 minutes of wall time measured on a 2-core machine shared with
-other jobs. The first run also builds the dataset. Rerunning resumes
+(user+sys); 4-8 minutes of wall time measured on a 2-core machine shared
+with other jobs. The first run also builds the dataset. Rerunning resumes
 finished extractions instead of recomputing them.
 
 The tiny models know only their generated world (colours, shapes,
