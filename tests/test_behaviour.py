@@ -139,9 +139,16 @@ def test_report_quotes_the_answer_on_the_probes_test_rows(answered_workdir, tmp_
         (row,) = list(csv.DictReader(f))
     assert float(row["model_answer"]) == pytest.approx(expected, abs=1e-6)
     assert float(row["model_answer_ci_low"]) < expected < float(row["model_answer_ci_high"])
+    # The paired difference is the best layer's test accuracy (metrics.csv, from
+    # the same logits) minus the answer's; the planted signal beats the answer.
+    difference = float(row["peak_minus_answer"])
+    assert difference == pytest.approx(float(row["peak"]) - expected, abs=1e-6)
+    low, high = float(row["peak_minus_answer_ci_low"]), float(row["peak_minus_answer_ci_high"])
+    assert 0 < low < difference < high
     with open(report) as f:
         text = f.read()
     assert "model's answer" in text and f"{expected:.3f} [" in text
+    assert f"peak − answer {difference:+.3f} [" in text
 
 
 def test_no_answer_without_the_array(answered_workdir, tmp_path):

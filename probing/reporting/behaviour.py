@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from probing.probes.bootstrap import NUM_RESAMPLES, bootstrap, percentile_interval
+from probing.probes.bootstrap import NUM_RESAMPLES, bootstrap, compare, percentile_interval
 from probing.reporting.runs import ProbeRun
 from probing.store.layout import ANSWER_MARGIN, GROUP, LABELS, SPLIT, TEST, WRITTEN
 from probing.store.workdir import Workdir
@@ -36,6 +36,9 @@ class ModelAnswer:
     num_rows: int
     num_images: int
     answer_tokens: dict  # manifest "answer_tokens": the tokens read as yes and no
+    margins: np.ndarray  # [n] the answers (yes-minus-no logits) of the scored rows
+    labels: np.ndarray  # [n] their labels
+    groups: np.ndarray  # [n] their image ids
 
 
 # (workdir, rows scored) -> the answer's score; the bootstrap runs once per set of rows.
@@ -95,20 +98,63 @@ def score_answers(
         num_rows=len(margins),
         num_images=int(result.num_images),
         answer_tokens=dict(answer_tokens or {}),
+        margins=margins,
+        labels=np.asarray(labels),
+        groups=np.asarray(groups),
     )
 
 
-def answer_fields(run: ProbeRun) -> dict[str, float]:
-    """results.csv's model_answer columns (NaN without an answer)."""
+def probe_minus_answer(run: ProbeRun, layer: int) -> dict | None:
+    """Paired bootstrap of accuracy(probe at `layer`, seed mean) - accuracy(model's answer).
+
+    Both are scored on the same test rows and the same image resamples, so
+    the interval answers "does the probe read more than the model says?".
+    None without an answer or without predictions.npz.
+    """
     answer = model_answer(run)
-    if answer is None:
-        return {
-            "model_answer": math.nan,
-            "model_answer_ci_low": math.nan,
-            "model_answer_ci_high": math.nan,
-        }
-    return {
-        "model_answer": answer.accuracy,
-        "model_answer_ci_low": answer.ci95[0],
-        "model_answer_ci_high": answer.ci95[1],
-    }
+    predictions = run.predictions
+    if answer is None or predictions is None or "rows" not in predictions:
+        return None
+    position = {int(value): i for i, value in enumerate(predictions["layers"])}
+    if layer not in position:
+        return None
+    result = bootstrap(
+        [predictions["logits"][position[layer]][None], answer.margins[None, None, :]],
+        answer.labels,
+        answer.groups,
+        label_kind="binary",
+        num_resamples=NUM_RESAMPLES,
+        seed=0,
+    )
+    probe, said = result.sets
+    return compare(
+        probe.observed[ANSWER_METRIC][0],
+        said.observed[ANSWER_METRIC][0],
+        probe.samples[ANSWER_METRIC][:, 0],
+        said.samples[ANSWER_METRIC][:, 0],
+    )
+
+
+def answer_fields(run: ProbeRun, best_layer: int) -> dict[str, float]:
+    """results.csv's model_answer columns, and the best layer's paired difference with
+    it (NaN without an answer)."""
+    fields = dict.fromkeys(
+        (
+            "model_answer",
+            "model_answer_ci_low",
+            "model_answer_ci_high",
+            "peak_minus_answer",
+            "peak_minus_answer_ci_low",
+            "peak_minus_answer_ci_high",
+        ),
+        math.nan,
+    )
+    answer = model_answer(run)
+    if answer is not None:
+        fields["model_answer"] = answer.accuracy
+        fields["model_answer_ci_low"], fields["model_answer_ci_high"] = answer.ci95
+    versus = probe_minus_answer(run, best_layer)
+    if versus is not None:
+        fields["peak_minus_answer"] = versus["difference"]
+        fields["peak_minus_answer_ci_low"], fields["peak_minus_answer_ci_high"] = versus["ci95"]
+    return fields

@@ -61,8 +61,9 @@ PAIRING_NOTE = (
     "every seed agrees. (k left out): categories without a positive in the test split, "
     "outside the macro averages. Model's answer (caption tasks): accuracy of the model's own "
     "yes/no answer (yes vs no logit at the answer position, recorded at extraction) on the "
-    "same test rows, with its image-bootstrap interval: a peak above it reads more than the "
-    "model says (probing.reporting.behaviour)."
+    "same test rows, with its image-bootstrap interval, and peak − answer, the paired "
+    "difference on the same image resamples: above 0, the probe reads more than the model "
+    "says (probing.reporting.behaviour)."
 )
 
 
@@ -107,6 +108,10 @@ class ResultRow:
     model_answer: float = math.nan
     model_answer_ci_low: float = math.nan
     model_answer_ci_high: float = math.nan
+    # The best layer's accuracy minus the answer's, paired over the same image resamples.
+    peak_minus_answer: float = math.nan
+    peak_minus_answer_ci_low: float = math.nan
+    peak_minus_answer_ci_high: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -171,7 +176,7 @@ def result_row(run: ProbeRun) -> ResultRow:
         strongest_baseline_value=baseline[1] if baseline else math.nan,
         layers_not_above_baseline=" ".join(map(str, layers_not_above_baseline(run, metric))),
         categories_left_out=left_out,
-        **answer_fields(run),
+        **answer_fields(run, best),
     )
 
 
@@ -290,7 +295,12 @@ def _answer(row: ResultRow) -> str:
     if math.isnan(row.model_answer):
         return ""
     low, high = row.model_answer_ci_low, row.model_answer_ci_high
-    return f"{_number(row.model_answer)} [{_number(low)}, {_number(high)}]"
+    cell = f"{_number(row.model_answer)} [{_number(low)}, {_number(high)}]"
+    if not math.isnan(row.peak_minus_answer):
+        low, high = row.peak_minus_answer_ci_low, row.peak_minus_answer_ci_high
+        difference = _number(row.peak_minus_answer, signed=True)
+        cell += f"; peak − answer {difference} [{_number(low, signed=True)}, {_number(high, signed=True)}]"
+    return cell
 
 
 def baseline_cells(runs: Sequence[ProbeRun]) -> list[list[str]]:
