@@ -77,11 +77,15 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
         baseline_values = set()
         sources = set()
         with_control = with_flags = False
-        with_baseline = with_answer = False
+        with_baseline = False
+        answered: set[str] = set()  # one answer line per workdir, in its first run's colour
         for run in runs:
             colour = colours[run.label]
-            answer = model_answer(run) if metric == "accuracy" else None
-            with_answer = with_answer or answer is not None
+            answer = None
+            if metric == "accuracy" and run.workdir not in answered:
+                answer = model_answer(run)
+                if answer is not None:
+                    answered.add(run.workdir)
             layers, mean, low, high, source = headline_stats(run, metric)
             sources.add(source)
             flagged = np.isin(layers, layers_not_above_baseline(run, metric))
@@ -153,9 +157,9 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             labels.append("shuffled-label control of each run")
         handles.append(Line2D([], [], color="grey", linestyle=LAYER0_STYLE, linewidth=0.7))
         labels.append("layer 0 of each run")
-        if with_answer:
+        if answered:
             handles.append(Line2D([], [], color="grey", **ANSWER_STYLE))
-            labels.append("the model's own yes/no answer (same test rows)")
+            labels.append("the model's own yes/no answer (colour of its first run)")
         if with_baseline:
             handles.append(
                 Line2D([], [], color="grey", linestyle=PROMPT_BASELINE_STYLE, linewidth=1.1)
