@@ -17,8 +17,8 @@ last-token features); for categories nocat (default) or withcat (the setups
 in full: probing.extraction.config.apply_paper_setup; train a tao category
 workdir's probes with --config=configs/probe.py:tao for Tao's separate probe
 per category, the default being one joint probe); smoke swaps in the
-tiny random checkpoint of the same architecture and a small generated
-dataset. COCO 2017 is expected under coco_root as
+tiny checkpoint of the same architecture trained on the generated world
+(trained:<family>) and a small generated dataset. COCO 2017 is expected under coco_root as
 annotations/{instances,captions}_train2017.json and train2017/*.jpg; the model
 is fetched from the hub on first use (or give a local directory as
 --config.model.name).

@@ -69,12 +69,22 @@ def run_demo(
     tasks: Sequence[str] = DEMO_TASKS,
     num_seeds: int = 3,
 ) -> str:
-    """The embedded default: every tiny family × task; returns the path of report.md."""
+    """The embedded default: every trained tiny family × task; returns the path of report.md.
+
+    Beside them the untrained baseline (the first family's architecture with
+    random weights) on the caption task, and Tao's WithCat category prompt.
+    """
     specs = {
         f"{family}_{task}": f"configs/demo.py:{family},{task}"
         for family in families
         for task in tasks
     }
+    if "caption" in tasks and families:
+        # The untrained baseline: what the architecture and the processor give
+        # without training, drawn in the same figure below the trained model.
+        specs[f"{families[0]}_caption_untrained"] = (
+            f"configs/demo.py:{families[0]},caption,untrained"
+        )
     if "category" in tasks and families:
         # Tao's WithCat beside the first family's NoCat run: its Table 1 and the
         # text-only baseline of the listed categories appear in the report.

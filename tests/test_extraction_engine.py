@@ -193,10 +193,12 @@ def test_first_token_topk_matches_full_logits(loaded, side) -> None:
 
 
 def small_config(family: str = "qwen2_vl"):
-    """The demo config cut to 40 rows (also used by test_extraction_processes)."""
+    """The demo config on the random tiny checkpoint, cut to 40 rows."""
     from configs.demo import get_config
 
-    config = get_config(family)
+    # The loading and extraction path, not what the model knows: the 3-layer
+    # random checkpoint keeps these tests fast.
+    config = get_config(f"{family},tiny")
     config.data.synthetic.num_images = 20
     config.task.split_sizes.val = 4
     config.task.split_sizes.test = 4

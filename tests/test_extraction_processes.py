@@ -23,7 +23,8 @@ from probing.store.layout import REJECTED
 from probing.store.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = "configs/demo.py:qwen2_vl"
+# The random tiny checkpoint: these tests are about processes, not what a model knows.
+CONFIG = "configs/demo.py:qwen2_vl,tiny"
 # 100 images -> 200 caption rows: a second or two of extraction, long enough
 # to kill a run halfway.
 OVERRIDES = {

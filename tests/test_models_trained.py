@@ -26,6 +26,7 @@ from probing.models.loading import (
 )
 from probing.models.trained import CHECKPOINTS_ENV, checkpoint_dir, world
 from probing.models.trained.families import family, trainable_families
+from probing.store.layout import ANSWER_MARGIN
 
 FAMILIES = ("qwen2_vl", "fast_vlm")
 
@@ -41,6 +42,9 @@ CHANCE_MAX = 0.62
 SHUFFLED_MAX = 0.7
 QWEN_ANSWER_MIN = 0.8
 FAST_VLM_ANSWER_MIN = 0.7
+# The untrained baseline answers the demo's 480 caption rows right 0.523 of
+# the time (its yes-minus-no margin barely varies: sd 0.05 against 2.1).
+UNTRAINED_ANSWER_MAX_GAP = 0.08
 
 
 def _load(name: str):
@@ -215,3 +219,45 @@ def test_model_answers_the_demo_caption_questions(caption_workdir):
     )
     labels = np.array([r["label"] for r in rows])
     assert ((margins > 0) == (labels == 1)).mean() >= QWEN_ANSWER_MIN
+    # The answer extraction recorded (hooked final state -> LM head, rows in
+    # extraction batches) is the one this independent full forward gives.
+    recorded = Workdir(workdir).read_array(ANSWER_MARGIN)
+    np.testing.assert_allclose(recorded, margins, atol=1e-4, rtol=1e-4)
+    # And the report quotes its accuracy on the probes' test rows.
+    from probing.reporting.behaviour import model_answer
+    from probing.reporting.runs import load_runs
+
+    run = load_runs([workdir], poolings=["last"])[0]
+    test = np.array([r["split"] == "test" for r in rows])
+    expected = ((margins[test] > 0) == (labels[test] == 1)).mean()
+    assert model_answer(run).accuracy == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def untrained_workdir(tmp_path_factory, single_thread):
+    """The demo's untrained baseline: trained:qwen2_vl's architecture, random weights."""
+    from probing.extraction.runner import extract
+    from probing.train_all_layers import train_workdir
+
+    workdir = str(tmp_path_factory.mktemp("untrained") / "qwen2_vl_caption_untrained")
+    config = load_config("configs/demo.py:qwen2_vl,caption,untrained")
+    assert config.model.name == "trained:qwen2_vl" and config.model.random_init
+    with config.unlocked():
+        config.extract.poolings = ("last",)
+    extract(config, workdir)
+    train_workdir(workdir, load_config("configs/probe.py"))
+    return workdir
+
+
+@pytest.mark.slow
+def test_untrained_baseline_knows_nothing(untrained_workdir, caption_workdir):
+    # Same architecture, processor, images and rows: only training differs.
+    from probing.store.workdir import Workdir
+
+    store = Workdir(untrained_workdir)
+    answers = store.read_array(ANSWER_MARGIN) > 0
+    labels = store.read_array("arrays/labels") == 1
+    assert abs((answers == labels).mean() - 0.5) <= UNTRAINED_ANSWER_MAX_GAP
+    untrained = max(_test_accuracy(untrained_workdir, "last"))
+    assert untrained <= SHUFFLED_MAX
+    assert max(_test_accuracy(caption_workdir[0], "last")) >= untrained + 0.2

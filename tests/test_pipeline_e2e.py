@@ -134,7 +134,8 @@ def test_report_over_smoke_runs(probed_workdirs, tmp_path):
     report = build_report(list(probed_workdirs.values()), str(tmp_path / "report"))
     with open(report) as f:
         text = f.read()
-    assert "tiny:qwen2_vl" in text and "tiny:fast_vlm" in text
+    # Smoke variants run the checkpoints trained on the generated world.
+    assert "trained:qwen2_vl" in text and "trained:fast_vlm" in text
     figures = os.listdir(tmp_path / "report" / "figures")
     assert any(f.startswith("caption") and f.endswith(".png") for f in figures)
     assert any(f.startswith("category") and f.endswith(".png") for f in figures)
@@ -153,4 +154,21 @@ def test_rerun_resumes_without_recomputing(probed_workdirs, caplog):
 def test_demo_config_loads(arg):
     config = load_config(f"configs/demo.py:{arg}")
     family, task = arg.split(",")
-    assert config.model.name == f"tiny:{family}" and config.task.kind == task
+    assert config.model.name == f"trained:{family}" and config.task.kind == task
+    assert not config.model.random_init
+    untrained = load_config(f"configs/demo.py:{arg},untrained")
+    assert untrained.model.name == f"trained:{family}" and untrained.model.random_init
+    assert load_config(f"configs/demo.py:{arg},tiny").model.name == f"tiny:{family}"
+
+
+@pytest.mark.parametrize("spec", ["configs/qwen.py:smoke", "configs/fastvlm.py:category,smoke"])
+def test_smoke_variants_run_the_trained_checkpoints(spec):
+    config = load_config(spec)
+    family = "qwen2_vl" if "qwen" in spec else "fast_vlm"
+    assert config.model.name == f"trained:{family}" and not config.model.random_init
+
+
+def test_demo_family_without_trained_checkpoint_says_what_to_do():
+    with pytest.raises(ValueError, match=r"'llava' has no trained checkpoint.*',tiny'"):
+        load_config("configs/demo.py:llava")
+    assert load_config("configs/demo.py:llava,tiny").model.name == "tiny:llava"

@@ -98,11 +98,16 @@ def parse_config_arg(arg: str | None, choices: dict[str, tuple[str, ...]]) -> di
 def make_smoke(config: ml_collections.ConfigDict, family: str) -> None:
     """Turns a real-model config into its CPU smoke variant, in place.
 
-    The tiny random checkpoint of the same architecture replaces the hub model
-    and a small generated COCO-format dataset replaces COCO; everything else
-    (task, prompt, poolings) is kept, so the smoke run exercises the same code.
+    The tiny checkpoint of the same architecture trained on the generated
+    world (`trained:<family>`; the random `tiny:<family>` for a family without
+    one) replaces the hub model and a small generated COCO-format dataset
+    replaces COCO; everything else (task, prompt, poolings) is kept, so the
+    smoke run exercises the same code, on a model whose probes find something.
     """
-    config.model.name = f"tiny:{family}"
+    from probing.models.trained import trained_families
+
+    prefix = "trained" if family in trained_families() else "tiny"
+    config.model.name = f"{prefix}:{family}"
     config.model.dtype = "float32"
     config.model.attn_implementation = None
     config.model.device = "cpu"

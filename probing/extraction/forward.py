@@ -1,4 +1,4 @@
-"""One batch through the frozen model: the hooked forward, prefix sharing, first tokens.
+"""One batch through the frozen model: the hooked forward, prefix sharing, the LM head.
 
 `PooledForward` owns the hooks (`PooledLayerCapture`) and runs a processor
 batch either plainly (one forward, `logits_to_keep=1`) or, with prefix
@@ -14,6 +14,10 @@ concatenation of the kept prefix states and the continuation states, i.e.
 over the very tokens an unshared forward sees; the price is keeping the
 prefix's per-layer states ([prefix groups, prefix, D] × (L+1)) until the
 continuation has run.
+
+The LM head runs on the last real token only when asked: for the first-token
+record (top-k next tokens) and for the model's own yes/no answer to a caption
+question (`probing.extraction.answers`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import torch
 
+from probing.extraction.answers import YesNoTokens, answer_margins
 from probing.extraction.capture import PooledLayerCapture
 from probing.models.base import ModelAdapter, prompt_token_mask, token_composition
 
@@ -44,6 +49,9 @@ class ForwardResult:
     topk_probs: torch.Tensor | None = None  # [B, k] float32
     # [B, 3] long: image, template and prompt tokens per row (with prompt spans).
     token_counts: torch.Tensor | None = None
+    # [B] float32: the model's yes-minus-no logit at the answer position
+    # (probing.extraction.answers), for tasks that ask a yes/no question.
+    answer_margins: torch.Tensor | None = None
 
 
 def _cache_argument(model: torch.nn.Module) -> str:
@@ -136,16 +144,19 @@ class PooledForward:
         poolings: Sequence[str],
         with_image: bool,
         first_token_topk: int = 0,
+        answer_tokens: YesNoTokens | None = None,
     ):
         self.model = model
         self.adapter = adapter
         self.poolings = tuple(poolings)
         self.with_image = with_image
         self.first_token_topk = int(first_token_topk)
-        # The first-token record needs the final-normed state of the last real
-        # token, which is the "last" pooling of the top layer.
+        self.answer_tokens = answer_tokens
+        # The first-token record and the model's answer need the final-normed
+        # state of the last real token, which is the "last" pooling of the top layer.
         captured = self.poolings
-        if self.first_token_topk > 0 and "last" not in captured:
+        needs_head = self.first_token_topk > 0 or answer_tokens is not None
+        if needs_head and "last" not in captured:
             captured = (*captured, "last")
         self.capture = PooledLayerCapture(
             adapter.decoder_layers(model), adapter.final_norm(model), captured
@@ -306,19 +317,23 @@ class PooledForward:
         unshared_images = self.adapter.image_token_mask(inputs) if self.with_image else None
         return self._count(result, mask, unshared_images, prompt_spans)
 
-    # ------------------------------------------------------------ first token
+    # ------------------------------- the LM head: first tokens, the model's answer
     def _finish(self, pooled: dict[str, torch.Tensor], tokens: int, computed: int) -> ForwardResult:
         result = ForwardResult(
             pooled={name: pooled[name] for name in self.poolings},
             tokens=tokens,
             computed_tokens=computed,
         )
-        if self.first_token_topk > 0:
-            result.topk_ids, result.topk_probs = self.next_token_topk(pooled["last"][:, -1])
+        if self.first_token_topk > 0 or self.answer_tokens is not None:
+            logits = self.next_token_logits(pooled["last"][:, -1])
+            if self.first_token_topk > 0:
+                result.topk_ids, result.topk_probs = self._topk(logits)
+            if self.answer_tokens is not None:
+                result.answer_margins = answer_margins(logits, self.answer_tokens)
         return result
 
-    def next_token_topk(self, final_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k next-token ids and probabilities from final-normed last-token states.
+    def next_token_logits(self, final_states: torch.Tensor) -> torch.Tensor:
+        """[B, V] float32 next-token logits from final-normed last-token states.
 
         The LM head runs on one position per row, the last real token, which
         is the right one under left and right padding alike (the model's own
@@ -331,6 +346,13 @@ class PooledForward:
             softcap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
             if softcap:
                 logits = torch.tanh(logits / softcap) * softcap
-            probs = torch.softmax(logits, dim=-1)
-            top = probs.topk(min(self.first_token_topk, probs.shape[-1]), dim=-1)
+        return logits
+
+    def next_token_topk(self, final_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k next-token ids and probabilities from final-normed last-token states."""
+        return self._topk(self.next_token_logits(final_states))
+
+    def _topk(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = torch.softmax(logits, dim=-1)
+        top = probs.topk(min(self.first_token_topk, probs.shape[-1]), dim=-1)
         return top.indices, top.values

@@ -29,6 +29,7 @@ from absl import logging
 
 import probing
 from probing.extraction import environment
+from probing.extraction.answers import YesNoTokens
 from probing.extraction.batches import to_storage
 from probing.extraction.forward import ForwardResult
 from probing.extraction.inputs import explain_mismatch
@@ -98,6 +99,7 @@ def build_manifest(
     processor,
     started: str,
     inputs: dict[str, Any] | None = None,
+    answer_tokens: YesNoTokens | None = None,
 ) -> dict[str, Any]:
     """manifest.json of this run (complete=False until every row is done)."""
     return layout.new_manifest(
@@ -129,6 +131,7 @@ def build_manifest(
         with_image=bool(table.with_image),
         padding_side=adapter.padding_side,
         first_token_topk=settings.first_token_topk,
+        answer_tokens=answer_tokens.as_json() if answer_tokens is not None else None,
         fingerprint=fingerprint(config, processor, inputs),
         # Where and when; not part of the fingerprint (a resume may run elsewhere).
         command=environment.command_line(),
@@ -246,6 +249,8 @@ def _create_store(wd: store.Workdir, config, settings: ExtractSettings, manifest
     if k > 0:
         wd.create_array(layout.FIRST_TOKEN_IDS, "int32", (num_rows, k), (chunk_rows, k))
         wd.create_array(layout.FIRST_TOKEN_PROBS, "float32", (num_rows, k), (chunk_rows, k))
+    if manifest.get("answer_tokens"):
+        wd.create_array(layout.ANSWER_MARGIN, "float32", (num_rows,), (chunk_rows,))
     # Written last: its presence means every array exists.
     wd.write_json(layout.MANIFEST_JSON, manifest)
 
@@ -319,6 +324,10 @@ class WindowWriter:
         self.token_counts = (
             wd.open_array(layout.TOKEN_COUNTS) if wd.array_exists(layout.TOKEN_COUNTS) else None
         )
+        # Absent for tasks without a yes/no question, and in older stores.
+        self.answers = (
+            wd.open_array(layout.ANSWER_MARGIN) if wd.array_exists(layout.ANSWER_MARGIN) else None
+        )
         self.pending: dict[int, dict[str, Any]] = {}
 
     def add(self, window: int, rows: np.ndarray, result: ForwardResult | None, rejected: int):
@@ -333,6 +342,8 @@ class WindowWriter:
                 buf["topk_probs"][at] = result.topk_probs.cpu().numpy()
             if result.token_counts is not None:
                 buf["tokens"][at] = result.token_counts.cpu().numpy()
+            if result.answer_margins is not None:
+                buf["answers"][at] = result.answer_margins.cpu().numpy()
             buf["ok"][at] = True
         buf["left"] -= len(rows) + rejected
         if buf["left"] == 0:
@@ -344,6 +355,7 @@ class WindowWriter:
             rows = np.sort(np.concatenate(self.windows[window]))
             buf: dict[str, Any] = {"rows": rows, "left": len(rows), "ok": np.zeros(len(rows), bool)}
             buf["tokens"] = np.zeros((len(rows), len(layout.TOKEN_KINDS)), np.int32)
+            buf["answers"] = np.zeros(len(rows), np.float32)
             for name in self.poolings:
                 buf[name] = np.zeros((len(rows), *self.row_shape), self.storage_dtype)
             if self.topk:
@@ -366,6 +378,8 @@ class WindowWriter:
                 self.topk_arrays[1][start:stop].write(buffer["topk_probs"][at]).result()
             if self.token_counts is not None:
                 self.token_counts[start:stop].write(buffer["tokens"][at]).result()
+            if self.answers is not None:
+                self.answers[start:stop].write(buffer["answers"][at]).result()
             self.rejected[start:stop].write((~ok).astype(np.uint8)).result()
             # Only after every pooling is durable is a row marked written.
             self.written[start:stop].write(ok.astype(np.uint8)).result()

@@ -22,6 +22,7 @@ import torch
 from absl import logging
 
 from probing.extraction import environment, output, preflight
+from probing.extraction.answers import YesNoTokens, answer_tokens_for
 from probing.extraction.batches import ForwardBatch, make_loader
 from probing.extraction.forward import PooledForward, check_prefix_sharing_supported
 from probing.extraction.inputs import input_digests
@@ -107,6 +108,7 @@ class _Run:
     token_counts: np.ndarray
     context: int | None  # the model's context length, if it states one
     manifest: dict[str, Any]
+    answer_tokens: YesNoTokens | None  # the model's yes/no answer is recorded with these
 
 
 def _prepare(
@@ -132,11 +134,14 @@ def _prepare(
     preflight.check_context(adapter, table, token_counts, context)
     wd = store.Workdir(workdir)
     digests = input_digests(table, checkpoint, model)
+    answers = answer_tokens_for(table.task, processor.tokenizer)
     manifest = output.build_manifest(
-        config, settings, poolings, table, adapter, processor, started, digests
+        config, settings, poolings, table, adapter, processor, started, digests, answers
     )
     output.prepare_workdir(wd, config, settings, manifest, table, rank, has_process_group)
-    return _Run(settings, wd, table, model, adapter, poolings, token_counts, context, manifest)
+    return _Run(
+        settings, wd, table, model, adapter, poolings, token_counts, context, manifest, answers
+    )
 
 
 def _run_batches(run: _Run, rank: int, world: int) -> list[dict[str, Any]]:
@@ -151,7 +156,10 @@ def _run_batches(run: _Run, rank: int, world: int) -> list[dict[str, Any]]:
     progress = Progress("extract", plan.num_rows, unit="ex", every_s=run.settings.log_every_s)
     rejections: list[dict[str, Any]] = []
     topk = run.settings.first_token_topk
-    with PooledForward(run.model, run.adapter, run.poolings, run.table.with_image, topk) as engine:
+    engine = PooledForward(
+        run.model, run.adapter, run.poolings, run.table.with_image, topk, run.answer_tokens
+    )
+    with engine:
         for batch in loader:
             rejections.extend(batch.rejected)
             result = _forward(run, engine, batch, device) if len(batch.rows) else None

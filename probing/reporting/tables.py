@@ -10,7 +10,8 @@ does not lie above it, and a paired bootstrap p-value for "the peak layer
 beats the last layer". That p comes from summary.json (the same resamples as
 the intervals); for older runs it runs the same bootstrap
 (probing.probes.bootstrap) on the test logits of predictions.npz, or
-resamples probe seeds without it.
+resamples probe seeds without it. Caption runs add the model's own yes/no answer on the
+same test rows (probing.reporting.behaviour).
 
 Runs trained with folds: values are means over folds, the interval is the
 folds x bootstrap one (the header names the interval kinds of the rows),
@@ -33,6 +34,7 @@ import numpy as np
 from probing.probes import bootstrap as bs
 from probing.probes.metrics import CATEGORIES_LEFT_OUT, SELECTIVITY
 from probing.probes.stats import CI_LABEL
+from probing.reporting.behaviour import answer_fields
 from probing.reporting.labels import group_key
 from probing.reporting.runs import ProbeRun
 from probing.reporting.statistics import (
@@ -69,7 +71,11 @@ PAIRING_NOTE = (
     "the same image resamples as the intervals. p (seed), for workdirs without "
     "predictions.npz: the probe seeds are resampled, so with few seeds p only says whether "
     "every seed agrees. (k left out): categories without a positive in the test split, "
-    "outside the macro averages."
+    "outside the macro averages. Model's answer (caption tasks): accuracy of the model's own "
+    "yes/no answer (yes vs no logit at the answer position, recorded at extraction) on the "
+    "same test rows, with its image-bootstrap interval, and peak − answer, the paired "
+    "difference on the same image resamples: above 0, the probe reads more than the model "
+    "says (probing.reporting.behaviour)."
 )
 FOLDS_NOTE = (
     "Runs trained with folds (the image-grouped split re-drawn at probe time): every value "
@@ -120,6 +126,15 @@ class ResultRow:
     # With folds: their number and "layer:wins" pairs, most wins first ("" without folds).
     num_folds: int = 0
     best_layer_wins: str = ""
+    # Caption tasks: the model's own yes/no answer on the same test rows
+    # (probing.reporting.behaviour), with its image-bootstrap interval.
+    model_answer: float = math.nan
+    model_answer_ci_low: float = math.nan
+    model_answer_ci_high: float = math.nan
+    # The best layer's accuracy minus the answer's, paired over the same image resamples.
+    peak_minus_answer: float = math.nan
+    peak_minus_answer_ci_low: float = math.nan
+    peak_minus_answer_ci_high: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -189,6 +204,7 @@ def result_row(run: ProbeRun) -> ResultRow:
             f"{layer}:{count}"
             for layer, count in sorted(best_layer_wins(run).items(), key=lambda x: (-x[1], x[0]))
         ),
+        **answer_fields(run, best),
     )
 
 
@@ -265,6 +281,7 @@ RESULTS_HEADER = (
     "selectivity",
     "strongest baseline",
     "layers ≤ baseline",
+    "model's answer",
     "p (peak > last)",
 )
 
@@ -313,10 +330,23 @@ def results_cells(rows: Sequence[ResultRow]) -> list[list[str]]:
                 _number(row.selectivity_at_best),
                 baseline,
                 row.layers_not_above_baseline or ("none" if baseline else ""),
+                _answer(row),
                 p_value,
             ]
         )
     return cells
+
+
+def _answer(row: ResultRow) -> str:
+    if math.isnan(row.model_answer):
+        return ""
+    low, high = row.model_answer_ci_low, row.model_answer_ci_high
+    cell = f"{_number(row.model_answer)} [{_number(low)}, {_number(high)}]"
+    if not math.isnan(row.peak_minus_answer):
+        low, high = row.peak_minus_answer_ci_low, row.peak_minus_answer_ci_high
+        difference = _number(row.peak_minus_answer, signed=True)
+        cell += f"; peak − answer {difference} [{_number(low, signed=True)}, {_number(high, signed=True)}]"
+    return cell
 
 
 def baseline_cells(runs: Sequence[ProbeRun]) -> list[list[str]]:

@@ -33,6 +33,9 @@ WRITTEN = "arrays/written"
 REJECTED = "arrays/rejected"
 FIRST_TOKEN_IDS = "arrays/first_token_ids"
 FIRST_TOKEN_PROBS = "arrays/first_token_probs"
+# float32 [N], caption tasks: logit(yes) - logit(no) at the answer position, the
+# model's own answer (> 0 = yes); the tokens read are manifest "answer_tokens".
+ANSWER_MARGIN = "arrays/answer_margin"
 # int32 [N, 3]: per row, the tokens of each kind below (what mean pooling averages).
 TOKEN_COUNTS = "arrays/token_counts"
 TOKEN_KINDS = ("image", "template", "prompt")
@@ -177,6 +180,7 @@ def new_manifest(
     layer_convention: str = LAYER_CONVENTION,
     padding_side: str | None = None,
     first_token_topk: int | None = None,
+    answer_tokens: dict[str, Any] | None = None,
     complete: bool = False,
     fingerprint: dict[str, Any] | None = None,
     command: str | None = None,
@@ -211,6 +215,7 @@ def new_manifest(
         "layer_convention": layer_convention,
         "padding_side": padding_side,
         "first_token_topk": None if first_token_topk is None else int(first_token_topk),
+        "answer_tokens": answer_tokens,
         "complete": bool(complete),
         "fingerprint": fingerprint,
         "command": command,

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from probing.data.synthetic_coco import CATEGORY_NAMES, Scene
+from probing.extraction.answers import answer_margins, yes_no_tokens
 from probing.models.base import ModelAdapter, last_token_positions
 from probing.models.trained import world
 
@@ -34,14 +35,6 @@ def caption_rows(scenes: Sequence[Scene], seed: int = 0) -> list[tuple[int, str,
     return rows
 
 
-def answer_token_ids(processor) -> tuple[int, int]:
-    """Token ids of "Yes" and "No" (the first token of each, as the model would start)."""
-    tokenizer = processor.tokenizer
-    yes = tokenizer(world.YES, add_special_tokens=False)["input_ids"][0]
-    no = tokenizer(world.NO, add_special_tokens=False)["input_ids"][0]
-    return yes, no
-
-
 @torch.no_grad()
 def yes_no_margins(
     adapter: ModelAdapter,
@@ -49,8 +42,12 @@ def yes_no_margins(
     prompts: Sequence[str],
     batch_size: int = 32,
 ) -> np.ndarray:
-    """logit("Yes") - logit("No") at the answer position of each (image, prompt)."""
-    yes, no = answer_token_ids(adapter.processor)
+    """The model's answer to each (image, prompt): yes-minus-no logit at the answer position.
+
+    The same reading as extraction's `arrays/answer_margin`
+    (probing.extraction.answers), computed here from the full forward's logits.
+    """
+    tokens = yes_no_tokens(adapter.processor.tokenizer)
     margins = []
     for start in range(0, len(prompts), batch_size):
         batch = adapter.build_batch(
@@ -58,8 +55,8 @@ def yes_no_margins(
         )
         last = last_token_positions(batch["attention_mask"])
         logits = adapter.model(**adapter.to_model(batch)).logits
-        at_answer = logits[torch.arange(len(last)), last.to(logits.device)].float()
-        margins.append((at_answer[:, yes] - at_answer[:, no]).cpu().numpy())
+        at_answer = logits[torch.arange(len(last)), last.to(logits.device)]
+        margins.append(answer_margins(at_answer, tokens).cpu().numpy())
     return np.concatenate(margins)
 
 

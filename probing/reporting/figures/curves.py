@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from probing.probes.metrics import SELECTIVITY, control_metric, majority_metric
+from probing.reporting.behaviour import model_answer
 from probing.reporting.document import Figure
 from probing.reporting.figures.context import FigureContext
 from probing.reporting.figures.style import (
@@ -41,6 +42,8 @@ from probing.store.layout import SCORING_SPLIT
 
 # The prompt-text baseline's horizontal line (probing.reporting.baselines).
 PROMPT_BASELINE_STYLE = (0, (6, 2, 1, 2, 1, 2))
+# The model's own yes/no answer (probing.reporting.behaviour): solid, thick, faint.
+ANSWER_STYLE = {"linestyle": "-", "linewidth": 2.2, "alpha": 0.35}
 
 
 def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure]:
@@ -49,7 +52,8 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
     The same axes carry the baselines found in the runs: the shuffled-label
     control probe (dotted), the strongest trivial baseline of summary.json
     (black dash-dot; the majority class for runs without one), each run's
-    layer 0 (long dashes), and untrained or blind runs in their own line style;
+    layer 0 (long dashes), the model's own yes/no answer on caption tasks
+    (thick faint line), and untrained or blind runs in their own line style;
     layers whose interval does not lie above the strongest baseline get a
     cross. A second row shows the selectivity (metric minus control) when
     present. Baseline lines take the colour of their run; the legend names
@@ -75,8 +79,14 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
         sources = set()
         with_control = with_flags = False
         with_baseline = False
+        answered: set[str] = set()  # one answer line per workdir, in its first run's colour
         for run in runs:
             colour = colours[run.label]
+            answer = None
+            if metric == "accuracy" and run.workdir not in answered:
+                answer = model_answer(run)
+                if answer is not None:
+                    answered.add(run.workdir)
             layers, mean, low, high, source = headline_stats(run, metric)
             sources.add(source)
             flagged = np.isin(layers, layers_not_above_baseline(run, metric))
@@ -86,6 +96,8 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
                 draw_series(ax, x, mean, low, high, colour, run.variant, run.label)
                 ax.plot(x[flagged], mean[flagged], "x", color=colour, markersize=5, mew=1.0)
                 ax.axhline(mean[0], color=colour, linestyle=LAYER0_STYLE, linewidth=0.7, alpha=0.6)
+                if answer is not None:
+                    ax.axhline(answer.accuracy, color=colour, **ANSWER_STYLE)
                 baseline = run.prompt_baseline
                 if baseline is not None and metric in baseline.metrics:
                     ax.axhline(
@@ -149,6 +161,9 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             labels.append("shuffled-label control of each run")
         handles.append(Line2D([], [], color="grey", linestyle=LAYER0_STYLE, linewidth=0.7))
         labels.append("layer 0 of each run")
+        if answered:
+            handles.append(Line2D([], [], color="grey", **ANSWER_STYLE))
+            labels.append("the model's own yes/no answer (colour of its first run)")
         if with_baseline:
             handles.append(
                 Line2D([], [], color="grey", linestyle=PROMPT_BASELINE_STYLE, linewidth=1.1)
