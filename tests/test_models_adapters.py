@@ -214,6 +214,9 @@ def test_padding_side_and_dtype_from_config() -> None:
 
 def test_unknown_model_type_lists_known_families(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    # A checkpoint that is whole but of an unknown family (without a tokenizer
+    # file it would be refused for that first, see test_workdir_faults).
+    (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(UnknownFamilyError) as error:
         load_model(_config("qwen2_vl", name=str(tmp_path)))
     message = str(error.value)
