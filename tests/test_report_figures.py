@@ -1,0 +1,85 @@
+"""Figures for print, checked on the matplotlib objects the figure functions draw.
+
+Each figure module's `save` is wrapped so the test sees the Figure before it is
+closed; the runs come from fabricated workdirs (probing.testing.probed).
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pytest
+
+from probing.reporting.figures import context as context_module
+from probing.reporting.figures import curves, heatmaps, losses, style
+from probing.reporting.runs import load_runs
+from probing.testing.probed import write_probed_workdir
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """stem -> the matplotlib Figure each figure function saved."""
+    figures: dict[str, plt.Figure] = {}
+
+    def keep(fig, figures_dir, stem, caption):
+        figures[stem] = fig
+        return style.Figure(png_path=stem + ".png", svg_path=stem + ".svg", caption=caption)
+
+    for module in (curves, heatmaps, losses):
+        monkeypatch.setattr(module, "save", keep)
+    yield figures
+    plt.close("all")
+
+
+def _runs(tmp_path, task, layer_counts=(6,), poolings=("mean", "last")):
+    workdirs = []
+    for index, num_layers in enumerate(layer_counts):
+        location = str(tmp_path / f"{task}_{index}")
+        write_probed_workdir(
+            location,
+            model_id=f"tiny:model{index}",
+            task=task,
+            num_layers=num_layers,
+            poolings=poolings,
+            num_seeds=2,
+        )
+        workdirs.append(location)
+    return load_runs(workdirs)
+
+
+def _context(tmp_path, task):
+    return context_module.FigureContext(task=task, figures_dir=str(tmp_path / "figures"))
+
+
+def test_line_styles_and_markers_have_one_meaning_each():
+    styles = [repr(s) for s in style.LINE_STYLES.values()]
+    assert len(set(styles)) == len(styles)
+    markers = [*style.POOLING_MARKERS.values(), style.OTHER_POOLING_MARKER]
+    assert len(set(markers)) == len(markers)
+
+
+def test_poolings_differ_by_more_than_colour(tmp_path, drawn):
+    runs = _runs(tmp_path, "caption")
+    curves.pooling_comparison(runs, _context(tmp_path, "caption"))
+    (ax,) = drawn["caption_pooling_comparison"].axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    mean, last = lines["pooling mean"], lines["pooling last"]
+    assert mean.get_marker() != last.get_marker()
+    assert mean.get_marker() == style.POOLING_MARKERS["mean"]
+    # The same pooling has the same marker in the headline figure.
+    curves.headline_curves(runs, _context(tmp_path, "caption"))
+    headline = drawn["caption_headline_per_layer"].axes[0]
+    markers = {line.get_label(): line.get_marker() for line in headline.get_lines()}
+    assert markers["tiny:model0 · last"] == style.POOLING_MARKERS["last"]
+
+
+def test_depth_panel_drawn_once_when_depths_match(tmp_path, drawn):
+    context = _context(tmp_path, "caption")
+    curves.headline_curves(_runs(tmp_path / "same", "caption", (6, 6)), context)
+    same = drawn.pop("caption_headline_per_layer")
+    panels = [ax for ax in same.axes if ax.get_lines()]
+    assert len(panels) == 2  # the metric and the selectivity row, one column
+    (depth_axis,) = panels[0].child_axes  # relative depth as a top axis instead
+    assert "relative depth" in depth_axis.get_xlabel()
+    curves.headline_curves(_runs(tmp_path / "mixed", "caption", (6, 9)), context)
+    mixed = drawn.pop("caption_headline_per_layer")
+    assert len([ax for ax in mixed.axes if ax.get_lines()]) == 4
