@@ -7,6 +7,7 @@ closed; the runs come from fabricated workdirs (probing.testing.probed).
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 from probing.reporting.figures import context as context_module
@@ -83,3 +84,53 @@ def test_depth_panel_drawn_once_when_depths_match(tmp_path, drawn):
     curves.headline_curves(_runs(tmp_path / "mixed", "caption", (6, 9)), context)
     mixed = drawn.pop("caption_headline_per_layer")
     assert len([ax for ax in mixed.axes if ax.get_lines()]) == 4
+
+
+def test_score_heatmaps_share_one_colour_scale(tmp_path, drawn):
+    runs = _runs(tmp_path, "category", (5, 7))
+    context = _context(tmp_path, "category")
+    heatmaps.prf_heatmaps(runs, context)
+    heatmaps.category_heatmaps(runs, context)
+    images = [
+        image
+        for stem in ("category_precision_recall_f1", "category_category_f1")
+        for ax in drawn[stem].axes
+        for image in ax.get_images()
+    ]
+    assert len(images) == 3 + 4  # precision, recall, F1; a category panel per run (2 x 2)
+    # The fabricated scores lie inside (0.2, 0.95), so a scale fitted to the data
+    # would differ from panel to panel.
+    assert {image.get_clim() for image in images} == {style.SCORE_RANGE}
+
+
+def test_category_figure_is_one_column_sorted_by_peak(tmp_path, drawn):
+    categories = [f"class{i:02d}" for i in range(80)]
+    runs = []
+    for index in range(2):
+        location = str(tmp_path / f"run{index}")
+        write_probed_workdir(
+            location,
+            model_id=f"tiny:m{index}",
+            task="category",
+            num_layers=8,
+            categories=categories,
+        )
+        runs.extend(load_runs([location]))
+    # Give every category its own peak layer, in an order unrelated to its name.
+    rng = np.random.default_rng(0)
+    peaks = rng.integers(0, 8, size=len(categories))
+    for run in runs:
+        for category, peak in zip(categories, peaks, strict=True):
+            key = ("test", f"f1/{category}")
+            profile = 0.8 - 0.05 * np.abs(np.arange(8) - peak)
+            run.metrics[key] = np.repeat(profile[:, None], run.metrics[key].shape[1], axis=1)
+    heatmaps.category_heatmaps(runs, _context(tmp_path, "category"))
+    assert list(drawn) == ["category_category_f1"]  # one figure, runs as panels
+    fig = drawn["category_category_f1"]
+    width, height = fig.get_size_inches()
+    assert width <= 3.5 and height <= 9.0
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 2
+    shown = [label.get_text() for label in panels[0].get_yticklabels()]
+    expected = [categories[i] for i in np.argsort(peaks, kind="stable")]
+    assert shown == expected
