@@ -134,3 +134,58 @@ def test_category_figure_is_one_column_sorted_by_peak(tmp_path, drawn):
     shown = [label.get_text() for label in panels[0].get_yticklabels()]
     expected = [categories[i] for i in np.argsort(peaks, kind="stable")]
     assert shown == expected
+
+
+def _rules(ax):
+    """(x of each vertical rule, y of each horizontal rule) drawn with axvline/axhline."""
+    vertical, horizontal = [], []
+    for line in ax.get_lines():
+        x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+        if len(x) == 2 and x[0] == x[1] and list(y) == [0, 1]:
+            vertical.append(float(x[0]))
+        elif len(y) == 2 and y[0] == y[1] and list(x) == [0, 1]:
+            horizontal.append(float(y[0]))
+    return vertical, horizontal
+
+
+def test_loss_curves_mark_kept_epoch_and_chance(tmp_path, drawn):
+    runs = _runs(tmp_path, "caption")
+    for run in runs:
+        # A kept epoch that differs by layer and seed, so the best layer's shows.
+        grid = run.metrics[("val", "best_epoch")]
+        grid[:] = np.arange(grid.shape[0])[:, None] + np.arange(grid.shape[1])[None, :] + 1
+    losses.loss_curves(runs, _context(tmp_path, "caption"))
+    fig = drawn["caption_loss_curves"]
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_lines()]
+    assert len(panels) == len(runs)
+    for ax, run in zip(panels, runs, strict=True):
+        best = int(np.nanargmax(np.nanmean(run.values("val", run.headline_metric), axis=1)))
+        vertical, horizontal = _rules(ax)
+        assert vertical == [float(np.median(run.values("val", "best_epoch")[best]))]
+        assert horizontal == [pytest.approx(np.log(2))]
+
+
+def test_multilabel_chance_loss_is_the_train_prevalence_entropy(tmp_path, drawn):
+    location = str(tmp_path / "labelled")
+    workdir = write_probed_workdir(location, task="category", num_layers=4, poolings=("mean",))
+    rows = int(workdir.manifest()["num_examples"])
+    rng = np.random.default_rng(1)
+    labels = (rng.random((rows, 4)) < [0.1, 0.3, 0.5, 0.8]).astype(np.uint8)
+    labels[:6] = [[1, 1, 1, 1], [0, 0, 0, 0]] * 3  # both classes in every split
+    split = np.arange(rows) % 3
+    workdir.write_array("arrays/labels", labels)
+    workdir.write_array("arrays/label_mask", np.ones_like(labels))
+    workdir.write_array("arrays/split", split.astype(np.int8))
+    workdir.write_array("arrays/written", np.ones(rows, np.uint8))
+    (run,) = load_runs([location])
+    p = labels[split == 0].mean(axis=0)
+    expected = float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
+    assert losses.chance_loss(run) == (pytest.approx(expected), losses.CHANCE_FROM_LABELS)
+    losses.loss_curves([run], _context(tmp_path, "category"))
+    (ax,) = [ax for ax in drawn["category_loss_curves"].axes if ax.get_lines()]
+    assert _rules(ax)[1] == [pytest.approx(expected)]
+    # Without readable labels the caption says which chance loss is drawn.
+    (unlabelled,) = _runs(tmp_path / "bare", "category", poolings=("mean",))
+    assert losses.chance_loss(unlabelled) == (pytest.approx(np.log(2)), losses.CHANCE_LOG2)
+    (figure,) = losses.loss_curves([unlabelled], _context(tmp_path, "category"))
+    assert "log 2" in figure.caption and "could not be read" in figure.caption
