@@ -5,7 +5,9 @@ Each figure function has one signature, `(runs, context) -> list[Figure]`
 name, figures folder, extra loss-curve layers) and returns the figures it
 saved, none when the runs lack what it shows. `build_report` calls every
 entry once per task. To add a figure, write such a function (style.py has the
-palette, rc settings and `save`) and append it to FIGURES.
+palette, rc settings, `save` and LINE_STYLES / POOLING_MARKERS, the one table
+of what each line style and marker means: add a new kind of line there) and
+append it to FIGURES.
 """
 
 from __future__ import annotations

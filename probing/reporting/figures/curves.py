@@ -19,8 +19,7 @@ from probing.reporting.behaviour import model_answer
 from probing.reporting.document import Figure
 from probing.reporting.figures.context import FigureContext
 from probing.reporting.figures.style import (
-    CONTROL_STYLE,
-    LAYER0_STYLE,
+    LINE_STYLES,
     OKABE_ITO,
     PAGE_WIDTH_IN,
     RC,
@@ -29,8 +28,9 @@ from probing.reporting.figures.style import (
     headline_stats,
     run_colours,
     save,
+    series_style,
 )
-from probing.reporting.runs import TRAINED, ProbeRun
+from probing.reporting.runs import ProbeRun
 from probing.reporting.statistics import (
     interval_label,
     layer_interval,
@@ -40,10 +40,9 @@ from probing.reporting.statistics import (
 )
 from probing.store.layout import SCORING_SPLIT
 
-# The prompt-text baseline's horizontal line (probing.reporting.baselines).
-PROMPT_BASELINE_STYLE = (0, (6, 2, 1, 2, 1, 2))
-# The model's own yes/no answer (probing.reporting.behaviour): solid, thick, faint.
-ANSWER_STYLE = {"linestyle": "-", "linewidth": 2.2, "alpha": 0.35}
+# The model's own yes/no answer (probing.reporting.behaviour): thick and faint,
+# its dash pattern from the style table.
+ANSWER_STYLE = {"linestyle": LINE_STYLES["model's answer"], "linewidth": 2.2, "alpha": 0.45}
 
 
 def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure]:
@@ -66,10 +65,13 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
     majority = majority_metric(metric)
     with_selectivity = any(run.has(SCORING_SPLIT, SELECTIVITY) for run in runs)
     rows = 2 if with_selectivity else 1
+    # With one depth for all runs the relative-depth panel would repeat the
+    # layer-index one; it becomes a second x axis on top instead.
+    one_depth = len({run.num_layers for run in runs}) == 1
     with plt.rc_context(RC):
         fig, axes = plt.subplots(
             rows,
-            2,
+            1 if one_depth else 2,
             figsize=(PAGE_WIDTH_IN, 2.5 * rows + 0.9),
             squeeze=False,
             sharey="row",
@@ -91,11 +93,18 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             sources.add(source)
             flagged = np.isin(layers, layers_not_above_baseline(run, metric))
             with_flags = with_flags or bool(flagged.any())
-            for column, x in enumerate((layers, run.relative_depth(layers))):
+            xs = (layers,) if one_depth else (layers, run.relative_depth(layers))
+            for column, x in enumerate(xs):
                 ax = axes[0, column]
-                draw_series(ax, x, mean, low, high, colour, run.variant, run.label)
+                draw_series(ax, x, mean, low, high, colour, series_style(run), run.label)
                 ax.plot(x[flagged], mean[flagged], "x", color=colour, markersize=5, mew=1.0)
-                ax.axhline(mean[0], color=colour, linestyle=LAYER0_STYLE, linewidth=0.7, alpha=0.6)
+                ax.axhline(
+                    mean[0],
+                    color=colour,
+                    linestyle=LINE_STYLES["layer 0"],
+                    linewidth=0.7,
+                    alpha=0.6,
+                )
                 if answer is not None:
                     ax.axhline(answer.accuracy, color=colour, **ANSWER_STYLE)
                 baseline = run.prompt_baseline
@@ -103,7 +112,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
                     ax.axhline(
                         baseline.metrics[metric],
                         color=colour,
-                        linestyle=PROMPT_BASELINE_STYLE,
+                        linestyle=LINE_STYLES["prompt baseline"],
                         linewidth=1.1,
                     )
                     with_baseline = True
@@ -113,7 +122,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
                         x,
                         control_mean[layers],
                         color=colour,
-                        linestyle=CONTROL_STYLE,
+                        linestyle=LINE_STYLES["control"],
                         linewidth=1.0,
                     )
                     with_control = True
@@ -127,7 +136,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
                         sel_low[layers],
                         sel_high[layers],
                         colour,
-                        run.variant,
+                        series_style(run),
                         run.label,
                         bounds=(-1.0, 1.0),
                     )
@@ -139,16 +148,25 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
                 baseline_values.add(("majority class", round(value, 6)))
         for _, value in sorted(baseline_values):
             for ax in axes[0]:
-                ax.axhline(value, color="black", linestyle="-.", linewidth=0.9)
+                ax.axhline(
+                    value, color="black", linestyle=LINE_STYLES["strongest baseline"], linewidth=0.9
+                )
         seeds = sorted({len(run.seeds) for run in runs})
         # Runs with folds average over their folds too (probing.reporting.runs).
         folds = sorted({int(run.folds.size) for run in runs if run.has_folds})
         over_folds = f" × {'/'.join(map(str, folds))} folds" if folds else ""
         axes[0, 0].set_ylabel(f"test {metric}")
-        axes[0, 0].set_title("by layer index")
-        axes[0, 1].set_title("by relative depth")
         axes[-1, 0].set_xlabel("layer (0 = embedding output)")
-        axes[-1, 1].set_xlabel("relative depth (layer / last layer)")
+        if one_depth:
+            last = max(runs[0].num_layers - 1, 1)
+            depth_axis = axes[0, 0].secondary_xaxis(
+                "top", functions=(lambda x: x / last, lambda d: d * last)
+            )
+            depth_axis.set_xlabel("relative depth (layer / last layer)")
+        else:
+            axes[0, 0].set_title("by layer index")
+            axes[0, 1].set_title("by relative depth")
+            axes[-1, 1].set_xlabel("relative depth (layer / last layer)")
         if with_selectivity:
             axes[1, 0].set_ylabel(f"selectivity ({metric} − control)")
             for ax in axes[1]:
@@ -157,21 +175,29 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             ax.xaxis.get_major_locator().set_params(integer=True)
         handles, labels = axes[0, 0].get_legend_handles_labels()
         if with_control:
-            handles.append(Line2D([], [], color="grey", linestyle=CONTROL_STYLE, linewidth=1.0))
+            handles.append(
+                Line2D([], [], color="grey", linestyle=LINE_STYLES["control"], linewidth=1.0)
+            )
             labels.append("shuffled-label control of each run")
-        handles.append(Line2D([], [], color="grey", linestyle=LAYER0_STYLE, linewidth=0.7))
+        handles.append(
+            Line2D([], [], color="grey", linestyle=LINE_STYLES["layer 0"], linewidth=0.7)
+        )
         labels.append("layer 0 of each run")
         if answered:
             handles.append(Line2D([], [], color="grey", **ANSWER_STYLE))
             labels.append("the model's own yes/no answer (colour of its first run)")
         if with_baseline:
             handles.append(
-                Line2D([], [], color="grey", linestyle=PROMPT_BASELINE_STYLE, linewidth=1.1)
+                Line2D(
+                    [], [], color="grey", linestyle=LINE_STYLES["prompt baseline"], linewidth=1.1
+                )
             )
             labels.append("text-only baseline of each run (prompt text alone)")
         if baseline_values:
             names = sorted({name.replace("_", "-") for name, _ in baseline_values})
-            handles.append(Line2D([], [], color="black", linestyle="-.", linewidth=0.9))
+            handles.append(
+                Line2D([], [], color="black", linestyle=LINE_STYLES["strongest baseline"], lw=0.9)
+            )
             labels.append(f"strongest trivial baseline ({', '.join(names)})")
         if with_flags:
             handles.append(Line2D([], [], color="grey", marker="x", linestyle="none"))
@@ -184,7 +210,8 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
         )
     caption = (
         f"Task {task}: test {metric} per layer for every model and pooling (band: "
-        f"{interval_label(sources)}), by layer index (left) and relative depth (right), "
+        f"{interval_label(sources)}), by layer index and relative depth (one panel with a top axis "
+        "when all runs have the same depth), "
         "with the baselines the runs provide; a cross marks a layer whose interval does not "
         "lie above the strongest trivial baseline. Bands are clipped to the metric's range."
     )
@@ -233,7 +260,7 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
                     low,
                     high,
                     OKABE_ITO[index % len(OKABE_ITO)],
-                    TRAINED,
+                    series_style(run),
                     f"pooling {name}",
                 )
             ax.set_title(model)

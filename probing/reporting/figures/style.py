@@ -2,8 +2,9 @@
 
 Figures are drawn with matplotlib's Agg backend for print: saved as PNG (300
 dpi) and SVG, sized for a two-column paper (7 in wide, 8-9 pt text), with the
-Okabe-Ito colour-blind-safe palette for lines, viridis for heatmaps, and line
-styles and markers that still separate the series in grey-scale print.
+Okabe-Ito colour-blind-safe palette for lines, viridis for heatmaps on one shared
+scale per metric, and line styles and markers (LINE_STYLES, POOLING_MARKERS:
+one meaning each) that still separate the series in grey-scale print.
 """
 
 from __future__ import annotations
@@ -42,17 +43,46 @@ OKABE_ITO = (
     "#000000",  # black
     "#F0E442",  # yellow
 )
-VARIANT_STYLE = {
-    TRAINED: ("-", "o"),
-    UNTRAINED: ("--", "s"),
-    TEXT_ONLY: ("-.", "^"),
-    IMAGE_ONLY: (":", "v"),
+# One table of what every line style and marker means, the same in every figure,
+# so a figure printed in grey reads without colour. Solid lines are always the
+# measurement itself (a trained model's scores, a train loss); each other style
+# has exactly one meaning; markers only ever encode the pooling.
+LINE_STYLES: dict[str, Any] = {
+    TRAINED: "-",
+    UNTRAINED: (0, (4, 1.5)),
+    TEXT_ONLY: (0, (4, 1.5, 1, 1.5)),
+    IMAGE_ONLY: (0, (1, 1)),
+    "control": (0, (1, 3)),
+    "layer 0": (0, (8, 3)),
+    "strongest baseline": (0, (8, 2, 1, 2)),
+    "prompt baseline": (0, (6, 2, 1, 2, 1, 2)),
+    "val loss": (0, (2, 1)),
+    "chance loss": (0, (3, 1, 1, 1, 1, 1)),
+    "best epoch": (0, (1, 1.5, 4, 1.5)),
+    # The model's own yes/no answer (probing.reporting.behaviour), drawn thick.
+    "model's answer": (0, (10, 2, 2, 2)),
 }
+# Poolings in probing.extraction.pooling.POOLINGS order; an unknown name (a
+# user's own) gets a fallback marker that no pooling here uses.
+POOLING_MARKERS = {
+    "mean": "o",
+    "max": "^",
+    "last": "s",
+    "last_prompt": "D",
+    "first": "v",
+    "image_mean": "P",
+    "text_mean": "X",
+    "index": "<",
+}
+OTHER_POOLING_MARKER = "*"
 # Loss curves colour a layer by its role, so "best" looks the same in every panel.
 ROLE_COLOURS = {"best": OKABE_ITO[2], "worst": OKABE_ITO[1]}
-CONTROL_STYLE = (0, (1, 1.5))
-LAYER0_STYLE = (0, (6, 3))
+# Scores (accuracy, precision, recall, F1) lie in [0, 1]; every heatmap of a
+# score uses this one colour scale, so panels and figures compare by colour.
+SCORE_RANGE = (0.0, 1.0)
 PAGE_WIDTH_IN = 7.0
+# One column of a two-column paper.
+COLUMN_WIDTH_IN = 3.4
 # With more layers than this a cell is too narrow for its value at page width,
 # so heatmaps drop the numbers and keep the colour scale.
 MAX_ANNOTATED_COLUMNS = 12
@@ -77,6 +107,16 @@ def file_stem(*parts: str) -> str:
     """A file-name-safe stem from free-form parts (task names, model labels)."""
     joined = "_".join(parts)
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", joined).strip("-") or "figure"
+
+
+def pooling_marker(pooling: str) -> str:
+    """The marker of a pooling name ("index:3" is an "index" pooling)."""
+    return POOLING_MARKERS.get(pooling.partition(":")[0], OTHER_POOLING_MARKER)
+
+
+def series_style(run: ProbeRun) -> tuple[Any, str]:
+    """(line style, marker) of a run: its variant's line style, its pooling's marker."""
+    return LINE_STYLES[run.variant], pooling_marker(run.pooling)
 
 
 def run_colours(runs: Sequence[ProbeRun]) -> dict[str, str]:
@@ -116,13 +156,14 @@ def draw_series(
     low,
     high,
     colour,
-    variant,
+    style: tuple[Any, str],
     label,
     bounds: tuple[float, float] | None = (0.0, 1.0),
 ) -> None:
     """A mean line with its CI band; the band is clipped to the metric's `bounds`,
-    since with two or three seeds a seed interval can reach past a score's range."""
-    linestyle, marker = VARIANT_STYLE[variant]
+    since with two or three seeds a seed interval can reach past a score's range.
+    `style` is (line style, marker), from `series_style` or the tables above."""
+    linestyle, marker = style
     if bounds is not None:
         low, high = np.clip(low, *bounds), np.clip(high, *bounds)
     ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
