@@ -32,6 +32,7 @@ import numpy as np
 
 from probing.probes.bootstrap import NUM_RESAMPLES
 from probing.probes.data import LabelData
+from probing.probes.folds import control_targets
 from probing.probes.identity import workdir_run_columns
 from probing.probes.intervals import ImageIntervals, trivial_baselines
 from probing.probes.metrics import (
@@ -74,6 +75,24 @@ def _split_targets(label_data: LabelData, split_name: str) -> tuple[np.ndarray, 
     return label_data.labels[rows], label_data.mask[rows]
 
 
+def control_split_targets(
+    result: SweepResult, label_data: LabelData, split_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shuffled-label control's labels and mask, [S, n, C], of one split part of
+    `label_data` (with folds: the fold's, as fold_results passes it), in the row order of
+    `_split_targets`: the labels it trained on (train), was selected on (val) and is
+    scored on (test)."""
+    return control_targets(
+        label_data.labels,
+        label_data.mask,
+        label_data.split,
+        result.seeds,
+        result.control_seed,
+        SPLIT_NAMES.index(split_name),
+        result.control_train_rows,
+    )
+
+
 def metric_table(
     result: SweepResult, label_data: LabelData
 ) -> list[tuple[int, int, str, str, float]]:
@@ -91,6 +110,11 @@ def metric_table(
             if not is_category_metric(k) and k != CATEGORIES_LEFT_OUT
         }
 
+    with_control = "control" in result.targets
+    controls = {
+        split_name: control_split_targets(result, label_data, split_name)
+        for split_name in (SPLIT_NAMES if with_control else ())
+    }
     table = []
     for li, layer in enumerate(result.layers):
         for si, seed in enumerate(result.seeds):
@@ -98,8 +122,13 @@ def metric_table(
                 labels, mask = _split_targets(label_data, split_name)
                 logits = result.logits[split_name]
                 values = compute_metrics(kind, logits[li, 0, si], labels, mask, names)
-                if "control" in result.targets:
-                    control = compute_metrics(kind, logits[li, 1, si], labels, mask, names)
+                if with_control:
+                    # The control is scored on its own task, the part's labels shuffled as
+                    # it was trained and selected, never on the real labels it cannot know.
+                    control_labels, control_mask = controls[split_name]
+                    control = compute_metrics(
+                        kind, logits[li, 1, si], control_labels[si], control_mask[si], names
+                    )
                     values.update(
                         {
                             control_metric(k): v
