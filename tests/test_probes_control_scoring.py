@@ -5,14 +5,17 @@ predictions.npz and the bootstrap, with its train and val labels unchanged."""
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import numpy as np
 import pytest
 
+from probing.probes import bootstrap as bs
 from probing.probes.data import LabelData
 from probing.probes.folds import control_targets, fold_targets, make_folds
+from probing.probes.intervals import ImageIntervals
 from probing.probes.metrics import binary_metrics
-from probing.probes.results import metric_table
+from probing.probes.results import metric_table, predictions_arrays
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_sweep
 from probing.store.layout import TEST, TRAIN, VAL
@@ -129,3 +132,100 @@ def test_control_scores_chance_on_its_shuffled_test_labels(strong_sweep):
         for s in range(NUM_SEEDS)
     ]
     np.testing.assert_allclose(control, by_hand)
+
+
+def _resampled_accuracy(logits, labels, group, words, resample):
+    """numpy: seed-mean accuracy of logits [S, n] against labels [S, n] (or [n]) on the
+    images resample `resample` draws (bootstrap.resample_images), each row weighted by its
+    image's multiplicity."""
+    images, image_of_row = np.unique(group, return_inverse=True)
+    picks = np.asarray(bs.resample_images(words, np.array([resample]), images.size))[0]
+    weight = np.bincount(picks, minlength=images.size)[image_of_row]
+    hits = (logits > 0) == (np.broadcast_to(labels, logits.shape) > 0.5)
+    return float(np.mean((hits * weight).sum(axis=-1) / weight.sum()))
+
+
+def test_bootstrap_scores_a_set_on_its_own_per_seed_labels():
+    rng = np.random.default_rng(0)
+    n, seeds, layers = 90, 3, 2
+    group = rng.integers(0, 30, n)
+    labels = rng.integers(0, 2, n)
+    own = np.stack([labels[rng.permutation(n)] for _ in range(seeds)])  # [S, n]
+    task = rng.normal(size=(layers, seeds, n)) + 2 * (labels - 0.5)
+    # Control logits that follow the shuffled labels in layer 1 (and the real ones in
+    # layer 0), so that scoring against the wrong labels changes the answer.
+    control = rng.normal(size=(layers, seeds, n))
+    control[0] += 3 * (labels - 0.5)
+    control[1] += 3 * (own - 0.5)
+    result = bs.bootstrap(
+        [task, control], labels, group, num_resamples=40, seed=7, set_labels=[None, (own, None)]
+    )
+    words = bs.key_words(7)
+    task_set, control_set = result.sets
+    for layer in range(layers):
+        expected = np.mean([np.mean((control[layer, s] > 0) == own[s]) for s in range(seeds)])
+        assert control_set.observed["accuracy"][layer] == pytest.approx(expected)
+        for r in (0, 13, 39):
+            assert control_set.samples["accuracy"][r, layer] == pytest.approx(
+                _resampled_accuracy(control[layer], own, group, words, r), abs=1e-6
+            )
+            assert task_set.samples["accuracy"][r, layer] == pytest.approx(
+                _resampled_accuracy(task[layer], labels, group, words, r), abs=1e-6
+            )
+    assert control_set.observed["accuracy"][1] > 0.8 > control_set.observed["accuracy"][0]
+    # Selectivity: the paired difference on the same resamples.
+    selectivity = bs.set_difference(result, "accuracy")
+    expected = bs.percentile_interval(
+        task_set.samples["accuracy"][:, 1] - control_set.samples["accuracy"][:, 1]
+    )
+    assert selectivity[1]["ci95"] == pytest.approx(expected)
+
+
+def test_predictions_bootstrap_uses_control_labels_and_warns_without_them(caplog):
+    rng = np.random.default_rng(1)
+    n = 60
+    labels = rng.integers(0, 2, n).astype(np.int8)
+    own = np.stack([labels[rng.permutation(n)] for _ in range(2)])
+    predictions = {
+        "group": np.arange(n) // 2,
+        "labels": labels,
+        "label_kind": np.asarray("binary"),
+        "logits": rng.normal(size=(1, 2, n)).astype(np.float32),
+        "control_logits": (3 * (own - 0.5) + rng.normal(size=(2, n)))[None].astype(np.float32),
+        "control_labels": own,
+    }
+    with_labels = bs.predictions_bootstrap(predictions, num_resamples=10)
+    observed = with_labels.sets[1].observed["accuracy"][0]
+    assert observed == pytest.approx(np.mean((predictions["control_logits"][0] > 0) == own))
+    del predictions["control_labels"]
+    with caplog.at_level(logging.WARNING, logger="probing.probes.bootstrap"):
+        old = bs.predictions_bootstrap(predictions, num_resamples=10)
+    assert "control_labels" in caplog.text
+    assert old.sets[1].observed["accuracy"][0] == pytest.approx(
+        np.mean((predictions["control_logits"][0] > 0) == labels)
+    )
+
+
+@pytest.mark.slow
+def test_predictions_and_intervals_score_the_control_on_its_shuffled_labels(strong_sweep):
+    result, label_data = strong_sweep
+    arrays = predictions_arrays(result, label_data)
+    labels, _ = control_targets(
+        label_data.labels, label_data.mask, label_data.split, result.seeds, 0, TEST
+    )
+    np.testing.assert_array_equal(arrays["control_labels"], labels[..., 0])
+    assert arrays["control_labels"].dtype == np.int8
+    intervals = ImageIntervals(arrays, 500)
+    ci = intervals.ci95()[SIGNAL_LAYER]
+    table = metric_table(result, label_data)
+    control = np.mean(
+        [
+            v
+            for layer, _, split, m, v in table
+            if (layer, split, m) == (1, "test", "control_accuracy")
+        ]
+    )
+    assert intervals.result.sets[1].observed["accuracy"][1] == pytest.approx(control)
+    low, high = ci["control_accuracy"]
+    assert low < 0.5 < high
+    assert ci["selectivity"][0] > 0.3

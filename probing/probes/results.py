@@ -52,6 +52,9 @@ from probing.probes.sweep import TARGET_NAMES_IN_FILES, SweepResult
 from probing.provenance import probe_environment
 from probing.store.atomic import write_probe_dir
 from probing.store.layout import (
+    CONTROL_LABELS,
+    CONTROL_LOGITS,
+    CONTROL_MASK,
     CURVES_COLUMNS,
     CURVES_CSV,
     HEADLINE_METRIC,
@@ -262,7 +265,10 @@ def predictions_arrays(result: SweepResult, label_data: LabelData) -> dict[str, 
       labels int8 [n] (binary) or [n, K], mask uint8 [n, K] (multilabel only);
       logits float32 [L, S, n] (binary) or [L, S, n, K]: task probes at the
         chosen grid point and best epoch, the logits metrics.csv was scored on;
-      control_logits, same shape, when the shuffled-label control ran.
+      control_logits, same shape, when the shuffled-label control ran, with
+        control_labels int8 [S, n] ([S, n, K]) and (multilabel) control_mask uint8
+        [S, n, K]: per seed the test labels it is scored on (the test part's labels
+        permuted as its train and val labels were; layout.CONTROL_LABELS).
     """
     test = label_data.split_rows(SPLIT_NAMES.index(SCORING_SPLIT))
     rows = label_data.rows[test]
@@ -285,7 +291,20 @@ def predictions_arrays(result: SweepResult, label_data: LabelData) -> dict[str, 
     if multilabel:
         arrays["mask"] = label_data.mask[test].astype(np.uint8)
     if "control" in result.targets:
-        arrays["control_logits"] = squeeze(result.logits["test"][:, 1])
+        arrays.update(control_prediction_arrays(result, label_data, squeeze))
+    return arrays
+
+
+def control_prediction_arrays(result: SweepResult, label_data: LabelData, squeeze) -> dict:
+    """The control's predictions.npz entries of one fold-less result: its test logits and the
+    shuffled test labels (and mask) it is scored on; `squeeze` drops binary's output axis."""
+    labels, mask = control_split_targets(result, label_data, SCORING_SPLIT)
+    arrays = {
+        CONTROL_LOGITS: np.asarray(squeeze(result.logits[SCORING_SPLIT][:, 1]), np.float32),
+        CONTROL_LABELS: np.asarray(squeeze(labels)).astype(np.int8),
+    }
+    if label_data.label_kind == "multilabel":
+        arrays[CONTROL_MASK] = mask.astype(np.uint8)
     return arrays
 
 
