@@ -14,7 +14,7 @@ from probing.probes import bootstrap as bs
 from probing.probes.data import LabelData
 from probing.probes.folds import control_targets, fold_targets, make_folds
 from probing.probes.intervals import ImageIntervals
-from probing.probes.metrics import binary_metrics
+from probing.probes.metrics import binary_metrics, multilabel_metrics
 from probing.probes.results import metric_table, predictions_arrays
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_sweep
@@ -229,3 +229,27 @@ def test_predictions_and_intervals_score_the_control_on_its_shuffled_labels(stro
     low, high = ci["control_accuracy"]
     assert low < 0.5 < high
     assert ci["selectivity"][0] > 0.3
+
+
+def test_multilabel_control_is_scored_on_its_own_labels_and_mask():
+    """Multilabel: per seed, the permuted label vectors and their permuted masks; the
+    observed macro F1 is metrics.multilabel_metrics' on them, averaged over seeds."""
+    rng = np.random.default_rng(2)
+    n, seeds, k = 80, 2, 3
+    group = np.arange(n) // 2
+    labels = rng.integers(0, 2, (n, k))
+    mask = (rng.random((n, k)) > 0.2).astype(np.uint8)
+    perms = [rng.permutation(n) for _ in range(seeds)]
+    own, own_mask = np.stack([labels[p] for p in perms]), np.stack([mask[p] for p in perms])
+    control = (2 * (own - 0.5) + rng.normal(size=(seeds, n, k)))[None]
+    task = rng.normal(size=(1, seeds, n, k))
+    result = bs.bootstrap(
+        [task, control], labels, group, mask=mask, label_kind="multilabel",
+        num_resamples=5, set_labels=[None, (own, own_mask)],
+    )  # fmt: skip
+    names = ["a", "b", "c"]
+    for index, (x, y, m) in enumerate(((task, [labels] * 2, [mask] * 2), (control, own, own_mask))):
+        expected = np.mean(
+            [multilabel_metrics(x[0, s], y[s], m[s], names)["macro_f1"] for s in range(seeds)]
+        )
+        assert result.sets[index].observed["macro_f1"][0] == pytest.approx(expected)
