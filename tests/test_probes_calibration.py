@@ -21,6 +21,7 @@ import pytest
 from scipy.stats import norm
 
 from probing.probes import bootstrap as bs
+from probing.probes.folds import control_targets
 from probing.probes.metrics import binary_metrics, multilabel_metrics
 from probing.probes.settings import SweepSettings
 from probing.probes.stats import image_bootstrap
@@ -93,8 +94,15 @@ def test_null_calibration_of_trained_probes_task_and_selectivity():
         result = run_sweep(features, labels2d, mask, split, settings)
         test = split == 2
         logits = result.logits["test"][..., 0]  # [L, T, S, n]
+        # The control on its own shuffled test labels, as predictions.npz scores it.
+        shuffled, _ = control_targets(labels2d, mask, split, result.seeds, settings.seed, 2)
         boot = bs.bootstrap(
-            [logits[:, 0], logits[:, 1]], labels[test], group[test], num_resamples=2000, seed=draw
+            [logits[:, 0], logits[:, 1]],
+            labels[test],
+            group[test],
+            num_resamples=2000,
+            seed=draw,
+            set_labels=[None, (shuffled[..., 0], None)],
         )
         task, control = (s.samples["accuracy"] for s in boot.sets)
         excluded["accuracy"] += _excludes(bs.percentile_interval(task), 0.5).sum()

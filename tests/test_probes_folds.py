@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from configs.probe import get_config
-from probing.probes.folds import make_folds
+from probing.probes.data import LabelData
+from probing.probes.fold_results import fold_predictions_arrays, fold_tables
+from probing.probes.folds import fold_targets, make_folds
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_streaming_sweep, run_sweep
 from probing.probes.train import train_workdir
@@ -265,3 +267,41 @@ def test_an_epoch_trains_each_fold_on_every_train_row_once_and_on_nothing_else(e
                     np.sort(trained), np.flatnonzero(folds.split[f] == TRAIN)
                 )
     assert jnp.asarray(weight).shape[0] % 16 == 0
+
+
+def test_fold_tables_and_predictions_score_each_folds_control_on_its_shuffled_labels(fold_sweep):
+    """metrics.csv's control rows and predictions.npz's control_labels, fold by fold, against
+    the labels fold_targets gave the control (train in the shared index's chunk order)."""
+    arrays, (_, labels, mask, split), result = fold_sweep
+    label_data = LabelData(
+        labels, mask, split, np.arange(300), arrays["group"], "binary", ["y"], 5, 8
+    )
+    seeds = result.seeds
+    given = {
+        code: np.asarray(fold_targets(labels, mask, result.folds, seeds, SETTINGS, code)[0])
+        for code in (TRAIN, VAL, TEST)
+    }
+    metrics, _ = fold_tables(result, label_data)
+    control = {
+        (layer, fold, seed, split_name): value
+        for layer, fold, seed, split_name, metric, value in metrics
+        if metric == "control_accuracy"
+    }
+    predictions = fold_predictions_arrays(result, label_data)
+    for f in range(result.folds.num_folds):
+        one = result.fold(f)
+        for code, split_name in ((TRAIN, "train"), (VAL, "val"), (TEST, "test")):
+            if code == TRAIN:
+                member = result.folds.train_weight()[f] > 0
+                order = np.argsort(result.folds.train_rows[member])
+                shuffled = given[code][f, 1][:, member][:, order, 0]
+            else:
+                count = int((result.folds.split[f] == code).sum())
+                shuffled = given[code][f, 1][:, :count, 0]
+            for layer in range(4):
+                for s in range(len(seeds)):
+                    hits = (one.logits[split_name][layer, 1, s, :, 0] > 0) == shuffled[s]
+                    assert control[layer, f, s, split_name] == pytest.approx(hits.mean())
+        at = predictions["fold"] == f
+        np.testing.assert_array_equal(predictions["control_labels"][:, at], shuffled)
+    assert predictions["control_labels"].shape == (len(seeds), 300)

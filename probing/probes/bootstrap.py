@@ -6,6 +6,10 @@ metric is recomputed for every layer and seed of every probe set on the same
 resamples, so differences (layer vs layer, task vs control, model vs model)
 are paired. It works from the saved test logits (predictions.npz).
 
+A probe set may have its own labels per seed (`set_labels`): the
+shuffled-label control is scored on its shuffled test labels, on the same
+image resamples as the task probes, so selectivity stays a paired difference.
+
 Why it is fast: a metric depends on the rows only through confusion counts.
 Per image we count tp and fp of every (layer, seed, output) and the positive
 and scored entries of every output; a resample's totals are then its image
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Sequence
 
 import jax
@@ -46,6 +51,9 @@ import numpy as np
 
 from probing.probes.stats import CONFIDENCE
 from probing.progress import Progress
+from probing.store.layout import CONTROL_LABELS, CONTROL_LOGITS, CONTROL_MASK
+
+_log = logging.getLogger(__name__)
 
 NUM_RESAMPLES = 10_000
 METRICS = {
@@ -223,15 +231,16 @@ def _fold_mean(values: dict, xp) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("size", "label_kind", "num_images", "bounds"))
-def _chunk(words, start, hits, base, cell_image, size, label_kind, num_images, bounds):
-    """Seed- and fold-mean metrics [size, L_i] of resamples start .. start + size - 1."""
-    num_cells = base.shape[0]
+def _chunk(words, start, hits, bases, cell_image, size, label_kind, num_images, bounds):
+    """Seed- and fold-mean metrics [size, L_i] of resamples start .. start + size - 1; hits[i]
+    is scored against the label counts bases[i] [cells, S or 1, C, 2]."""
+    num_cells = bases[0].shape[0]
     picks = resample_images(words, start + jnp.arange(size), num_images)
     weights = jnp.zeros((size, num_images), jnp.float32)
     weights = weights.at[jnp.arange(size)[:, None], picks].add(1.0)
     if len(bounds) > 1 or num_cells != num_images:
         weights = weights[:, cell_image]  # each (fold, image) cell weighs as its image
-    flat = jnp.concatenate([h.reshape(num_cells, -1) for h in (*hits, base)], axis=1)
+    flat = jnp.concatenate([h.reshape(num_cells, -1) for h in (*hits, *bases)], axis=1)
     # Counts are small integers: HIGHEST keeps the product exact on GPUs too
     # (no TF32), so totals are the exact integers the reference counts.
     totals = jnp.stack(
@@ -240,23 +249,27 @@ def _chunk(words, start, hits, base, cell_image, size, label_kind, num_images, b
             for lo, hi in bounds
         ]
     )  # [F, size, columns]
-    base_totals = totals[..., -base[0].size :].reshape(len(bounds), size, *base.shape[1:])
     out, offset = [], 0
-    for h in hits:
+    base_offset = sum(h[0].size for h in hits)
+    for h, base in zip(hits, bases, strict=True):
         block = totals[..., offset : offset + h[0].size].reshape(len(bounds), size, *h.shape[1:])
         offset += h[0].size
+        base_totals = totals[..., base_offset : base_offset + base[0].size].reshape(
+            len(bounds), size, *base.shape[1:]
+        )  # [F, size, S or 1, C, 2]
+        base_offset += base[0].size
         values = scores_from_totals(
             block[..., 0],
             block[..., 1],
-            base_totals[:, :, None, None, :, 0],
-            base_totals[:, :, None, None, :, 1],
+            base_totals[:, :, None, :, :, 0],
+            base_totals[:, :, None, :, :, 1],
             label_kind,
             xp=jnp,
         )
         values.pop("categories_left_out", None)
         # A fold none of whose images the resample drew has no value, not 0.
         empty = (base_totals[..., 1].sum(axis=-1) == 0)[:, :, None]
-        values = {m: jnp.where(empty, jnp.nan, v.mean(axis=-1)) for m, v in values.items()}
+        values = {m: jnp.where(empty, jnp.nan, v).mean(axis=-1) for m, v in values.items()}
         out.append(_fold_mean(values, jnp))
     return out
 
@@ -317,6 +330,33 @@ def _as_outputs(logits, labels, mask, label_kind):
     return sets, labels > 0.5, mask, label_kind
 
 
+def _set_targets(sets, positive, scored, label_kind, set_labels):
+    """Per probe set (positive, scored) bool [S or 1, n, C]: the shared labels, or the set's
+    own per-seed labels from `set_labels`."""
+    shared = (positive[None], scored[None])
+    if set_labels is None:
+        return [shared] * len(sets)
+    if len(set_labels) != len(sets):
+        raise ValueError(f"set_labels has {len(set_labels)} entries for {len(sets)} probe sets")
+    targets = []
+    for x, own in zip(sets, set_labels, strict=True):
+        if own is None:
+            targets.append(shared)
+            continue
+        labels, mask = np.asarray(own[0]), own[1]
+        if label_kind == "binary":
+            labels = labels[..., None]
+        mask = np.ones(labels.shape, bool) if mask is None else np.asarray(mask) > 0.5
+        expected = (x.shape[1], *positive.shape)
+        if labels.shape != expected or mask.shape != expected:
+            raise ValueError(
+                f"a probe set's own labels {labels.shape} / mask {mask.shape} do not match "
+                f"[seeds, rows, outputs] {expected}"
+            )
+        targets.append((labels > 0.5, mask))
+    return targets
+
+
 def bootstrap(
     logits: Sequence[np.ndarray],
     labels: np.ndarray,
@@ -328,6 +368,7 @@ def bootstrap(
     chunk_size: int = 500,
     fold: np.ndarray | None = None,
     widen_to_folds: bool = True,
+    set_labels: Sequence[tuple[np.ndarray, np.ndarray | None] | None] | None = None,
 ) -> Bootstrap:
     """Cluster bootstrap over images of every metric of several probe sets.
 
@@ -349,6 +390,9 @@ def bootstrap(
       widen_to_folds: with folds, widen the resamples to the folds' scatter
         where it is larger (`_widen_to_fold_spread`); False keeps the plain
         resamples.
+      set_labels: per probe set, None (scored on `labels` and `mask`) or its own
+        (labels [S, n] / [S, n, K], mask [S, n, K] or None), one per seed: the
+        shuffled-label control's test labels (predictions.npz control_labels).
 
     Raises:
       ValueError: fewer than two test images, or shapes that do not match.
@@ -363,21 +407,25 @@ def bootstrap(
     cells = _cells(group, fold)
     inverse, num_cells = cells.inverse, cells.num_cells
     key = key_words(seed)
-    base = jax.ops.segment_sum(
-        jnp.stack([positive & scored, scored], -1).astype(jnp.float32), inverse, num_cells
-    )  # [cells, C, 2]
+    targets = _set_targets(sets, positive, scored, label_kind, set_labels)
+    bases = [
+        jax.ops.segment_sum(
+            jnp.moveaxis(jnp.stack([p & m, m], -1).astype(jnp.float32), 1, 0), inverse, num_cells
+        )
+        for p, m in targets
+    ]  # per set [cells, S or 1, C, 2]
     blocks = []  # (set index, layer slice, per-cell hits)
     for index, x in enumerate(sets):
         # The [layers, S, n, C, 2] indicators before the per-cell sum bound memory.
         per_layer = x.shape[1] * x.shape[2] * x.shape[3] * 2
         step = max(1, _BLOCK_FLOATS // max(per_layer, 1))
         for lo in range(0, x.shape[0], step):
-            hits = _image_hits(x[lo : lo + step], positive, scored, inverse, num_cells)
+            hits = _image_hits(x[lo : lo + step], *targets[index], inverse, num_cells)
             blocks.append((index, slice(lo, lo + step), hits))
-    base_np = np.asarray(base, np.float64)
-    base_per_fold = np.stack([base_np[lo:hi].sum(0) for lo, hi in cells.bounds])  # [F, C, 2]
     result = []
     for index, x in enumerate(sets):
+        base_np = np.asarray(bases[index], np.float64)
+        base_per_fold = np.stack([base_np[lo:hi].sum(0) for lo, hi in cells.bounds])
         hits = np.concatenate([np.asarray(h) for i, _, h in blocks if i == index], axis=1)
         totals = np.stack([hits[lo:hi].sum(axis=0) for lo, hi in cells.bounds]).astype(
             np.float64
@@ -385,8 +433,8 @@ def bootstrap(
         values = scores_from_totals(
             totals[..., 0],
             totals[..., 1],
-            base_per_fold[:, None, None, :, 0],
-            base_per_fold[:, None, None, :, 1],
+            base_per_fold[:, None, :, :, 0],
+            base_per_fold[:, None, :, :, 1],
             label_kind,
         )
         values.pop("categories_left_out", None)
@@ -413,13 +461,14 @@ def bootstrap(
     progress = Progress("bootstrap", num_resamples * len(calls), unit="resamples")
     for call in calls:
         hits = tuple(h for _, _, h in call)
+        call_bases = tuple(bases[index] for index, _, _ in call)
         for start in range(0, num_resamples, chunk_size):
             # The last chunk is computed at full size (same program) and trimmed.
             out = _chunk(
                 key,
                 start,
                 hits,
-                base,
+                call_bases,
                 cell_image,
                 chunk_size,
                 label_kind,
@@ -438,7 +487,9 @@ def bootstrap(
         for probes in result:
             _widen_to_fold_spread(probes)
     # Multilabel: categories without a positive in any fold's test part.
-    left_out = (base_np.sum(0)[:, 0] == 0).sum() if label_kind == "multilabel" else 0
+    # A control's shuffle keeps each fold's per-category totals, so the labels' count stands.
+    task_totals = np.asarray(bases[0], np.float64).sum(0)[0]  # [C, 2]
+    left_out = (task_totals[:, 0] == 0).sum() if label_kind == "multilabel" else 0
     return Bootstrap(
         label_kind,
         result,
@@ -575,9 +626,20 @@ def predictions_bootstrap(
 ) -> Bootstrap:
     """The bootstrap of predictions.npz (as a dict): set 0 the task probes, set 1 the control;
     over the folds' test parts together when it has a `fold` array (module docstring)."""
-    sets = [predictions["logits"]]
-    if "control_logits" in predictions:
-        sets.append(predictions["control_logits"])
+    sets, set_labels = [predictions["logits"]], None
+    if CONTROL_LOGITS in predictions:
+        sets.append(predictions[CONTROL_LOGITS])
+        if CONTROL_LABELS in predictions:
+            set_labels = [None, (predictions[CONTROL_LABELS], predictions.get(CONTROL_MASK))]
+        else:
+            # Written before the control had its own test labels: its interval (and
+            # selectivity's) is then the old one, on the real labels.
+            _log.warning(
+                "predictions.npz has %s but no %s (written by an older version): the "
+                "control is scored on the real test labels, not on its shuffled ones",
+                CONTROL_LOGITS,
+                CONTROL_LABELS,
+            )
     return bootstrap(
         sets,
         predictions["labels"],
@@ -587,4 +649,5 @@ def predictions_bootstrap(
         num_resamples=num_resamples,
         seed=seed,
         fold=predictions.get("fold"),
+        set_labels=set_labels,
     )

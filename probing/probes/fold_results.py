@@ -21,8 +21,10 @@ column (or axis) added:
   weights.npz        kernel [L, F, S, D, C], bias [L, F, S, C], mean and
                      scale [L, F, D] (each fold's train statistics), folds [F]
   predictions.npz    every fold's test rows one after another: rows, fold,
-                     group, labels (mask), logits [L, S, n] ([L, S, n, K]) and
-                     control_logits; with K folds every row is tested once
+                     group, labels (mask), logits [L, S, n] ([L, S, n, K]),
+                     control_logits and control_labels (control_mask), each
+                     fold's control scored on its fold's shuffled test labels;
+                     with K folds every row is tested once
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from probing.probes.results import (
     _csv_bytes,
     _json_bytes,
     _json_safe,
+    control_prediction_arrays,
     curve_table,
     metric_table,
     probe_config,
@@ -50,6 +53,9 @@ from probing.probes.summary import build_summary
 from probing.probes.sweep import SweepResult
 from probing.store.atomic import write_probe_dir
 from probing.store.layout import (
+    CONTROL_LABELS,
+    CONTROL_LOGITS,
+    CONTROL_MASK,
     CURVES_CSV,
     FOLD_COLUMN,
     FOLD_CURVES_COLUMNS,
@@ -203,6 +209,7 @@ def fold_weights_bytes(result: SweepResult, label_data: LabelData) -> bytes:
 def fold_predictions_arrays(result: SweepResult, label_data: LabelData) -> dict[str, np.ndarray]:
     """predictions.npz: every fold's test rows and logits, fold after fold."""
     multilabel = label_data.label_kind == "multilabel"
+    keep = (lambda a: a) if multilabel else (lambda a: a[..., 0])
     parts: dict[str, list[np.ndarray]] = {}
     for position, fold in enumerate(result.folds.ids):
         test = np.flatnonzero(result.folds.split[position] == TEST)
@@ -219,17 +226,20 @@ def fold_predictions_arrays(result: SweepResult, label_data: LabelData) -> dict[
         if multilabel:
             fold_arrays["mask"] = label_data.mask[test].astype(np.uint8)
         if "control" in result.targets:
-            fold_arrays["control_logits"] = one.logits[SCORING_SPLIT][:, 1]
+            # Each fold's control scored on its own fold's shuffled test labels.
+            fold_arrays.update(
+                control_prediction_arrays(one, _fold_label_data(label_data, result, position), keep)
+            )
         for key, value in fold_arrays.items():
             parts.setdefault(key, []).append(value)
+    # Rows run along axis 2 of the logits [L, S, n(, K)], 1 of the control's per-seed
+    # labels [S, n(, K)], 0 of the rest.
+    row_axis = {"logits": 2, CONTROL_LOGITS: 2, CONTROL_LABELS: 1, CONTROL_MASK: 1}
     arrays = {
-        key: np.concatenate(values, axis=2 if "logits" in key else 0)
-        for key, values in parts.items()
+        key: np.concatenate(values, axis=row_axis.get(key, 0)) for key, values in parts.items()
     }
     arrays["labels"] = (arrays["labels"] if multilabel else arrays["labels"][:, 0]).astype(np.int8)
-    for key in ("logits", "control_logits"):
-        if key in arrays:
-            arrays[key] = np.asarray(arrays[key] if multilabel else arrays[key][..., 0], np.float32)
+    arrays["logits"] = np.asarray(keep(arrays["logits"]), np.float32)
     arrays.update(
         layers=result.layers,
         seeds=result.seeds,

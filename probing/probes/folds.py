@@ -20,6 +20,7 @@ when only some folds are trained, so that a fold trains identically alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -195,7 +196,6 @@ def fold_targets(labels, mask, folds: FoldSet, seed_ids, settings, code):
     shape = (folds.num_folds, settings.num_targets, len(seed_ids), rows.shape[1], labels.shape[1])
     y = np.zeros(shape, np.float32)
     m = np.zeros(shape, np.float32)
-    perms = {}
     for f in range(folds.num_folds):
         part = np.flatnonzero(member[f])
         fold_rows = rows[f, part]
@@ -203,14 +203,57 @@ def fold_targets(labels, mask, folds: FoldSet, seed_ids, settings, code):
         m[f, :, :, part] = mask[fold_rows][:, None, None]
         if settings.controls:
             for si, s in enumerate(seed_ids):
-                key = (int(s), part.size)
-                if key not in perms:
-                    perms[key] = np.asarray(
-                        jax.random.permutation(
-                            _stream_key(settings.seed, _CONTROL_STREAM, int(s), code), part.size
-                        )
-                    )
-                shuffled = fold_rows[perms[key]]
+                shuffled = fold_rows[control_permutation(settings.seed, s, code, part.size)]
                 y[f, 1, si, part] = labels[shuffled]
                 m[f, 1, si, part] = mask[shuffled]
     return jnp.asarray(y), jnp.asarray(m)
+
+
+@functools.lru_cache(maxsize=256)
+def _permutation(root_seed: int, seed: int, code: int, size: int) -> np.ndarray:
+    return np.asarray(
+        jax.random.permutation(_stream_key(root_seed, _CONTROL_STREAM, seed, code), size)
+    )
+
+
+def control_permutation(root_seed: int, seed, code: int, size: int) -> np.ndarray:
+    """The shuffled-label control's permutation of the `size` rows of a split part: keyed on
+    (settings.seed, the control stream, probe seed, split code), the same for every fold
+    whose part has that many rows. Train and val permute the labels the control trains and
+    selects on; test (code TEST) permutes the labels it is scored on."""
+    # Cached: the tables ask for the same permutation once per layer; a copy keeps the
+    # cached array safe from callers.
+    return _permutation(int(root_seed), int(seed), int(code), int(size)).copy()
+
+
+def control_targets(
+    labels: np.ndarray,
+    mask: np.ndarray,
+    split: np.ndarray,
+    seed_ids,
+    root_seed: int,
+    code: int,
+    train_rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shuffled-label control's labels and mask, [S, n, C], of the n rows of split part
+    `code` of one fold (`split` [N], its split codes), in row order: what fold_targets gives
+    the control for that part, so that its metrics are scored on its own task.
+
+    The permutation runs over the part's rows in the order fold_targets lays them out: row
+    order for val and test; for train the order of the shared train index `train_rows`
+    (FoldSet.train_rows; None: row order, which it is without folds).
+    """
+    labels = np.asarray(labels).reshape(len(labels), -1)
+    mask = np.asarray(mask).reshape(len(mask), -1)
+    rows = np.flatnonzero(np.asarray(split) == code)
+    order = rows
+    if code == TRAIN and train_rows is not None:
+        order = np.asarray(train_rows)[np.isin(train_rows, rows)]
+    # Where each entry of `order` sits among the part's rows in row order.
+    at = np.searchsorted(rows, order)
+    y = np.zeros((len(seed_ids), rows.size, labels.shape[1]), labels.dtype)
+    m = np.zeros((len(seed_ids), rows.size, mask.shape[1]), mask.dtype)
+    for si, s in enumerate(seed_ids):
+        shuffled = order[control_permutation(root_seed, s, code, rows.size)]
+        y[si, at], m[si, at] = labels[shuffled], mask[shuffled]
+    return y, m

@@ -19,7 +19,9 @@ Axes:
           at probe time (settings.folds);
   target  0 = the labels, 1 = the shuffled-label control (labels permuted
           within the fold's train part, and within val for its epoch
-          selection, one permutation per seed; scored on the real labels);
+          selection, one permutation per seed; scored on the test part's
+          labels permuted the same way, keyed on split TEST: its own task,
+          folds.control_targets);
   seed    seed indices s = 0..num_seeds-1;
   grid    points of the learning-rate x weight-decay x dropout grid.
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from probing.probes.bootstrap import NUM_RESAMPLES
 from probing.probes.data import LabelData
+from probing.probes.folds import control_targets
 from probing.probes.identity import workdir_run_columns
 from probing.probes.intervals import ImageIntervals, trivial_baselines
 from probing.probes.metrics import (
@@ -51,6 +52,9 @@ from probing.probes.sweep import TARGET_NAMES_IN_FILES, SweepResult
 from probing.provenance import probe_environment
 from probing.store.atomic import write_probe_dir
 from probing.store.layout import (
+    CONTROL_LABELS,
+    CONTROL_LOGITS,
+    CONTROL_MASK,
     CURVES_COLUMNS,
     CURVES_CSV,
     HEADLINE_METRIC,
@@ -74,6 +78,24 @@ def _split_targets(label_data: LabelData, split_name: str) -> tuple[np.ndarray, 
     return label_data.labels[rows], label_data.mask[rows]
 
 
+def control_split_targets(
+    result: SweepResult, label_data: LabelData, split_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shuffled-label control's labels and mask, [S, n, C], of one split part of
+    `label_data` (with folds: the fold's, as fold_results passes it), in the row order of
+    `_split_targets`: the labels it trained on (train), was selected on (val) and is
+    scored on (test)."""
+    return control_targets(
+        label_data.labels,
+        label_data.mask,
+        label_data.split,
+        result.seeds,
+        result.control_seed,
+        SPLIT_NAMES.index(split_name),
+        result.control_train_rows,
+    )
+
+
 def metric_table(
     result: SweepResult, label_data: LabelData
 ) -> list[tuple[int, int, str, str, float]]:
@@ -91,6 +113,11 @@ def metric_table(
             if not is_category_metric(k) and k != CATEGORIES_LEFT_OUT
         }
 
+    with_control = "control" in result.targets
+    controls = {
+        split_name: control_split_targets(result, label_data, split_name)
+        for split_name in (SPLIT_NAMES if with_control else ())
+    }
     table = []
     for li, layer in enumerate(result.layers):
         for si, seed in enumerate(result.seeds):
@@ -98,8 +125,13 @@ def metric_table(
                 labels, mask = _split_targets(label_data, split_name)
                 logits = result.logits[split_name]
                 values = compute_metrics(kind, logits[li, 0, si], labels, mask, names)
-                if "control" in result.targets:
-                    control = compute_metrics(kind, logits[li, 1, si], labels, mask, names)
+                if with_control:
+                    # The control is scored on its own task, the part's labels shuffled as
+                    # it was trained and selected, never on the real labels it cannot know.
+                    control_labels, control_mask = controls[split_name]
+                    control = compute_metrics(
+                        kind, logits[li, 1, si], control_labels[si], control_mask[si], names
+                    )
                     values.update(
                         {
                             control_metric(k): v
@@ -233,7 +265,10 @@ def predictions_arrays(result: SweepResult, label_data: LabelData) -> dict[str, 
       labels int8 [n] (binary) or [n, K], mask uint8 [n, K] (multilabel only);
       logits float32 [L, S, n] (binary) or [L, S, n, K]: task probes at the
         chosen grid point and best epoch, the logits metrics.csv was scored on;
-      control_logits, same shape, when the shuffled-label control ran.
+      control_logits, same shape, when the shuffled-label control ran, with
+        control_labels int8 [S, n] ([S, n, K]) and (multilabel) control_mask uint8
+        [S, n, K]: per seed the test labels it is scored on (the test part's labels
+        permuted as its train and val labels were; layout.CONTROL_LABELS).
     """
     test = label_data.split_rows(SPLIT_NAMES.index(SCORING_SPLIT))
     rows = label_data.rows[test]
@@ -256,7 +291,20 @@ def predictions_arrays(result: SweepResult, label_data: LabelData) -> dict[str, 
     if multilabel:
         arrays["mask"] = label_data.mask[test].astype(np.uint8)
     if "control" in result.targets:
-        arrays["control_logits"] = squeeze(result.logits["test"][:, 1])
+        arrays.update(control_prediction_arrays(result, label_data, squeeze))
+    return arrays
+
+
+def control_prediction_arrays(result: SweepResult, label_data: LabelData, squeeze) -> dict:
+    """The control's predictions.npz entries of one fold-less result: its test logits and the
+    shuffled test labels (and mask) it is scored on; `squeeze` drops binary's output axis."""
+    labels, mask = control_split_targets(result, label_data, SCORING_SPLIT)
+    arrays = {
+        CONTROL_LOGITS: np.asarray(squeeze(result.logits[SCORING_SPLIT][:, 1]), np.float32),
+        CONTROL_LABELS: np.asarray(squeeze(labels)).astype(np.int8),
+    }
+    if label_data.label_kind == "multilabel":
+        arrays[CONTROL_MASK] = mask.astype(np.uint8)
     return arrays
 
 

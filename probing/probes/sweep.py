@@ -44,6 +44,10 @@ TARGETS = ("labels", "control")
 TARGET_NAMES_IN_FILES = {"labels": "task", "control": "control"}
 
 
+# SweepResult fields without a layer axis (and without a fold axis to take).
+_NOT_PER_LAYER = ("seeds", "targets", "grid", "folds", "control_seed", "control_train_rows")
+
+
 @dataclasses.dataclass
 class SweepResult:
     """Everything a sweep produced, as numpy arrays.
@@ -75,6 +79,10 @@ class SweepResult:
         each output's own best epoch (1-based); best_epoch is then their latest.
       category_val_loss: [E, L, (F,) T, S, G, C] with per_category_selection, each
         output's val loss per epoch, NaN after that output stopped.
+      control_seed: settings.seed, which keys the shuffled-label control's permutations
+        (folds.control_permutation), so that its metrics are scored on its shuffled labels.
+      control_train_rows: the shared train index (FoldSet.train_rows) the control's train
+        permutation runs over; kept by fold(i), which drops `folds`.
     """
 
     layers: np.ndarray
@@ -96,6 +104,8 @@ class SweepResult:
     folds: FoldSet | None = None
     category_best_epoch: np.ndarray | None = None
     category_val_loss: np.ndarray | None = None
+    control_seed: int = 0
+    control_train_rows: np.ndarray | None = None
 
     @staticmethod
     def concatenate(parts: Sequence[SweepResult]) -> SweepResult:
@@ -123,7 +133,7 @@ class SweepResult:
 
         fields = {f.name: getattr(first, f.name) for f in dataclasses.fields(SweepResult)}
         for name in fields:
-            if name not in ("seeds", "targets", "grid", "folds"):
+            if name not in _NOT_PER_LAYER:
                 fields[name] = join(name)
         return SweepResult(**fields)
 
@@ -133,7 +143,7 @@ class SweepResult:
         fields = {}
         for f in dataclasses.fields(SweepResult):
             value = getattr(self, f.name)
-            if f.name in ("layers", "seeds", "targets", "grid", "folds") or value is None:
+            if f.name in ("layers", *_NOT_PER_LAYER) or value is None:
                 fields[f.name] = value
             elif f.name == "logits":
                 split = self.folds.split[index]
@@ -284,6 +294,8 @@ def _collect(
         folds=folds if folds.enabled else None,
         category_best_epoch=None if category_loss is None else unfold(category_best_epoch),
         category_val_loss=None if category_loss is None else unfold(category_loss[:, kept], 2),
+        control_seed=int(settings.seed),
+        control_train_rows=np.asarray(folds.train_rows),
     )
 
 

@@ -112,6 +112,13 @@ SUMMARY_JSON = "summary.json"
 PROBE_CONFIG_JSON = "probe_config.json"
 WEIGHTS_NPZ = "weights.npz"
 PREDICTIONS_NPZ = "predictions.npz"
+# predictions.npz keys of the shuffled-label control (when it ran): its test logits
+# [L, S, n] ([L, S, n, K]) and the test labels it is scored on, the test part's labels
+# permuted per seed as its train and val labels were: int8 [S, n] ([S, n, K]), and
+# (multilabel) their mask uint8 [S, n, K].
+CONTROL_LOGITS = "control_logits"
+CONTROL_LABELS = "control_labels"
+CONTROL_MASK = "control_mask"
 # Written last: every other file's sha256, so a reader can refuse a mixed folder.
 RESULTS_JSON = "results.json"
 # probe_config.json's record of how and where the probes were trained
