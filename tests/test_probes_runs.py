@@ -20,14 +20,13 @@ from probing.testing.planted import planted_arrays, write_workdir
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Small and fast, as in test_probes_train.py (the same shapes reuse the compiled sweep).
+_SMALL = {"num_seeds": 2, "epochs": 4, "batch_size": 16, "learning_rate": 3e-2}
+
+
 def _config(**overrides):
     config = get_config()
-    config.num_seeds = 2
-    config.epochs = 4
-    config.batch_size = 16
-    config.learning_rate = 3e-2
-    config.bootstrap_resamples = 100
-    config.update(overrides)
+    config.update({**_SMALL, "bootstrap_resamples": 100, **overrides})
     return config
 
 

@@ -170,7 +170,7 @@ def train_workdir(
     """Trains the probes of every pooling (default: all in the manifest).
 
     Returns:
-      pooling name -> its summary (the content of probes/<pooling>/summary.json).
+      pooling name -> its summary (the content of probes/<run>/summary.json).
     """
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     # A bucket that does not answer fails in seconds, not after minutes of retries.
