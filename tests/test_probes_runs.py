@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -156,3 +157,14 @@ def test_command_line_lists_runs(two_runs):
         text=True,
     )
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_a_folder_of_no_known_pooling_is_skipped_with_a_warning(two_runs, tmp_path, caplog):
+    copy = tmp_path / "w"
+    shutil.copytree(two_runs, copy)
+    # A folder renamed by hand: no run record, and its name is no pooling.
+    os.remove(copy / "probes" / "mean" / "probe_config.json")
+    os.remove(copy / "probes" / "mean" / "results.json")
+    os.rename(copy / "probes" / "mean", copy / "probes" / "old")
+    assert [run.run_name for run in load_runs([str(copy)])] == [_runs(two_runs)[1]]
+    assert "probes/ folder(s) ['old'] name no pooling" in caplog.text

@@ -376,6 +376,14 @@ def load_workdir_runs(
         logging.warning("%s: none of its poolings %s is selected; skipped", location, available)
         return []
     found = [(name, run_pooling(workdir, name)) for name in run_folders(workdir)]
+    stray = [name for name, pooling in found if pooling not in available]
+    if stray:
+        logging.warning(
+            "%s: probes/ folder(s) %s name no pooling of manifest.json %s; skipped",
+            location,
+            stray,
+            available,
+        )
     for pooling in wanted:
         if not any(p == pooling for _, p in found):
             logging.warning("%s: no probe results for pooling %r; skipped", location, pooling)
@@ -421,7 +429,7 @@ def load_workdir_runs(
         )
     if not runs:
         raise ReportError(
-            f"{location} has no probe results (no probes/<pooling>/metrics.csv for "
+            f"{location} has no probe results (no probes/<run>/metrics.csv for "
             f"pooling(s) {wanted}); produce them with "
             f"`python -m probing.train_all_layers --workdir={location}`"
         )
