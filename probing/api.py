@@ -144,7 +144,7 @@ def train(
     """Stage 2: probes for every layer and seed of `workdir`; returns its Results.
 
     `python -m probing.train_all_layers --workdir=WORKDIR [--config=CONFIG]
-    [--pooling=...] --config.K=V ...`; writes probes/<pooling>/ exactly as it does.
+    [--pooling=...] --config.K=V ...`; writes probes/<run>/ exactly as it does.
 
     Args:
       workdir: a workdir written by `extract` (or by hand, WORKSPACE.md).
@@ -152,12 +152,14 @@ def train(
       poolings: poolings to probe (default: every one in the manifest).
       **overrides: probe config fields, e.g. num_seeds=5, folds=5, layers=(0, 12).
     """
-    from probing.probes.train import train_workdir
+    from probing.probes.train import resolve_runs, train_workdir
 
     probe_config = _config(config, overrides, "probe")
     _start_jax(bool(probe_config.get("distributed")))
     train_workdir(str(workdir), probe_config, poolings)
-    return Results.load(workdir, poolings)
+    # This run's folders, wherever it went (probes/<pooling>-<hash>/ beside another run):
+    # resolving again after training names the folders just written.
+    return Results.load(workdir, poolings, resolve_runs(str(workdir), probe_config, poolings))
 
 
 def load(workdir: str, poolings: Sequence[str] | None = None) -> Results:

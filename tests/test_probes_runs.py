@@ -168,3 +168,15 @@ def test_a_folder_of_no_known_pooling_is_skipped_with_a_warning(two_runs, tmp_pa
     os.rename(copy / "probes" / "mean", copy / "probes" / "old")
     assert [run.run_name for run in load_runs([str(copy)])] == [_runs(two_runs)[1]]
     assert "probes/ folder(s) ['old'] name no pooling" in caplog.text
+
+
+def test_api_train_returns_the_run_it_trained(two_runs, tmp_path):
+    import probing.api
+
+    copy = tmp_path / "w"
+    shutil.copytree(two_runs, copy)
+    small = {**_SMALL, "bootstrap_resamples": 100}
+    # Beside probes/mean (2 seeds): a 3-seed run of its own folder, not probes/mean's numbers.
+    results = probing.api.train(str(copy), poolings=["mean"], **{**small, "num_seeds": 3})
+    assert sorted(results.metrics["seed"].unique()) == [0, 1, 2]
+    assert sorted(probing.api.load(str(copy)).metrics["seed"].unique()) == [0, 1]

@@ -164,6 +164,20 @@ def _warn_not_converged(pooling: str, convergence: dict[str, Any]) -> None:
     )
 
 
+def resolve_runs(
+    workdir: str | Workdir, config: Any, poolings: Sequence[str] | None = None
+) -> dict[str, str]:
+    """pooling -> the probes/<run>/ folder its run with `config` writes (or wrote: the
+    same settings resolve to the same folder after training)."""
+    workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    manifest = workdir.manifest()
+    layers = _layers_to_probe(config, int(manifest["num_layers"]))
+    return {
+        pooling: _resolve_run(workdir, config, pooling, layers)
+        for pooling in (poolings or manifest["poolings"])
+    }
+
+
 def train_workdir(
     workdir: str | Workdir, config: Any, poolings: Sequence[str] | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -200,8 +214,7 @@ def train_workdir(
             report.threshold,
         )
     # Every run's folder is named (and a clash refused) before any training.
-    layers = _layers_to_probe(config, label_data.num_layers)
-    runs = {pooling: _resolve_run(workdir, config, pooling, layers) for pooling in poolings}
+    runs = resolve_runs(workdir, config, poolings)
     return {
         pooling: train_pooling(workdir, config, pooling, features_checked=True, run=runs[pooling])
         for pooling in poolings
