@@ -203,6 +203,9 @@ def train_workdir(
     make_folds(label_data.split, label_data.groups, label_data.labels, label_data.mask, settings)
     for pooling in poolings:
         check_pooling(workdir, pooling)
+    # Every run's folder is named (and a bad name or a clash refused) before the
+    # features are read.
+    runs = resolve_runs(workdir, config, poolings)
     written = np.zeros(int(manifest["num_examples"]), bool)
     written[label_data.rows] = True
     for report in check_all_features(workdir, poolings, written):
@@ -213,8 +216,6 @@ def train_workdir(
             report.max_abs,
             report.threshold,
         )
-    # Every run's folder is named (and a clash refused) before any training.
-    runs = resolve_runs(workdir, config, poolings)
     return {
         pooling: train_pooling(workdir, config, pooling, features_checked=True, run=runs[pooling])
         for pooling in poolings
