@@ -162,9 +162,27 @@ def train(
     return Results.load(workdir, poolings, resolve_runs(str(workdir), probe_config, poolings))
 
 
-def load(workdir: str, poolings: Sequence[str] | None = None) -> Results:
-    """The Results of an already trained workdir (no training)."""
-    return Results.load(workdir, poolings)
+def load(
+    workdir: str, poolings: Sequence[str] | None = None, runs: Sequence[str] | None = None
+) -> Results:
+    """The Results of an already trained workdir (no training).
+
+    `runs`: probe runs by folder name (`python -m probing.runs` lists them), at most
+    one per pooling; default: each pooling's first run, probes/<pooling>/.
+    """
+    if not runs:
+        return Results.load(workdir, poolings)
+    from probing.probes.run_names import run_pooling
+    from probing.store.workdir import Workdir, WorkdirError
+
+    chosen = {run: run_pooling(Workdir(workdir), run) for run in runs}
+    by_pooling = {pooling: run for run, pooling in chosen.items()}
+    if len(by_pooling) < len(chosen):
+        raise WorkdirError(
+            f"runs {list(runs)} hold two runs of one pooling ({chosen}); Results holds one "
+            "run per pooling: load them one at a time"
+        )
+    return Results.load(workdir, list(by_pooling), by_pooling)
 
 
 def report(workdirs: str | Sequence[str], out: str, **options: Any) -> str:

@@ -16,6 +16,7 @@ from probing.probes.run_names import check_run_name
 from probing.probes.train import train_workdir
 from probing.reporting.builder import build_report
 from probing.reporting.runs import ReportError, load_runs
+from probing.store.workdir import WorkdirError
 from probing.testing.planted import planted_arrays, write_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,3 +181,8 @@ def test_api_train_returns_the_run_it_trained(two_runs, tmp_path):
     results = probing.api.train(str(copy), poolings=["mean"], **{**small, "num_seeds": 3})
     assert sorted(results.metrics["seed"].unique()) == [0, 1, 2]
     assert sorted(probing.api.load(str(copy)).metrics["seed"].unique()) == [0, 1]
+    hashed = _runs(two_runs)[1]
+    picked = probing.api.load(str(copy), runs=[hashed])
+    assert sorted(picked.metrics["seed"].unique()) == [0, 1, 2]
+    with pytest.raises(WorkdirError, match="two runs of one pooling"):
+        probing.api.load(str(copy), runs=["mean", hashed])
