@@ -92,6 +92,7 @@ class Results:
       summaries: pooling -> summary.json content.
       metrics, curves, summary, best: the DataFrames of the module docstring.
       headline_metric: accuracy (binary) or macro_f1 (multilabel).
+      runs: pooling -> its probes/<run>/ folder where it is not probes/<pooling>/.
     """
 
     workdir: str
@@ -102,6 +103,7 @@ class Results:
     summary: pd.DataFrame
     best: pd.DataFrame
     headline_metric: str
+    runs: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def load(
@@ -164,6 +166,7 @@ class Results:
             summary=pd.DataFrame(summary_rows),
             best=pd.DataFrame(best_rows),
             headline_metric=HEADLINE_METRIC[manifest["label_kind"]],
+            runs={p: runs[p] for p in chosen if runs[p] != p},
         )
 
     def __repr__(self) -> str:
@@ -254,4 +257,5 @@ class Results:
 
     def probes(self, pooling: str | None = None) -> SavedProbes:
         """The trained probes of a pooling (default: the first), to apply to new features."""
-        return load_probes(self.workdir, pooling or self.poolings[0])
+        pooling = pooling or self.poolings[0]
+        return load_probes(self.workdir, self.runs.get(pooling, pooling))

@@ -184,5 +184,7 @@ def test_api_train_returns_the_run_it_trained(two_runs, tmp_path):
     hashed = _runs(two_runs)[1]
     picked = probing.api.load(str(copy), runs=[hashed])
     assert sorted(picked.metrics["seed"].unique()) == [0, 1, 2]
+    # Its saved probes are that run's too (3 seeds), not probes/mean's (2).
+    assert len(picked.probes("mean").seeds) == 3 and len(results.probes().seeds) == 3
     with pytest.raises(WorkdirError, match="two runs of one pooling"):
         probing.api.load(str(copy), runs=["mean", hashed])
