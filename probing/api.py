@@ -144,7 +144,7 @@ def train(
     """Stage 2: probes for every layer and seed of `workdir`; returns its Results.
 
     `python -m probing.train_all_layers --workdir=WORKDIR [--config=CONFIG]
-    [--pooling=...] --config.K=V ...`; writes probes/<pooling>/ exactly as it does.
+    [--pooling=...] --config.K=V ...`; writes probes/<run>/ exactly as it does.
 
     Args:
       workdir: a workdir written by `extract` (or by hand, WORKSPACE.md).
@@ -152,17 +152,37 @@ def train(
       poolings: poolings to probe (default: every one in the manifest).
       **overrides: probe config fields, e.g. num_seeds=5, folds=5, layers=(0, 12).
     """
-    from probing.probes.train import train_workdir
+    from probing.probes.train import resolve_runs, train_workdir
 
     probe_config = _config(config, overrides, "probe")
     _start_jax(bool(probe_config.get("distributed")))
     train_workdir(str(workdir), probe_config, poolings)
-    return Results.load(workdir, poolings)
+    # This run's folders, wherever it went (probes/<pooling>-<hash>/ beside another run):
+    # resolving again after training names the folders just written.
+    return Results.load(workdir, poolings, resolve_runs(str(workdir), probe_config, poolings))
 
 
-def load(workdir: str, poolings: Sequence[str] | None = None) -> Results:
-    """The Results of an already trained workdir (no training)."""
-    return Results.load(workdir, poolings)
+def load(
+    workdir: str, poolings: Sequence[str] | None = None, runs: Sequence[str] | None = None
+) -> Results:
+    """The Results of an already trained workdir (no training).
+
+    `runs`: probe runs by folder name (`python -m probing.runs` lists them), at most
+    one per pooling; default: each pooling's first run, probes/<pooling>/.
+    """
+    if not runs:
+        return Results.load(workdir, poolings)
+    from probing.probes.run_names import run_pooling
+    from probing.store.workdir import Workdir, WorkdirError
+
+    chosen = {run: run_pooling(Workdir(workdir), run) for run in runs}
+    by_pooling = {pooling: run for run, pooling in chosen.items()}
+    if len(by_pooling) < len(chosen):
+        raise WorkdirError(
+            f"runs {list(runs)} hold two runs of one pooling ({chosen}); Results holds one "
+            "run per pooling: load them one at a time"
+        )
+    return Results.load(workdir, list(by_pooling), by_pooling)
 
 
 def report(workdirs: str | Sequence[str], out: str, **options: Any) -> str:

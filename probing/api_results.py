@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,8 +46,8 @@ _INTERVAL_WORDS = {
 }
 
 
-def _read_tidy(workdir: Workdir, pooling: str, name: str) -> pd.DataFrame:
-    frame = pd.read_csv(io.BytesIO(workdir.read_bytes(probe_file(pooling, name))))
+def _read_tidy(workdir: Workdir, pooling: str, name: str, run: str) -> pd.DataFrame:
+    frame = pd.read_csv(io.BytesIO(workdir.read_bytes(probe_file(run, name))))
     if not set(RUN_COLUMNS) <= set(frame.columns):
         # Files written by hand or before the run columns existed: add them.
         run = workdir_run_columns(workdir, pooling)
@@ -92,6 +92,7 @@ class Results:
       summaries: pooling -> summary.json content.
       metrics, curves, summary, best: the DataFrames of the module docstring.
       headline_metric: accuracy (binary) or macro_f1 (multilabel).
+      runs: pooling -> its probes/<run>/ folder where it is not probes/<pooling>/.
     """
 
     workdir: str
@@ -102,10 +103,19 @@ class Results:
     summary: pd.DataFrame
     best: pd.DataFrame
     headline_metric: str
+    runs: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def load(cls, workdir: Workdir | str, poolings: Sequence[str] | None = None) -> Results:
+    def load(
+        cls,
+        workdir: Workdir | str,
+        poolings: Sequence[str] | None = None,
+        runs: Mapping[str, str] | None = None,
+    ) -> Results:
         """Reads probes/<pooling>/ of every pooling (default: all that have results).
+
+        `runs` maps a pooling to another run folder of it, probes/<run>/
+        (probing.probes.run_names; what `train` just wrote).
 
         Raises:
           WorkdirError: not a workdir, no results, or a results folder whose
@@ -113,7 +123,8 @@ class Results:
         """
         wd = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
         manifest = wd.manifest()
-        trained = [p for p in manifest["poolings"] if wd.exists(probe_file(p, METRICS_CSV))]
+        runs = {p: (runs or {}).get(p, p) for p in manifest["poolings"]}
+        trained = [p for p in manifest["poolings"] if wd.exists(probe_file(runs[p], METRICS_CSV))]
         chosen = list(poolings) if poolings else trained
         missing = [p for p in chosen if p not in trained]
         if missing or not chosen:
@@ -125,11 +136,12 @@ class Results:
             )
         summaries, metrics, curves, summary_rows, best_rows = {}, [], [], [], []
         for pooling in chosen:
-            verify_probe_dir(wd, probes_dir(pooling))
-            summaries[pooling] = summary = wd.read_json(probe_file(pooling, SUMMARY_JSON))
-            metrics.append(_read_tidy(wd, pooling, METRICS_CSV))
-            if wd.exists(probe_file(pooling, CURVES_CSV)):
-                curves.append(_read_tidy(wd, pooling, CURVES_CSV))
+            run = runs[pooling]
+            verify_probe_dir(wd, probes_dir(run))
+            summaries[pooling] = summary = wd.read_json(probe_file(run, SUMMARY_JSON))
+            metrics.append(_read_tidy(wd, pooling, METRICS_CSV, run))
+            if wd.exists(probe_file(run, CURVES_CSV)):
+                curves.append(_read_tidy(wd, pooling, CURVES_CSV, run))
             run = workdir_run_columns(wd, pooling)
             summary_rows.extend(_flatten_summary(summary, run))
             best = summary.get("best_layer") or {}
@@ -154,6 +166,7 @@ class Results:
             summary=pd.DataFrame(summary_rows),
             best=pd.DataFrame(best_rows),
             headline_metric=HEADLINE_METRIC[manifest["label_kind"]],
+            runs={p: runs[p] for p in chosen if runs[p] != p},
         )
 
     def __repr__(self) -> str:
@@ -244,4 +257,5 @@ class Results:
 
     def probes(self, pooling: str | None = None) -> SavedProbes:
         """The trained probes of a pooling (default: the first), to apply to new features."""
-        return load_probes(self.workdir, pooling or self.poolings[0])
+        pooling = pooling or self.poolings[0]
+        return load_probes(self.workdir, self.runs.get(pooling, pooling))

@@ -24,6 +24,9 @@ _WORKDIRS = flags.DEFINE_list(
 _OUT = flags.DEFINE_string("out", None, "Output folder of report.md, report.html and figures.")
 _POOLINGS = flags.DEFINE_list("poolings", None, "Only these poolings (default: all probed).")
 _TASKS = flags.DEFINE_list("tasks", None, "Only workdirs of these tasks (default: all).")
+_RUNS = flags.DEFINE_list(
+    "runs", None, "Only these probe runs, by name (default: all; `python -m probing.runs`)."
+)
 _LAYERS = flags.DEFINE_multi_integer(
     "layers", [], "Extra layers whose loss curves are drawn (besides the best and the worst)."
 )
@@ -44,6 +47,7 @@ def main(argv: Sequence[str]) -> None:
         _OUT.value,
         poolings=_POOLINGS.value,
         tasks=_TASKS.value,
+        run_names=_RUNS.value,
         layers=_LAYERS.value,
         allow_partial=_ALLOW_PARTIAL.value,
         command=command_line(),

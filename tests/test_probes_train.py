@@ -184,10 +184,13 @@ def test_rerun_gives_identical_metrics(trained, tmp_path):
     train_workdir(location, _config(allow_partial=True), poolings=["mean"])
     after = _read_text(os.path.join(location, "probes", "mean", "metrics.csv"))
     assert before == after
+    # Other settings are another run (probing.probes.run_names): probes/mean stays.
     different_seed = train_workdir(location, _config(seed=1, allow_partial=True), poolings=["mean"])
-    after_seed = _read_text(os.path.join(location, "probes", "mean", "metrics.csv"))
-    assert different_seed["mean"]["num_seeds"] == 2
+    other = [name for name in os.listdir(os.path.join(location, "probes")) if name != "mean"]
+    assert different_seed["mean"]["num_seeds"] == 2 and len(other) == 1
+    after_seed = _read_text(os.path.join(location, "probes", other[0], "metrics.csv"))
     assert after_seed != before
+    assert _read_text(os.path.join(location, "probes", "mean", "metrics.csv")) == before
 
 
 def test_multilabel_workdir_trains_and_reports_macro_f1(tmp_path):

@@ -46,6 +46,7 @@ from probing.probes.results import (
     curve_table,
     metric_table,
     probe_config,
+    run_record,
 )
 from probing.probes.settings import SweepSettings
 from probing.probes.stopping import convergence_summary
@@ -264,8 +265,9 @@ def write_fold_results(
     settings: SweepSettings,
     write: bool = True,
     partial: dict[str, Any] | None = None,
+    run: str | None = None,
 ) -> dict[str, Any]:
-    """Writes every file of probes/<pooling>/ for a sweep with folds, as one unit (see
+    """Writes every file of probes/<run>/ for a sweep with folds, as one unit (see
     results.write_results for `write` and `partial`); returns the summary."""
     metrics, curves = fold_tables(result, label_data)
     predictions = fold_predictions_arrays(result, label_data)
@@ -274,18 +276,18 @@ def write_fold_results(
         summary["partial_store"] = dict(partial)
     if not write:
         return summary
-    config = probe_config(settings, result, label_data)
+    config = run_record(probe_config(settings, result, label_data), pooling, run)
     config["folds"] = summary["folds"]["rows_per_split"]
     # The run's identifying columns lead, as without folds (pd.concat over workdirs).
-    run = workdir_run_columns(workdir, pooling)
+    columns = workdir_run_columns(workdir, pooling)
     files = {
-        METRICS_CSV: _csv_bytes(FOLD_METRICS_COLUMNS, metrics, run),
-        CURVES_CSV: _csv_bytes(FOLD_CURVES_COLUMNS, curves, run),
+        METRICS_CSV: _csv_bytes(FOLD_METRICS_COLUMNS, metrics, columns),
+        CURVES_CSV: _csv_bytes(FOLD_CURVES_COLUMNS, curves, columns),
         SUMMARY_JSON: _json_bytes(_json_safe(summary)),
         PROBE_CONFIG_JSON: _json_bytes(_json_safe(config)),
         WEIGHTS_NPZ: fold_weights_bytes(result, label_data),
         PREDICTIONS_NPZ: fold_predictions_bytes(predictions),
     }
     meta = {"partial_store": dict(partial)} if partial else None
-    write_probe_dir(workdir, probes_dir(pooling), files, meta)
+    write_probe_dir(workdir, probes_dir(run or pooling), files, meta)
     return summary

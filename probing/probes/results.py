@@ -350,6 +350,11 @@ def probe_config(settings: SweepSettings, result: SweepResult, label_data: Label
     return config
 
 
+def run_record(config: dict, pooling: str, run: str | None) -> dict:
+    """probe_config.json with the run's name and pooling (what `probing.runs` lists)."""
+    return {"run": {"name": run or pooling, "pooling": pooling}, **config}
+
+
 def write_results(
     workdir: Workdir,
     pooling: str,
@@ -358,15 +363,17 @@ def write_results(
     settings: SweepSettings,
     write: bool = True,
     partial: dict[str, Any] | None = None,
+    run: str | None = None,
 ) -> dict[str, Any]:
-    """Writes every file of probes/<pooling>/ as one unit and returns the summary.
+    """Writes every file of probes/<run>/ as one unit and returns the summary.
 
     The files go through `probing.store.atomic.write_probe_dir`: a reader (or
     a kill) sees the previous run or this one, never a mix. `partial`
     ({"rows_written", "num_examples"}) marks results of an incomplete store
     in summary.json and results.json. `write=False` only computes the
     summary: on several hosts every process holds the same results and one
-    of them writes.
+    of them writes. `run` names the folder, probes/<run>/ (default: the
+    pooling; probing.probes.run_names).
     """
     table = metric_table(result, label_data)
     summary = summarize(table, result, label_data, pooling, settings.bootstrap_resamples)
@@ -375,17 +382,19 @@ def write_results(
         summary["partial_store"] = dict(partial)
     if not write:
         return summary
-    run = workdir_run_columns(workdir, pooling)
+    columns = workdir_run_columns(workdir, pooling)
     files = {
-        METRICS_CSV: _csv_bytes(METRICS_COLUMNS, table, run),
-        CURVES_CSV: _csv_bytes(CURVES_COLUMNS, curve_table(result), run),
+        METRICS_CSV: _csv_bytes(METRICS_COLUMNS, table, columns),
+        CURVES_CSV: _csv_bytes(CURVES_COLUMNS, curve_table(result), columns),
         SUMMARY_JSON: _json_bytes(_json_safe(summary)),
-        PROBE_CONFIG_JSON: _json_bytes(_json_safe(probe_config(settings, result, label_data))),
+        PROBE_CONFIG_JSON: _json_bytes(
+            _json_safe(run_record(probe_config(settings, result, label_data), pooling, run))
+        ),
         WEIGHTS_NPZ: weights_bytes(result, label_data),
         PREDICTIONS_NPZ: predictions_bytes(result, label_data),
     }
     meta = {"partial_store": dict(partial)} if partial else None
-    write_probe_dir(workdir, probes_dir(pooling), files, meta)
+    write_probe_dir(workdir, probes_dir(run or pooling), files, meta)
     return summary
 
 

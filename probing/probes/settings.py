@@ -268,4 +268,14 @@ def default_config() -> ml_collections.ConfigDict:
     # Seed of the fold assignment (independent of `seed`, so the probes' own
     # randomness can vary while the folds stay put, and vice versa).
     config.fold_seed = defaults.fold_seed
+    # Name of this run: its results go to probes/<pooling>-<run_name>/. Empty derives
+    # one (probing/probes/run_names.py): probes/<pooling>/ for the first run of a
+    # pooling, probes/<pooling>-<hash of the settings>/ for a run whose settings
+    # differ from the one there, so a grid or 5-seed run never replaces another
+    # run, and a re-run of the same settings replaces its own folder.
+    # `python -m probing.runs --workdir=DIR` lists the runs; the report shows all.
+    config.run_name = ""
+    # Let this run replace a run of the same name trained with other settings
+    # (otherwise refused, naming what differs).
+    config.replace_run = False
     return config

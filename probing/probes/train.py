@@ -1,4 +1,4 @@
-"""Stage 2 for a workdir: trains the probe sweep of each pooling and writes probes/<pooling>/.
+"""Stage 2 for a workdir: trains the probe sweep of each pooling and writes probes/<run>/.
 
 train_workdir validates every input (settings, a complete store unless
 config.allow_partial, labels, folds, poolings, every pooling's features free
@@ -25,6 +25,7 @@ from probing.probes.data import check_pooling, load_features, load_labels
 from probing.probes.fold_results import write_fold_results
 from probing.probes.folds import make_folds
 from probing.probes.results import write_results
+from probing.probes.run_names import resolve_run, run_key
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_streaming_sweep
 from probing.store.integrity import check_all_features, check_features, require_complete
@@ -69,13 +70,29 @@ def _partial(workdir: Workdir, config: Any) -> dict[str, Any] | None:
     return {"rows_written": written, "num_examples": int(manifest["num_examples"])}
 
 
+def _resolve_run(workdir: Workdir, config: Any, pooling: str, layers: list[int]) -> str:
+    """The probes/<run>/ folder of this pooling's run (probing.probes.run_names)."""
+    return resolve_run(
+        workdir,
+        pooling,
+        run_key(SweepSettings.from_config(config), layers),
+        str(config.get("run_name") or ""),
+        bool(config.get("replace_run", False)),
+    )
+
+
 def train_pooling(
-    workdir: str | Workdir, config: Any, pooling: str, features_checked: bool = False
+    workdir: str | Workdir,
+    config: Any,
+    pooling: str,
+    features_checked: bool = False,
+    run: str | None = None,
 ) -> dict[str, Any]:
     """Trains and writes the probes of one pooling; returns its summary.json content.
 
     `features_checked`: `check_features` already passed for this pooling
-    (train_workdir checks every pooling before training any).
+    (train_workdir checks every pooling before training any). `run`: the
+    probes/<run>/ folder, resolved by train_workdir (default: resolved here).
     """
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     settings = SweepSettings.from_config(config)
@@ -85,6 +102,7 @@ def train_pooling(
     if not features_checked:
         check_features(workdir, pooling)
     layers = _layers_to_probe(config, label_data.num_layers)
+    run = run or _resolve_run(workdir, config, pooling, layers)
 
     if settings.layer_group_size and settings.layer_group_size < len(layers):
         # Streaming reads groups lazily; check every layer first so bad features
@@ -107,7 +125,7 @@ def train_pooling(
     )
     writer = write_results if result.folds is None else write_fold_results
     summary = writer(
-        workdir, pooling, result, label_data, settings, jax.process_index() == 0, partial
+        workdir, pooling, result, label_data, settings, jax.process_index() == 0, partial, run
     )
     _warn_not_converged(pooling, summary["convergence"])
     best = summary["best_layer"]
@@ -122,7 +140,7 @@ def train_pooling(
         best["metric"],
         best["mean"] if best["mean"] is not None else float("nan"),
         workdir.location,
-        probes_dir(pooling),
+        probes_dir(run),
     )
     return summary
 
@@ -147,13 +165,27 @@ def _warn_not_converged(pooling: str, convergence: dict[str, Any]) -> None:
     )
 
 
+def resolve_runs(
+    workdir: str | Workdir, config: Any, poolings: Sequence[str] | None = None
+) -> dict[str, str]:
+    """pooling -> the probes/<run>/ folder its run with `config` writes (or wrote: the
+    same settings resolve to the same folder after training)."""
+    workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    manifest = workdir.manifest()
+    layers = _layers_to_probe(config, int(manifest["num_layers"]))
+    return {
+        pooling: _resolve_run(workdir, config, pooling, layers)
+        for pooling in (poolings or manifest["poolings"])
+    }
+
+
 def train_workdir(
     workdir: str | Workdir, config: Any, poolings: Sequence[str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """Trains the probes of every pooling (default: all in the manifest).
 
     Returns:
-      pooling name -> its summary (the content of probes/<pooling>/summary.json).
+      pooling name -> its summary (the content of probes/<run>/summary.json).
     """
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     # A bucket that does not answer fails in seconds, not after minutes of retries.
@@ -172,6 +204,9 @@ def train_workdir(
     make_folds(label_data.split, label_data.groups, label_data.labels, label_data.mask, settings)
     for pooling in poolings:
         check_pooling(workdir, pooling)
+    # Every run's folder is named (and a bad name or a clash refused) before the
+    # features are read.
+    runs = resolve_runs(workdir, config, poolings)
     written = np.zeros(int(manifest["num_examples"]), bool)
     written[label_data.rows] = True
     for report in check_all_features(workdir, poolings, written):
@@ -183,6 +218,6 @@ def train_workdir(
             report.threshold,
         )
     return {
-        pooling: train_pooling(workdir, config, pooling, features_checked=True)
+        pooling: train_pooling(workdir, config, pooling, features_checked=True, run=runs[pooling])
         for pooling in poolings
     }

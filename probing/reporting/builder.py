@@ -195,6 +195,7 @@ def build_report(
     *,
     poolings: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
+    run_names: Sequence[str] | None = None,
     layers: Sequence[int] = (),
     command: str | None = None,
     allow_partial: bool = False,
@@ -207,6 +208,7 @@ def build_report(
       out_dir: output folder (created; existing report files are replaced).
       poolings: only these poolings (default: all probed ones).
       tasks: only workdirs of these tasks (default: all).
+      run_names: only these probe runs, by name (`python -m probing.runs` lists them).
       layers: extra layers whose loss curves are drawn, besides best and worst.
       command: the command line to record; default: the equivalent
         `python -m probing.report` invocation, with what ran it (`# run by: ...`).
@@ -220,7 +222,7 @@ def build_report(
         selection, or one task name used with different label kinds.
     """
     workdirs = dedupe_workdirs(workdirs)
-    runs = load_runs(workdirs, poolings, tasks, allow_partial)
+    runs = load_runs(workdirs, poolings, tasks, allow_partial, run_names)
     by_task = group_runs(runs)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ReportError(f"--out={out_dir} is a file; pass a folder for the report")
@@ -229,7 +231,7 @@ def build_report(
     if command is None:
         # Called from Python (a notebook, probing.demo): the equivalent command, and what ran it.
         equivalent = _report_command(
-            workdirs, out_dir, poolings=poolings, tasks=tasks, layers=layers
+            workdirs, out_dir, poolings=poolings, tasks=tasks, runs=run_names, layers=layers
         )
         command = f"{equivalent}  # run by: {process_command()}"
     logging.info("report over %d run(s) in %d task(s) -> %s", len(runs), len(by_task), out_dir)

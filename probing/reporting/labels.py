@@ -2,7 +2,8 @@
 
 A run's label names the model (and baseline variant), then only what differs
 between the runs it is shown with (prompt form NoCat / WithCat or the caption
-template, negatives, prompt format chat / raw), then the pooling: NoCat and
+template, negatives, prompt format chat / raw), then the pooling (the run's name, e.g. "mean-seeds5", where one workdir holds
+several probe runs of a pooling: probing.probes.run_names): NoCat and
 WithCat runs of one model read "tiny:qwen2_vl · NoCat · last" and
 "tiny:qwen2_vl · WithCat · last". Two runs of one group never share a label
 (the workdir's folder name is appended when everything else agrees).
@@ -70,7 +71,8 @@ def descriptors(run) -> dict[str, str]:
         "negatives": negatives,
         "form": category_form(run),
         "format": f"{prompt_format(run)} prompt",
-        "pooling": run.pooling,
+        # A run's name where it is not just its pooling (probes/<pooling>-<name>/).
+        "pooling": getattr(run, "run_name", run.pooling),
     }
 
 
@@ -96,8 +98,8 @@ def assign_labels(runs: Sequence) -> None:
             run.label = f"{run.series} · {d['pooling']}"
         # A group's runs share its tables and figures: there, no label twice.
         labels = [run.label for run in members]
-        for run in members:
+        for run, d in zip(members, described, strict=True):
             if labels.count(run.label) > 1:
                 folder = os.path.basename(run.workdir.rstrip("/"))
                 run.series = f"{run.series} [{folder}]"
-                run.label = f"{run.series} · {run.pooling}"
+                run.label = f"{run.series} · {d['pooling']}"

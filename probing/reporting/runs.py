@@ -1,6 +1,7 @@
 """Loading probe results of workdirs into `ProbeRun` objects.
 
-A `ProbeRun` is one workdir x one pooling: the metrics of every (layer, seed,
+A `ProbeRun` is one workdir x one probe run (probes/<run>/, one pooling
+under one set of probe settings; probing.probes.run_names): the metrics of every (layer, seed,
 split, metric) as dense arrays, the loss curves, and what the legends and
 tables need to name it (model, pooling, task, baseline variant). Only files
 of the contract are read (WORKSPACE.md), through `Workdir`, so workdirs on a
@@ -26,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from probing.probes.metrics import category_metric
+from probing.probes.run_names import run_folders, run_pooling
 from probing.reporting.baselines import PromptBaseline, prompt_baseline
 from probing.reporting.consistency import check_seeds_agree, dedupe_workdirs
 from probing.reporting.labels import assign_labels, group_key
@@ -75,11 +77,11 @@ def short_model_name(model_id: str) -> str:
 
 @dataclasses.dataclass
 class ProbeRun:
-    """Probe results of one workdir and one pooling.
+    """Probe results of one workdir and one probe run.
 
     Attributes:
       workdir: the workdir location.
-      pooling: the probes/<pooling> folder the results come from.
+      pooling: the pooling the run probed.
       manifest: manifest.json of the workdir.
       config: config.json of the workdir ({} when absent).
       metrics: (split, metric) -> [num_layers, num_seeds] values, NaN where a
@@ -112,10 +114,17 @@ class ProbeRun:
     curves: dict[str, np.ndarray]
     epochs: np.ndarray
     label: str = ""
+    # The probes/<run>/ folder the results come from ("" = the pooling's own folder).
+    run: str = ""
     predictions: dict[str, np.ndarray] | None = None
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
     folds: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=int))
     fold_metrics: dict[tuple[str, str], np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def run_name(self) -> str:
+        """The run's folder name under probes/ (the pooling for its first run)."""
+        return self.run or self.pooling
 
     @property
     def has_folds(self) -> bool:
@@ -189,7 +198,7 @@ class ProbeRun:
             return self.metrics[(split, metric)]
         except KeyError:
             raise ReportError(
-                f"{self.workdir}/{probe_file(self.pooling, METRICS_CSV)} has no rows for metric "
+                f"{self.workdir}/{probe_file(self.run_name, METRICS_CSV)} has no rows for metric "
                 f"{metric!r} on split {split!r}; re-run `python -m probing.train_all_layers "
                 f"--workdir={self.workdir}`"
             ) from None
@@ -339,11 +348,15 @@ def _optional_json(workdir: Workdir, name: str) -> dict[str, Any]:
 
 
 def load_workdir_runs(
-    location: str, poolings: Sequence[str] | None = None, allow_partial: bool = False
+    location: str,
+    poolings: Sequence[str] | None = None,
+    allow_partial: bool = False,
+    names: Sequence[str] | None = None,
 ) -> list[ProbeRun]:
-    """Every probed pooling of one workdir, or of the selected `poolings`.
+    """Every probe run (probes/<run>/) of one workdir, or those of the selected
+    `poolings` and run `names` (a folder name, or the --config.run_name it was given).
 
-    Returns [] when `poolings` excludes every pooling of the workdir.
+    Returns [] when the selection excludes every run of the workdir.
 
     Raises:
       ReportError: the workdir holds no probe results for any selected
@@ -362,24 +375,45 @@ def load_workdir_runs(
         # Not an error yet: another workdir may hold the selected poolings.
         logging.warning("%s: none of its poolings %s is selected; skipped", location, available)
         return []
-    runs = []
+    found = [(name, run_pooling(workdir, name)) for name in run_folders(workdir)]
+    stray = [name for name, pooling in found if pooling not in available]
+    if stray:
+        logging.warning(
+            "%s: probes/ folder(s) %s name no pooling of manifest.json %s; skipped",
+            location,
+            stray,
+            available,
+        )
     for pooling in wanted:
-        if not workdir.exists(probe_file(pooling, METRICS_CSV)):
+        if not any(p == pooling for _, p in found):
             logging.warning("%s: no probe results for pooling %r; skipped", location, pooling)
-            continue
+    selected = [
+        (name, pooling)
+        for name, pooling in found
+        if pooling in wanted and (not names or name in names or name[len(pooling) + 1 :] in names)
+    ]
+    if names and found and not selected:
+        # Not an error yet: another workdir may hold the selected runs.
+        logging.warning(
+            "%s: none of its runs %s is selected; skipped", location, [n for n, _ in found]
+        )
+        return []
+    runs = []
+    for run, pooling in selected:
         # A folder whose files are not one run is refused before anything is parsed.
-        verified = verify_probe_dir(workdir, probes_dir(pooling)) is not None
-        metrics, seeds, folds, fold_metrics = _load_metrics(workdir, pooling, num_layers)
-        curves, epochs = _load_curves(workdir, pooling, num_layers, seeds)
-        predictions = _load_predictions(workdir, pooling)
+        verified = verify_probe_dir(workdir, probes_dir(run)) is not None
+        metrics, seeds, folds, fold_metrics = _load_metrics(workdir, run, num_layers)
+        curves, epochs = _load_curves(workdir, run, num_layers, seeds)
+        predictions = _load_predictions(workdir, run)
         if not verified:
-            check_seeds_agree(workdir, pooling, seeds, curves, predictions)
-        summary = _optional_json(workdir, probe_file(pooling, SUMMARY_JSON))
+            check_seeds_agree(workdir, run, seeds, curves, predictions)
+        summary = _optional_json(workdir, probe_file(run, SUMMARY_JSON))
         headline = summary.get("headline_metric") or HEADLINE_METRIC[manifest["label_kind"]]
         runs.append(
             ProbeRun(
                 workdir=location,
                 pooling=pooling,
+                run="" if run == pooling else run,
                 manifest=manifest,
                 config=config,
                 headline_metric=str(headline),
@@ -395,7 +429,7 @@ def load_workdir_runs(
         )
     if not runs:
         raise ReportError(
-            f"{location} has no probe results (no probes/<pooling>/metrics.csv for "
+            f"{location} has no probe results (no probes/<run>/metrics.csv for "
             f"pooling(s) {wanted}); produce them with "
             f"`python -m probing.train_all_layers --workdir={location}`"
         )
@@ -407,8 +441,9 @@ def load_runs(
     poolings: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
     allow_partial: bool = False,
+    names: Sequence[str] | None = None,
 ) -> list[ProbeRun]:
-    """Probe runs of all `workdirs` (each once), filtered by pooling and task.
+    """Probe runs of all `workdirs` (each once), filtered by pooling, task and run name.
 
     Raises:
       ReportError: no workdirs were given, one has no probe results, mixes
@@ -422,15 +457,16 @@ def load_runs(
     runs: list[ProbeRun] = []
     for location in workdirs:
         try:
-            runs.extend(load_workdir_runs(location, poolings, allow_partial))
+            runs.extend(load_workdir_runs(location, poolings, allow_partial, names))
         except WorkdirError as error:
             raise ReportError(str(error)) from error
     if tasks:
         runs = [run for run in runs if run.task in tasks]
     if not runs:
         raise ReportError(
-            f"the selection (tasks={list(tasks or [])}, poolings={list(poolings or [])}) "
-            f"matches no probe results in {list(workdirs)}; widen or drop --tasks / --poolings"
+            f"the selection (tasks={list(tasks or [])}, poolings={list(poolings or [])}, "
+            f"runs={list(names or [])}) matches no probe results in {list(workdirs)}; widen or "
+            "drop --tasks / --poolings / --runs (python -m probing.runs --workdir=DIR lists them)"
         )
     assign_labels(runs)
     for run in runs:
