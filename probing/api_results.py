@@ -49,10 +49,12 @@ _INTERVAL_WORDS = {
 def _read_tidy(workdir: Workdir, pooling: str, name: str, run: str) -> pd.DataFrame:
     frame = pd.read_csv(io.BytesIO(workdir.read_bytes(probe_file(run, name))))
     if not set(RUN_COLUMNS) <= set(frame.columns):
-        # Files written by hand or before the run columns existed: add them.
-        run = workdir_run_columns(workdir, pooling)
-        for position, (column, value) in enumerate(run.items()):
-            frame.insert(position, column, value)
+        # Files written by hand or before (some of) the run columns existed: add
+        # the missing ones in their place.
+        values = workdir_run_columns(workdir, pooling, run)
+        for position, (column, value) in enumerate(values.items()):
+            if column not in frame.columns:
+                frame.insert(position, column, value)
     for column in RUN_COLUMNS:
         frame[column] = frame[column].fillna("").astype(str)
     return frame
@@ -142,7 +144,7 @@ class Results:
             metrics.append(_read_tidy(wd, pooling, METRICS_CSV, run))
             if wd.exists(probe_file(run, CURVES_CSV)):
                 curves.append(_read_tidy(wd, pooling, CURVES_CSV, run))
-            run = workdir_run_columns(wd, pooling)
+            run = workdir_run_columns(wd, pooling, run)
             summary_rows.extend(_flatten_summary(summary, run))
             best = summary.get("best_layer") or {}
             best_rows.append(

@@ -1,7 +1,7 @@
 """Tidy results that combine (issue 15, item 6): every row names its run.
 
-metrics.csv and curves.csv lead with the run's model, task, prompt form and
-pooling (layout.RUN_COLUMNS), so `pd.concat` over workdirs and poolings
+metrics.csv and curves.csv lead with the run's model, task, prompt form,
+pooling and run (layout.RUN_COLUMNS), so `pd.concat` over workdirs and poolings
 tells the runs apart without hand-added keys, and the report still reads them.
 """
 
@@ -64,10 +64,10 @@ def test_concat_over_workdirs_tells_runs_apart(two_workdirs, name):
     runs = table.groupby(list(layout.RUN_COLUMNS)).size()
     assert len(runs) == 4 and runs.tolist() == [len(f) for f in frames]  # one group per file
     assert set(runs.index) == {
-        ("model-a", "caption", "study2025_caption", "last"),
-        ("model-a", "caption", "study2025_caption", "mean"),
-        ("model-b", "caption", "tao_caption", "last"),
-        ("model-b", "caption", "tao_caption", "mean"),
+        ("model-a", "caption", "study2025_caption", "last", "last"),
+        ("model-a", "caption", "study2025_caption", "mean", "mean"),
+        ("model-b", "caption", "tao_caption", "last", "last"),
+        ("model-b", "caption", "tao_caption", "mean", "mean"),
     }
 
 
@@ -113,4 +113,5 @@ def test_workdir_without_config_json_has_empty_prompt(tmp_path):
         "task": "synthetic",
         "prompt": "",
         "pooling": "mean",
+        "run": "mean",
     }

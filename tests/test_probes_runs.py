@@ -64,6 +64,19 @@ def test_runs_with_other_settings_coexist(two_runs):
     assert seeds == {"mean": 2, names[1]: 3}
 
 
+def test_metrics_of_two_runs_of_one_pooling_concatenate_apart(two_runs):
+    import pandas as pd
+
+    names = _runs(two_runs)
+    frames = [pd.read_csv(os.path.join(two_runs, "probes", n, "metrics.csv")) for n in names]
+    table = pd.concat(frames)
+    # The run column tells the two runs of pooling "mean" apart without added keys.
+    assert sorted(table["run"].unique()) == names
+    assert set(table["pooling"]) == {"mean"}
+    seeds = table.groupby("run")["seed"].nunique().to_dict()
+    assert seeds == {names[0]: 2, names[1]: 3}
+
+
 def test_identical_rerun_replaces_its_own_folder(two_runs):
     names = _runs(two_runs)
     metrics = os.path.join(two_runs, "probes", names[1], "metrics.csv")

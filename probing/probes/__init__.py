@@ -16,6 +16,6 @@ stats     mean / std / 95% CI over seeds, bootstrap over test images
 results   metrics.csv, curves.csv, summary.json, probe_config.json, weights.npz
 fold_results  the same files with a fold column, for sweeps with folds
 summary   summary.json from metrics.csv rows (trainer and test fixtures)
-identity  the run's columns (model, task, prompt, pooling) leading metrics.csv and curves.csv
+identity  the run's columns (model, task, prompt, pooling, run) leading metrics.csv and curves.csv
 apply     a saved probe (weights.npz) applied to features, without JAX
 """

@@ -279,7 +279,7 @@ def write_fold_results(
     config = run_record(probe_config(settings, result, label_data), pooling, run)
     config["folds"] = summary["folds"]["rows_per_split"]
     # The run's identifying columns lead, as without folds (pd.concat over workdirs).
-    columns = workdir_run_columns(workdir, pooling)
+    columns = workdir_run_columns(workdir, pooling, run)
     files = {
         METRICS_CSV: _csv_bytes(FOLD_METRICS_COLUMNS, metrics, columns),
         CURVES_CSV: _csv_bytes(FOLD_CURVES_COLUMNS, curves, columns),

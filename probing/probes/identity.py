@@ -1,7 +1,7 @@
 """Which run a row of metrics.csv or curves.csv belongs to: the run's identifying columns.
 
-Every row of a run's tidy files repeats the run's model, task, prompt form
-and pooling (layout.RUN_COLUMNS), so the files of many workdirs concatenate
+Every row of a run's tidy files repeats the run's model, task, prompt form,
+pooling and run name (its folder probes/<run>/; layout.RUN_COLUMNS), so the files of many workdirs concatenate
 (`pd.concat`) into one table without hand-added keys. The prompt form is
 named as the report names it: the template for caption tasks, NoCat /
 WithCat (and a non-default template in brackets) for category tasks.
@@ -34,20 +34,25 @@ def prompt_form(task: Mapping[str, Any], label_kind: str) -> str:
 
 
 def run_columns(
-    manifest: Mapping[str, Any], config: Mapping[str, Any] | None, pooling: str
+    manifest: Mapping[str, Any],
+    config: Mapping[str, Any] | None,
+    pooling: str,
+    run: str | None = None,
 ) -> dict[str, str]:
-    """The values of layout.RUN_COLUMNS for one run (one workdir's probes of one pooling)."""
+    """The values of layout.RUN_COLUMNS for one run: one workdir's probes/<run>/ of
+    one pooling (`run` defaults to the pooling, the first run's folder)."""
     task = (config or {}).get("task") or {}
     values = {
         "model": str((manifest.get("model") or {}).get("id", "")),
         "task": str(manifest.get("task", "")),
         "prompt": prompt_form(task if isinstance(task, dict) else {}, manifest["label_kind"]),
         "pooling": pooling,
+        "run": run or pooling,
     }
     return {name: values[name] for name in RUN_COLUMNS}
 
 
-def workdir_run_columns(workdir: Workdir, pooling: str) -> dict[str, str]:
+def workdir_run_columns(workdir: Workdir, pooling: str, run: str | None = None) -> dict[str, str]:
     """run_columns of a workdir's run, from its manifest.json and config.json."""
     config = workdir.read_json(CONFIG_JSON) if workdir.exists(CONFIG_JSON) else None
-    return run_columns(workdir.manifest(), config, pooling)
+    return run_columns(workdir.manifest(), config, pooling, run)

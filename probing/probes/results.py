@@ -3,7 +3,7 @@
 The file names and columns come from probing.store.layout, the metric names
 from probing.probes.metrics and summary.json from probing.probes.summary.
 
-  metrics.csv        model, task, prompt, pooling (the run), layer, seed, split, metric, value
+  metrics.csv        model, task, prompt, pooling, run (the run columns), layer, seed, split, metric, value
   curves.csv         the run's columns, layer, seed, epoch, split, loss (task probe,
                      chosen grid point)
   summary.json       per layer, split and metric: mean, 95% CI (cluster bootstrap over
@@ -382,7 +382,7 @@ def write_results(
         summary["partial_store"] = dict(partial)
     if not write:
         return summary
-    columns = workdir_run_columns(workdir, pooling)
+    columns = workdir_run_columns(workdir, pooling, run)
     files = {
         METRICS_CSV: _csv_bytes(METRICS_COLUMNS, table, columns),
         CURVES_CSV: _csv_bytes(CURVES_COLUMNS, curve_table(result), columns),

@@ -127,7 +127,7 @@ RESULTS_JSON = "results.json"
 PROBE_ENVIRONMENT = "environment"
 # The columns that identify a run, first in every row of metrics.csv and
 # curves.csv (probing.probes.identity), so that many workdirs' files concatenate.
-RUN_COLUMNS = ("model", "task", "prompt", "pooling")
+RUN_COLUMNS = ("model", "task", "prompt", "pooling", "run")
 # The columns of one probe's numbers; a reader requires these (files written
 # by hand or before RUN_COLUMNS existed have only them).
 METRICS_COLUMNS = ("layer", "seed", "split", "metric", "value")
