@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from probing.api import predict
 from probing.config_files import load_config
-from probing.probes.predict import Predictor, predict
+from probing.probes.predict import Predictor
 from probing.store import layout
 from probing.store.workdir import Workdir, WorkdirError
 
@@ -68,7 +69,7 @@ def test_predict_reproduces_predictions_at_every_layer(caption_workdir):
     assert ((out.probabilities > 0.5) == (out.logits > 0)).all()
 
 
-def test_predict_defaults_to_the_best_layer_and_takes_pil_images(caption_workdir):
+def test_api_predict_defaults_to_the_best_layer_and_takes_pil_images(caption_workdir):
     from PIL import Image
 
     workdir, config = caption_workdir
