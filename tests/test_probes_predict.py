@@ -88,6 +88,8 @@ def test_bad_input_is_one_clear_line(caption_workdir, tmp_path):
     predictor = Predictor(workdir)
     with pytest.raises(ValueError, match="2 images for 3 prompts"):
         predictor.predict(images[:2], prompts[:3])
+    with pytest.raises(ValueError, match="got one image; wrap it in"):
+        predictor.predict(images[0], prompts[:1])
     with pytest.raises(ValueError, match="rows carry images"):
         predictor.predict(None, prompts[:1])
     with pytest.raises(ValueError, match=r"images\[0\]: cannot read .*missing.png"):

@@ -43,6 +43,10 @@ def check_pairs(images: Sequence[ImageLike] | None, prompts: Sequence[str], with
         raise ValueError(
             "prompts must be a list of prompt strings, got one string; wrap it in [...]"
         )
+    if isinstance(images, str | Image.Image):
+        raise ValueError(
+            "images must be a list (one image per prompt), got one image; wrap it in [...]"
+        )
     if len(prompts) == 0:
         raise ValueError("no prompts given: pass at least one prompt (and its image)")
     if with_image and images is None:
