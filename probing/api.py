@@ -7,6 +7,7 @@
     results.best                      # best layer per pooling, with its interval
     results.plot_layer_curve()        # matplotlib Axes
     probing.report(["runs/py/caption"], "runs/py/report")
+    new = probing.predict("runs/py/caption", [image], [prompt], run="mean")  # a new row
 
 Each function is what its command runs (`python -m probing.extract`,
 `probing.train_all_layers`, `probing.report`), with the same config files,
@@ -36,7 +37,7 @@ from absl import flags, logging
 from probing.api_results import Results
 from probing.config_files import load_config
 
-__all__ = ["Results", "extract", "load", "load_config", "report", "train"]
+__all__ = ["Results", "extract", "load", "load_config", "predict", "report", "train"]
 
 # The probe config the command uses when --config is not given.
 PROBE_CONFIG = "configs/probe.py"
@@ -183,6 +184,19 @@ def load(
             "run per pooling: load them one at a time"
         )
     return Results.load(workdir, list(by_pooling), by_pooling)
+
+
+def predict(workdir: str, images, prompts: Sequence[str], run: str | None = None, **options: Any):
+    """A saved probe run applied to new (image, prompt) pairs through the workdir's extraction.
+
+    `probing.probes.predict.predict`: the workdir's model (config.json), the run's
+    pooling at every layer, its probes; `options`: layer (None = best, "all", an
+    index), seed, fold, device. Returns `Predictions` (logits [layers, seeds, n],
+    probabilities). Keep a `probing.probes.predict.Predictor` to load the model once.
+    """
+    from probing.probes.predict import predict as predict_rows
+
+    return predict_rows(workdir, images, prompts, run, **options)
 
 
 def report(workdirs: str | Sequence[str], out: str, **options: Any) -> str:
