@@ -189,3 +189,20 @@ def test_multilabel_chance_loss_is_the_train_prevalence_entropy(tmp_path, drawn)
     assert losses.chance_loss(unlabelled) == (pytest.approx(np.log(2)), losses.CHANCE_LOG2)
     (figure,) = losses.loss_curves([unlabelled], _context(tmp_path, "category"))
     assert "log 2" in figure.caption and "could not be read" in figure.caption
+
+
+def test_category_panel_titles_do_not_run_into_each_other(tmp_path, drawn):
+    # Six runs with long labels, as in the demo: the figure goes to page width
+    # and each panel is about an inch wide.
+    runs = _runs(tmp_path, "category", (6, 6, 6))
+    for run in runs:
+        run.label = f"trained:qwen2_vl · WithCat · {run.pooling} · a long label"
+    heatmaps.category_heatmaps(runs, _context(tmp_path, "category"))
+    fig = drawn["category_category_f1"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 6
+    boxes = [ax.title.get_window_extent(renderer) for ax in panels]
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 <= right.x0, (left, right)

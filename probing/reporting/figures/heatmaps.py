@@ -156,7 +156,10 @@ def category_heatmaps(runs: Sequence[ProbeRun], context: FigureContext) -> list[
             if best:
                 columns, rows = zip(*best, strict=True)
                 ax.plot(columns, rows, "|", color="white", markersize=3, mew=0.8)
-            ax.set_title(textwrap.fill(run.label, 24), fontsize=7)
+            # Wrapped to the panel's width (about 0.6 em per character), so that
+            # the titles of neighbouring panels never run into each other.
+            panel_pt = width / len(runs) * 72
+            ax.set_title(textwrap.fill(run.label, max(12, int(panel_pt / (0.6 * 7)))), fontsize=7)
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_xlabel("layer")
         axes[0, 0].set_yticks(
