@@ -6,6 +6,8 @@ closed; the runs come from fabricated workdirs (probing.testing.probed).
 
 from __future__ import annotations
 
+import itertools
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -204,5 +206,5 @@ def test_category_panel_titles_do_not_run_into_each_other(tmp_path, drawn):
     panels = [ax for ax in fig.axes if ax.get_images()]
     assert len(panels) == 6
     boxes = [ax.title.get_window_extent(renderer) for ax in panels]
-    for left, right in zip(boxes, boxes[1:]):
+    for left, right in itertools.pairwise(boxes):
         assert left.x1 <= right.x0, (left, right)
