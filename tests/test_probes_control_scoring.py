@@ -253,3 +253,37 @@ def test_multilabel_control_is_scored_on_its_own_labels_and_mask():
             [multilabel_metrics(x[0, s], y[s], m[s], names)["macro_f1"] for s in range(seeds)]
         )
         assert result.sets[index].observed["macro_f1"][0] == pytest.approx(expected)
+
+
+def test_report_warns_about_probes_scored_before_the_control_had_its_labels(tmp_path, caplog):
+    import io
+    import os
+
+    from configs.probe import get_config
+    from probing.probes.train import train_workdir
+    from probing.reporting.runs import load_runs
+    from probing.store.layout import CONTROL_LABELS, PREDICTIONS_NPZ, RESULTS_JSON
+    from probing.testing.planted import write_workdir
+
+    location = str(tmp_path / "w")
+    write_workdir(location, planted_arrays(300, 4, 8, [2], strength=5.0), poolings=("mean",))
+    config = get_config()
+    config.update(num_seeds=2, epochs=4, batch_size=16, learning_rate=3e-2, bootstrap_resamples=100)
+    train_workdir(location, config, poolings=["mean"])
+    with caplog.at_level(logging.WARNING):
+        load_runs([location])
+    assert "shuffled-label control" not in caplog.text
+    # An older version's folder: predictions.npz without the control's labels (and
+    # no results.json, which came later too).
+    folder = os.path.join(location, "probes", "mean")
+    path = os.path.join(folder, PREDICTIONS_NPZ)
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files if k != CONTROL_LABELS}
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    with open(path, "wb") as f:
+        f.write(buffer.getvalue())
+    os.remove(os.path.join(folder, RESULTS_JSON))
+    with caplog.at_level(logging.WARNING):
+        load_runs([location])
+    assert "written before the shuffled-label control was scored on its own labels" in caplog.text

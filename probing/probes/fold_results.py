@@ -36,23 +36,19 @@ from typing import Any
 import numpy as np
 
 from probing.probes.data import LabelData
-from probing.probes.identity import workdir_run_columns
 from probing.probes.intervals import ImageIntervals, fold_baselines
 from probing.probes.results import (
-    _csv_bytes,
-    _json_bytes,
-    _json_safe,
     control_prediction_arrays,
     curve_table,
     metric_table,
     probe_config,
     run_record,
+    write_run_files,
 )
 from probing.probes.settings import SweepSettings
 from probing.probes.stopping import convergence_summary
 from probing.probes.summary import build_summary
 from probing.probes.sweep import SweepResult
-from probing.store.atomic import write_probe_dir
 from probing.store.layout import (
     CONTROL_LABELS,
     CONTROL_LOGITS,
@@ -63,16 +59,11 @@ from probing.store.layout import (
     FOLD_METRICS_COLUMNS,
     HEADLINE_METRIC,
     METRICS_CSV,
-    PREDICTIONS_NPZ,
-    PROBE_CONFIG_JSON,
     SCORING_SPLIT,
     SELECTION_SPLIT,
     SPLIT_NAMES,
-    SUMMARY_JSON,
     TEST,
     TRAIN,
-    WEIGHTS_NPZ,
-    probes_dir,
 )
 from probing.store.workdir import Workdir
 
@@ -278,16 +269,18 @@ def write_fold_results(
         return summary
     config = run_record(probe_config(settings, result, label_data), pooling, run)
     config["folds"] = summary["folds"]["rows_per_split"]
-    # The run's identifying columns lead, as without folds (pd.concat over workdirs).
-    columns = workdir_run_columns(workdir, pooling, run)
-    files = {
-        METRICS_CSV: _csv_bytes(FOLD_METRICS_COLUMNS, metrics, columns),
-        CURVES_CSV: _csv_bytes(FOLD_CURVES_COLUMNS, curves, columns),
-        SUMMARY_JSON: _json_bytes(_json_safe(summary)),
-        PROBE_CONFIG_JSON: _json_bytes(_json_safe(config)),
-        WEIGHTS_NPZ: fold_weights_bytes(result, label_data),
-        PREDICTIONS_NPZ: fold_predictions_bytes(predictions),
-    }
-    meta = {"partial_store": dict(partial)} if partial else None
-    write_probe_dir(workdir, probes_dir(run or pooling), files, meta)
+    write_run_files(
+        workdir,
+        pooling,
+        run,
+        partial,
+        tables={
+            METRICS_CSV: (FOLD_METRICS_COLUMNS, metrics),
+            CURVES_CSV: (FOLD_CURVES_COLUMNS, curves),
+        },
+        summary=summary,
+        config=config,
+        weights=fold_weights_bytes(result, label_data),
+        predictions=fold_predictions_bytes(predictions),
+    )
     return summary

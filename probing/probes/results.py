@@ -382,20 +382,46 @@ def write_results(
         summary["partial_store"] = dict(partial)
     if not write:
         return summary
+    write_run_files(
+        workdir,
+        pooling,
+        run,
+        partial,
+        tables={
+            METRICS_CSV: (METRICS_COLUMNS, table),
+            CURVES_CSV: (CURVES_COLUMNS, curve_table(result)),
+        },
+        summary=summary,
+        config=run_record(probe_config(settings, result, label_data), pooling, run),
+        weights=weights_bytes(result, label_data),
+        predictions=predictions_bytes(result, label_data),
+    )
+    return summary
+
+
+def write_run_files(
+    workdir: Workdir,
+    pooling: str,
+    run: str | None,
+    partial: dict[str, Any] | None,
+    *,
+    tables: dict[str, tuple[tuple[str, ...], list]],
+    summary: dict[str, Any],
+    config: dict[str, Any],
+    weights: bytes,
+    predictions: bytes,
+) -> None:
+    """Writes probes/<run>/ as one unit (probing.store.atomic.write_probe_dir), with
+    or without folds: the tidy tables (file -> (columns, rows)) led by the run's
+    identifying columns, summary.json, probe_config.json, weights and predictions."""
     columns = workdir_run_columns(workdir, pooling, run)
-    files = {
-        METRICS_CSV: _csv_bytes(METRICS_COLUMNS, table, columns),
-        CURVES_CSV: _csv_bytes(CURVES_COLUMNS, curve_table(result), columns),
-        SUMMARY_JSON: _json_bytes(_json_safe(summary)),
-        PROBE_CONFIG_JSON: _json_bytes(
-            _json_safe(run_record(probe_config(settings, result, label_data), pooling, run))
-        ),
-        WEIGHTS_NPZ: weights_bytes(result, label_data),
-        PREDICTIONS_NPZ: predictions_bytes(result, label_data),
-    }
+    files = {name: _csv_bytes(cols, rows, columns) for name, (cols, rows) in tables.items()}
+    files[SUMMARY_JSON] = _json_bytes(_json_safe(summary))
+    files[PROBE_CONFIG_JSON] = _json_bytes(_json_safe(config))
+    files[WEIGHTS_NPZ] = weights
+    files[PREDICTIONS_NPZ] = predictions
     meta = {"partial_store": dict(partial)} if partial else None
     write_probe_dir(workdir, probes_dir(run or pooling), files, meta)
-    return summary
 
 
 def _json_bytes(obj: Any) -> bytes:

@@ -35,6 +35,8 @@ from probing.store.atomic import verify_probe_dir
 from probing.store.integrity import require_complete
 from probing.store.layout import (
     CONFIG_JSON,
+    CONTROL_LABELS,
+    CONTROL_LOGITS,
     CURVES_COLUMNS,
     CURVES_CSV,
     FOLD_COLUMN,
@@ -339,6 +341,18 @@ def _load_predictions(workdir: Workdir, pooling: str) -> dict[str, np.ndarray] |
         raise ReportError(
             f"{workdir.location}/{name} lacks {', '.join(missing)} (see WORKSPACE.md); "
             f"re-run `python -m probing.train_all_layers --workdir={workdir.location}`"
+        )
+    if CONTROL_LOGITS in arrays and CONTROL_LABELS not in arrays:
+        # Probes trained before the control was scored on its own shuffled test
+        # labels: their control_* and selectivity values (metrics.csv, summary.json)
+        # were scored on the real labels and can sit far from chance.
+        logging.warning(
+            "%s/%s: written before the shuffled-label control was scored on its own "
+            "labels; its control and selectivity numbers are not comparable. Re-run "
+            "`python -m probing.train_all_layers --workdir=%s`",
+            workdir.location,
+            name,
+            workdir.location,
         )
     return arrays
 
