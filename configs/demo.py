@@ -67,6 +67,10 @@ def get_config(arg=None):
     config.task.split_sizes.test = 40
     config.extract.batch_size = 16
     config.extract.poolings = ("mean", "last")
+    if args["task"] == "category":
+        # Categories are a property of the image: its tokens' mean shows what
+        # the projected image features (layer 0) already hold.
+        config.extract.poolings = ("mean", "last", "image_mean")
     # The tiny models run several times faster on one thread than on many.
     config.extract.torch_threads = 1
     return config

@@ -69,6 +69,8 @@ def train_checkpoint(
         scores = {
             "held_out_images": held_out_images,
             "caption_accuracy": round(evaluate.caption_accuracy(adapter, held_out, seed), 4),
+            # Naming generates up to 24 tokens per image: the first 200 suffice.
+            "naming_images": min(held_out_images, 200),
             **evaluate.naming_scores(adapter, held_out[:200]),
         }
         record["seconds"]["evaluation"] = round(time.time() - started, 1)

@@ -8,6 +8,19 @@ import os
 from probing.models.trained import world
 
 
+def _naming_note(scores: dict) -> str:
+    """What the naming scores say, in words (the constant answer is the bar to clear)."""
+    if scores["naming_f1"] > scores["constant_answer_f1"]:
+        return (
+            "It names the objects better than the best constant answer: it sees shapes, "
+            "not only colours and backgrounds."
+        )
+    return (
+        "Its naming does not beat the best constant answer: it tells colours and "
+        "backgrounds apart (which mostly decide the caption question) better than shapes."
+    )
+
+
 def write_card(out_dir: str, family: str, record: dict) -> str:
     """Writes README.md and training.json into ``out_dir``; returns the README path."""
     with open(os.path.join(out_dir, "training.json"), "w") as f:
@@ -54,19 +67,17 @@ probe was seen in training.
   {settings["batch_size"]}, linear warm-up then cosine decay; decoder weights start at
   N(0, 0.1²) instead of transformers' 0.02, which leaves a width-64 model on a plateau.
 
-## Held-out behaviour ({scores["held_out_images"]} images never trained on)
+## Held-out behaviour (images never trained on)
 
-| what | score |
-| --- | --- |
-| caption question, yes/no accuracy (1 positive + 1 random negative caption per image; chance 0.5) | {scores["caption_accuracy"]:.3f} |
-| object naming, micro-F1 of the named categories (greedy answer) | {scores["naming_f1"]:.3f} |
-| object naming, best constant answer (most frequent categories) | {scores["constant_answer_f1"]:.3f} |
+| what | images | score |
+| --- | --- | --- |
+| caption question, yes/no accuracy (1 positive + 1 random negative caption per image; chance 0.5) | {scores["held_out_images"]} | {scores["caption_accuracy"]:.3f} |
+| object naming, micro-F1 of the named categories (greedy answer) | {scores["naming_images"]} | {scores["naming_f1"]:.3f} |
+| object naming, best constant answer (most frequent categories) | {scores["naming_images"]} | {scores["constant_answer_f1"]:.3f} |
 
 The answer is read as logit("{world.YES}") − logit("{world.NO}") at the last prompt position,
 through the processor and the family adapter, as the extraction reads hidden states.
-It sees colours well and shapes poorly (a 2-block vision tower trained for
-{settings["steps_a"]} steps), so naming lags the caption question, which colours and
-backgrounds mostly decide.
+{_naming_note(scores)}
 """
     path = os.path.join(out_dir, "README.md")
     with open(path, "w") as f:

@@ -51,6 +51,10 @@ class TrainSettings:
     learning_rate: float = 3e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
+    # Stage A weighs the category (shape) targets this much more than the
+    # colour and background ones: colours are learnt in a few dozen steps,
+    # shapes are what the tower must be pushed to see.
+    category_weight: float = 3.0
     # Share of stage-B examples that ask for the objects' names (the rest are
     # caption questions, half of them negatives), from naming_start (a
     # fraction of steps_b) on: the caption question is learnt first.
@@ -113,6 +117,11 @@ def train_vision(
         for item in train
     ]
     presence = torch.as_tensor(np.stack([item.presence for item in train]))
+    categories = len(world.CATEGORY_NAMES)
+    cell_weight = torch.ones(world.CELL_TARGET_SIZE)
+    cell_weight[:categories] = settings.category_weight
+    presence_weight = torch.ones(world.PRESENCE_SIZE)
+    presence_weight[len(world.COLOURS) : len(world.COLOURS) + categories] = settings.category_weight
     cached = []
     for start in range(0, len(train), 64):
         cached += family.frozen_a(model, [item.prepared for item in train[start : start + 64]])
@@ -129,7 +138,7 @@ def train_vision(
         logits = head(tokens)
         cell = torch.cat([targets[k] for k in batch])
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits[:, : world.CELL_TARGET_SIZE], cell
+            logits[:, : world.CELL_TARGET_SIZE], cell, weight=cell_weight
         )
         # Image-level presence from a soft maximum over the image's tokens.
         sizes = [len(targets[k]) for k in batch]
@@ -139,7 +148,9 @@ def train_vision(
                 for part in logits[:, world.CELL_TARGET_SIZE :].split(sizes)
             ]
         )
-        loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(pooled, presence[batch])
+        loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(
+            pooled, presence[batch], weight=presence_weight
+        )
         _step(optimizer, scheduler, loss, params)
         if (step + 1) % settings.log_every == 0:
             logging.info("stage A step %d: loss %.3f", step + 1, loss.item())
