@@ -15,9 +15,11 @@ def _naming_note(scores: dict) -> str:
             "It names the objects better than the best constant answer: it sees shapes, "
             "not only colours and backgrounds."
         )
+    named = scores.get("named_categories")
+    only = f" (the only categories it ever names: {', '.join(named)})" if named else ""
     return (
-        "Its naming does not beat the best constant answer: it tells colours and "
-        "backgrounds apart (which mostly decide the caption question) better than shapes."
+        f"Its naming does not beat the best constant answer{only}: it tells colours and "
+        "backgrounds apart (which mostly decide the caption question), not shapes."
     )
 
 

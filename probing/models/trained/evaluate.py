@@ -85,7 +85,8 @@ def naming_scores(adapter: ModelAdapter, scenes: Sequence[Scene], batch_size: in
     """Micro-F1 of the categories the model names (greedy answer to the naming prompt).
 
     Also the F1 of the best constant answer (naming the k most frequent
-    categories of these scenes, best k), the trivial baseline to beat.
+    categories of these scenes, best k), the trivial baseline to beat, and
+    which categories the model names at all.
     """
     previous_side = adapter.padding_side
     adapter.set_padding_side("left")  # generation continues every row at the end
@@ -107,4 +108,10 @@ def naming_scores(adapter: ModelAdapter, scenes: Sequence[Scene], batch_size: in
     counts = {c: sum(c in t for t in truth) for c in CATEGORY_NAMES}
     ranked = sorted(CATEGORY_NAMES, key=lambda c: -counts[c])
     constant = max(_f1([set(ranked[:k])] * len(truth), truth) for k in range(1, 11))
-    return {"naming_f1": round(_f1(named, truth), 4), "constant_answer_f1": round(constant, 4)}
+    return {
+        "naming_f1": round(_f1(named, truth), 4),
+        "constant_answer_f1": round(constant, 4),
+        # The categories it ever names: a model that names only the most
+        # frequent one scores exactly that constant answer's F1, whatever its family.
+        "named_categories": sorted(set().union(*named)),
+    }

@@ -122,12 +122,7 @@ class Qwen2VL(TrainedFamily):
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    # Images are upscaled to at least min_image_tokens 28-pixel cells (the
-    # generated ones are about 128x108, which gave 9-16 tokens, one or two per
-    # object: too coarse to tell a hexagon from a circle, and categories were
-    # unreadable). At 36-64 tokens an object spans 2-4 cells.
-    min_image_tokens = 36
-    max_image_tokens = 64
+    max_image_tokens = 16
 
     def build(self, corpus):
         from transformers import (
@@ -157,11 +152,8 @@ class Qwen2VL(TrainedFamily):
             vision_end_token_id=ids("<|vision_end|>"),
             tie_word_embeddings=True,
         )
-        # 28×28-pixel cells become one token each: min_ to max_image_tokens per image.
-        pixels = {
-            "shortest_edge": self.min_image_tokens * 28 * 28,
-            "longest_edge": self.max_image_tokens * 28 * 28,
-        }
+        # 28×28-pixel cells become one token each: 4 to max_image_tokens per image.
+        pixels = {"shortest_edge": 4 * 28 * 28, "longest_edge": self.max_image_tokens * 28 * 28}
         processor = Qwen2VLProcessor(
             image_processor=Qwen2VLImageProcessor(size=pixels),
             tokenizer=tokenizer,
@@ -215,15 +207,11 @@ class Qwen2VL(TrainedFamily):
         }
 
 
-# Input side of the FastVLM tower and its effective patch (FastViT-HD's 64×
-# reduction): 384 / 64 = 6, so 6 × 6 image tokens. At 192 pixels (3 × 3
-# tokens) each token covered a whole object or more, too coarse to see shapes.
-_FAST_VLM_SIDE = 384
-_FAST_VLM_PATCH = 64
+# Input side of the FastVLM tower: 192 / 64 = 3, so 3 × 3 image tokens.
+_FAST_VLM_SIDE = 192
 # FastViT stages run once, frozen, in stage A: the stem and the first two
-# stages hold most of the tower's compute (96×96 and 48×48 maps), and random
-# convolutions there keep colour and outline at 8-pixel resolution (under 3 pixels of
-# the generated image).
+# stages hold most of the tower's compute (48×48 and 24×24 maps), and random
+# convolutions there keep colour and outline at 8-pixel resolution.
 _FAST_VLM_FROZEN_STAGES = 2
 
 
@@ -270,7 +258,7 @@ class FastVlm(TrainedFamily):
                 "model_args": fastvit_args,
             },
             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-            image_seq_length=(_FAST_VLM_SIDE // _FAST_VLM_PATCH) ** 2,
+            image_seq_length=(_FAST_VLM_SIDE // 64) ** 2,
             tie_word_embeddings=True,
         )
         model = FastVlmForConditionalGeneration(config)
@@ -288,7 +276,7 @@ class FastVlm(TrainedFamily):
         processor = LlavaProcessor(
             image_processor=image_processor,
             tokenizer=tokenizer,
-            patch_size=_FAST_VLM_PATCH,
+            patch_size=64,
             vision_feature_select_strategy="full",
             chat_template=FAST_VLM_CHAT_TEMPLATE,
             image_token="<image>",
@@ -298,8 +286,7 @@ class FastVlm(TrainedFamily):
     def prepare(self, processor, image):
         pixels = processor.image_processor(image, return_tensors="pt")["pixel_values"]
         side = pixels.shape[-1]
-        cells = side // _FAST_VLM_PATCH
-        return PreparedImage(pixels, None, (cells, cells), (side, side))
+        return PreparedImage(pixels, None, (side // 64, side // 64), (side, side))
 
     def _timm(self, model):
         return model.model.vision_tower.timm_model
