@@ -156,6 +156,8 @@ def test_demo_config_loads(arg):
     family, task = arg.split(",")
     assert config.model.name == f"trained:{family}" and config.task.kind == task
     assert not config.model.random_init
+    # Category runs also pool the image tokens alone (what the image features hold).
+    assert ("image_mean" in config.extract.poolings) == (task == "category")
     untrained = load_config(f"configs/demo.py:{arg},untrained")
     assert untrained.model.name == f"trained:{family}" and untrained.model.random_init
     assert load_config(f"configs/demo.py:{arg},tiny").model.name == f"tiny:{family}"
