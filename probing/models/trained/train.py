@@ -52,9 +52,10 @@ class TrainSettings:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     # Stage A weighs the category (shape) targets this much more than the
-    # colour and background ones. The committed checkpoints use 1.0; 3.0 (with
-    # 36-64 Qwen2-VL image tokens) left shapes as unreadable from the image
-    # tokens (ROC-AUC 0.62 on the demo's images, as at 1.0).
+    # colour and background ones. The committed checkpoints use 1.0; 3.0 left
+    # shapes as unreadable from the mean image token (logistic ROC-AUC on
+    # demo-seed images: Qwen2-VL 0.62 as at 1.0, 0.62 with 36-64 image tokens,
+    # 0.64 with 1500 steps; FastVLM 0.56).
     category_weight: float = 1.0
     # Share of stage-B examples that ask for the objects' names (the rest are
     # caption questions, half of them negatives), from naming_start (a
