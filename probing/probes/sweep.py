@@ -413,8 +413,18 @@ def run_sweep(
             time.monotonic() - setup_start,
             probes_per_epoch,
         )
+    train_start = time.monotonic()
     state, *losses = _train(
         programs, state, inputs, x, statistics, progress, probes_per_epoch, settings.patience
+    )
+    # benchmarks/load_path.py sums these: training epochs vs everything else.
+    logging.info(
+        "%s: layers %d-%d trained in %.1fs (%d epochs)",
+        progress.what,
+        int(layer_ids[0]),
+        int(layer_ids[-1]),
+        time.monotonic() - train_start,
+        len(losses[0]),
     )
     if own_progress:
         progress.close()
