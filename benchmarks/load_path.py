@@ -136,8 +136,10 @@ def train(location: str, epochs: int) -> dict[str, float]:
         sys.exit(f"train_all_layers failed ({done.returncode}):\n{done.stderr[-4000:]}")
     if peak < before * 1024:
         print("warning: an earlier child had a higher peak RSS; this figure is that one")
-    log = done.stdout + done.stderr
-    trained = sum(float(t) for t in re.findall(r"trained in ([0-9.]+)s", log))
+    log = done.stderr
+    with open(location.rstrip("/") + ".log", "w") as f:
+        f.write(log)
+    trained = sum(float(t) for t in re.findall(r"\] .*: layers \d+-\d+ trained in ([0-9.]+)s", log))
     groups = re.findall(r"layer groups: .*", log)
     return {"wall": wall, "trained": trained, "peak": peak, "groups": groups[0] if groups else ""}
 
@@ -155,8 +157,8 @@ def main() -> None:
         for layout_name in args.layouts.split(","):
             feature_bytes = num_rows * LAYERS * DIM * 2
             location = os.path.join(args.dir, f"n{num_rows}_{layout_name}")
-            free = shutil.disk_usage(os.path.dirname(location) or ".").free
             os.makedirs(args.dir, exist_ok=True)
+            free = shutil.disk_usage(args.dir).free
             if free < 1.05 * feature_bytes:
                 sys.exit(
                     f"{args.dir}: {free / 1e9:.1f} GB free, the store needs {feature_bytes / 1e9:.1f} GB"
