@@ -171,3 +171,17 @@ def test_integrity_check_features_still_agrees_with_the_reader(tmp_path):
         FeatureReader(workdir, "mean", load_labels(workdir)).read_into(
             np.empty((ROWS, LAYERS, DIM), np.float16), range(LAYERS)
         )
+
+
+def test_big_feature_buffers_are_mapped_aligned_and_adopted_without_a_copy():
+    import jax
+
+    shape = (1024, 2, devices._POPULATE_MIN_BYTES // (1024 * 2 * 2))
+    buffer = devices._aligned_empty(shape, np.float16)
+    assert buffer.shape == shape and buffer.flags.c_contiguous and buffer.flags.writeable
+    assert buffer.ctypes.data % 64 == 0
+    buffer[:] = 1.5
+    placed = jax.device_put(buffer)
+    if jax.default_backend() == "cpu":
+        assert placed.unsafe_buffer_pointer() == buffer.ctypes.data
+    assert float(placed[-1, -1, -1]) == 1.5

@@ -373,7 +373,7 @@ def run_sweep(
       fold_ids: positions of the folds to train (default all); each trains as
         in the full set.
     """
-    if not hasattr(features, "fill"):
+    if not hasattr(features, "num_layers"):  # a host array, not a feature source
         features = np.asarray(features)
         if features.dtype not in FEATURE_DTYPES:
             features = features.astype(np.float32)
