@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import tensorstore as ts
 
 from probing.store import integrity
 from probing.store.layout import (
@@ -224,8 +225,9 @@ class FeatureReader:
 
     One copy: each block of whole chunks is read from the store (of the
     layers asked for only: with the sharded layout of WORKSPACE.md one
-    layer of a chunk is one byte range) and copied straight into its place
-    in `out`, in the example-major layout the sweep keeps on its devices.
+    layer of a chunk is one byte range) straight into its place in `out`,
+    in the example-major layout the sweep keeps on its devices (blocks with
+    unwritten rows go through a block-sized temporary and a gather).
     Values are checked as they pass (NaN, Inf, magnitudes that overflow the
     float32 standardisation, missing chunks), so there is no separate
     validating read; the errors are those of probing.store.integrity.
@@ -323,9 +325,7 @@ class FeatureReader:
         pending: collections.deque = collections.deque()
         for index in range(len(tasks) + _READS_IN_FLIGHT):
             if index < len(tasks):
-                (_, layer, count), (start, stop, _, _) = tasks[index]
-                read = self._array[start:stop, layer : layer + count].read()
-                pending.append((tasks[index], read))
+                pending.append((tasks[index], self._start_read(tasks[index], out)))
             if len(pending) > _READS_IN_FLIGHT or (index >= len(tasks) and pending):
                 task, read = pending.popleft()
                 self._place(task, read, out, bad, missing)
@@ -336,11 +336,22 @@ class FeatureReader:
             raise integrity.missing_chunks_error(self.where, sorted(set(missing)))
         integrity.raise_bad_values(self.where, bad, self.limit)
 
+    def _start_read(self, task, out: np.ndarray) -> ts.Future:
+        """Starts reading one block: straight into its place in `out` when every row of it
+        is written (TensorStore writes into the numpy view, no temporary), else into a
+        temporary that `_place` gathers the written rows from."""
+        (position, layer, count), (start, stop, keep, at) = task
+        source = self._array[start:stop, layer : layer + count]
+        if keep is not None:
+            return source.read()
+        target = out[at : at + stop - start, position : position + count]
+        return ts.array(target, copy=False, write=True).write(source.translate_to[0, 0, 0])
+
     def _place(self, task, read, out, bad, missing) -> None:
-        """Copies one finished block read into `out` and scans its values."""
+        """Finishes one block read (into `out`) and scans its values."""
         (position, layer, count), (start, stop, keep, at) = task
         try:
-            block = np.asarray(read.result())
+            block = read.result()
         except ValueError as error:
             if "NOT_FOUND" not in str(error) and "missing" not in str(error):
                 raise
@@ -350,8 +361,11 @@ class FeatureReader:
             )
             missing.extend(np.intersect1d(lost, self.rows).tolist())
             return
-        written = block if keep is None else block[keep]
-        out[at : at + written.shape[0], position : position + count] = written
+        if keep is None:
+            written = out[at : at + stop - start, position : position + count]
+        else:
+            written = np.asarray(block)[keep]
+            out[at : at + written.shape[0], position : position + count] = written
         nonfinite, magnitude = integrity.scan_values(written)
         huge = ~nonfinite & (magnitude > self.limit)
         rows = self.rows[at : at + written.shape[0]]
