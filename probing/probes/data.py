@@ -263,6 +263,7 @@ class FeatureReader:
         # Rows of a chunk (of a shard, for the sharded layout: a write chunk).
         self._chunk_rows = int(self._array.chunk_layout.write_chunk.shape[0] or num_rows)
         self._num_store_rows = num_rows
+        self._scratch: np.ndarray | None = None  # scan_values' working memory, reused
 
     @property
     def layer_bytes(self) -> int:
@@ -366,7 +367,9 @@ class FeatureReader:
         else:
             written = np.asarray(block)[keep]
             out[at : at + written.shape[0], position : position + count] = written
-        nonfinite, magnitude = integrity.scan_values(written)
+        if self._scratch is None or self._scratch.nbytes < written.nbytes:
+            self._scratch = np.empty(written.nbytes, np.uint8)
+        nonfinite, magnitude = integrity.scan_values(written, self._scratch)
         huge = ~nonfinite & (magnitude > self.limit)
         rows = self.rows[at : at + written.shape[0]]
         for kind, hit in (("nonfinite", nonfinite), ("huge", huge)):

@@ -126,17 +126,24 @@ def raise_bad_values(where: str, bad: dict[str, list[tuple[int, int]]], limit: f
             )
 
 
-def scan_values(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def scan_values(
+    block: np.ndarray, scratch: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per (row, layer) of a [rows, layers, D] block: whether it holds NaN or Inf, and max |x|.
 
     Works on the bits (sign cleared, an integer max), in the store dtype: no
     float32 copy of the block, and fast for float16 / bfloat16, whose float
     arithmetic numpy emulates. The max of a non-finite entry is meaningless.
+    `scratch`: a uint8 buffer of at least the block's bytes to work in, so
+    that repeated scans do not fault in fresh memory each time.
     """
     dtype = block.dtype
     unsigned = {2: np.uint16, 4: np.uint32, 8: np.uint64}[dtype.itemsize]
     bits = np.ascontiguousarray(block).view(unsigned)
-    top = np.bitwise_and(bits, unsigned(np.iinfo(unsigned).max >> 1)).max(axis=-1)
+    work = None
+    if scratch is not None and scratch.nbytes >= bits.nbytes:
+        work = scratch[: bits.nbytes].view(unsigned).reshape(bits.shape)
+    top = np.bitwise_and(bits, unsigned(np.iinfo(unsigned).max >> 1), out=work).max(axis=-1)
     # Sign-cleared IEEE bits order like magnitudes; inf is the smallest non-finite pattern.
     infinite = np.asarray(np.inf, dtype).view(unsigned)
     nonfinite = top >= infinite
