@@ -1,9 +1,11 @@
 """Loading a workdir's features and labels for probe training, with validation.
 
 Everything the probe sweep needs comes through `probing.store.workdir.Workdir`
-and is checked here, before any compilation or training starts: a workdir
-written by another program that breaks WORKSPACE.md stops with a message that
-names the file, array, layer or rows at fault and what to do about it.
+and is checked here: labels, splits and feature shapes before any compilation
+or training starts, feature values as FeatureReader reads them into the
+sweep's buffers (one read of each layer group, no separate validating pass).
+A workdir written by another program that breaks WORKSPACE.md stops with a
+message that names the file, array, layer or rows at fault and what to do.
 
 Labels are brought to one shape for both task kinds: `[N, C]` targets and a
 `[N, C]` mask of scored entries. A binary task is a multilabel task with one
