@@ -264,6 +264,9 @@ def test_workdir_follows_the_contract(reference_run) -> None:
         assert meta["shape"] == [n, layers, width]
         chunk = meta["chunk_grid"]["configuration"]["chunk_shape"]
         assert chunk == [4, layers, width]  # [batch, L+1, D]
+        (codec,) = meta["codecs"]  # each chunk a shard of one inner chunk per layer
+        assert codec["name"] == "sharding_indexed"
+        assert codec["configuration"]["chunk_shape"] == [4, 1, width]
         values = wd.read_array(f"features/{pooling}")
         assert np.isfinite(values).all() and np.abs(values).sum(axis=(1, 2)).min() > 0
     assert wd.read_array("arrays/written").all()

@@ -94,8 +94,9 @@ def _check_contract(workdir: str) -> dict:
     for pooling in manifest["poolings"]:
         arr = wd.open_array(f"features/{pooling}")
         assert tuple(arr.shape) == (n, layers, dim)
-        chunk = arr.chunk_layout.read_chunk.shape
-        assert tuple(chunk) == (batch_size, layers, dim)
+        # A chunk (shard) per batch of every layer, read one layer at a time.
+        assert tuple(arr.chunk_layout.write_chunk.shape) == (batch_size, layers, dim)
+        assert tuple(arr.chunk_layout.read_chunk.shape) == (batch_size, 1, dim)
         features = np.asarray(arr.read().result())
         assert np.isfinite(features).all()
         # Different rows give different features (the store is not all zeros).

@@ -267,7 +267,7 @@ def test_training_refuses_an_incomplete_store_unless_allowed(tmp_path):
         ("chunk", r"features/last: chunk files of written rows are missing .* rows 64, 65"),
     ],
 )
-def test_damage_in_the_second_pooling_stops_before_any_training(tmp_path, damage, expected):
+def test_damage_in_the_second_pooling_stops_training_naming_it(tmp_path, damage, expected):
     workdir = _planted(str(tmp_path / "w"))
     if damage == "chunk":
         os.remove(os.path.join(workdir.location, "features", "last", "c", "1", "0", "0"))
@@ -276,8 +276,15 @@ def test_damage_in_the_second_pooling_stops_before_any_training(tmp_path, damage
         array[17, 2, 0].write(3e38 if damage == "huge" else np.inf).result()
     with pytest.raises(FeatureError, match=expected):
         train_workdir(workdir.location, _probe_config())
-    # The first pooling was not trained either: the check precedes all training.
-    assert not os.path.exists(os.path.join(workdir.location, "probes"))
+    probes = os.path.join(workdir.location, "probes")
+    if damage == "chunk":
+        # Chunk files are checked from the key listing before any training.
+        assert not os.path.exists(probes)
+    else:
+        # Values are checked as each pooling loads (no separate validating read):
+        # the first pooling's results are kept whole, the damaged one has none.
+        assert sorted(os.listdir(probes)) == ["mean"]
+        assert os.path.exists(os.path.join(probes, "mean", "summary.json"))
 
 
 def test_report_reads_a_repeated_workdir_once(tmp_path):

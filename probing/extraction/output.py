@@ -238,8 +238,15 @@ def _create_store(wd: store.Workdir, config, settings: ExtractSettings, manifest
     num_rows = manifest["num_examples"]
     shape = (num_rows, manifest["num_layers"], manifest["hidden_size"])
     for pooling in manifest["poolings"]:
+        # A chunk holds a batch's rows of every layer (one write per batch, as
+        # extraction produces them), sharded into one inner chunk per layer so
+        # that probe training reads a group of layers without the others.
         wd.create_array(
-            layout.features(pooling), manifest["feature_dtype"], shape, (chunk_rows, *shape[1:])
+            layout.features(pooling),
+            manifest["feature_dtype"],
+            shape,
+            (chunk_rows, *shape[1:]),
+            inner_chunk_shape=layout.feature_inner_chunk(chunk_rows, shape[2]),
         )
     wd.create_array(layout.WRITTEN, "uint8", (num_rows,), (chunk_rows,))
     wd.create_array(layout.REJECTED, "uint8", (num_rows,), (chunk_rows,))

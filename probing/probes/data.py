@@ -1,9 +1,11 @@
 """Loading a workdir's features and labels for probe training, with validation.
 
 Everything the probe sweep needs comes through `probing.store.workdir.Workdir`
-and is checked here, before any compilation or training starts: a workdir
-written by another program that breaks WORKSPACE.md stops with a message that
-names the file, array, layer or rows at fault and what to do about it.
+and is checked here: labels, splits and feature shapes before any compilation
+or training starts, feature values as FeatureReader reads them into the
+sweep's buffers (one read of each layer group, no separate validating pass).
+A workdir written by another program that breaks WORKSPACE.md stops with a
+message that names the file, array, layer or rows at fault and what to do.
 
 Labels are brought to one shape for both task kinds: `[N, C]` targets and a
 `[N, C]` mask of scored entries. A binary task is a multilabel task with one
@@ -12,11 +14,14 @@ always-scored output (C = 1), so the sweep has a single code path.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import tensorstore as ts
 
+from probing.store import integrity
 from probing.store.layout import (
     GROUP,
     LABEL_MASK,
@@ -209,6 +214,211 @@ def check_pooling(workdir: Workdir | str, pooling: str) -> None:
     workdir.open_array(f"features/{pooling}")
 
 
+# A block read by FeatureReader holds at most this many values (32 MB of
+# float16): whole chunks of rows of the layers read, so that the temporaries
+# of a read stay a fixed size whatever N is.
+_BLOCK_VALUES = 1 << 24
+# Block reads in flight at once: decoding the next overlaps copying this one.
+_READS_IN_FLIGHT = 3
+
+
+class FeatureReader:
+    """Reads layers of features/<pooling>'s written rows into a caller's [n, k, D] buffer.
+
+    One copy: each block of whole chunks is read from the store (of the
+    layers asked for only: with the sharded layout of WORKSPACE.md one
+    layer of a chunk is one byte range) straight into its place in `out`,
+    in the example-major layout the sweep keeps on its devices (blocks with
+    unwritten rows go through a block-sized temporary and a gather).
+    Values are checked as they pass (NaN, Inf, magnitudes that overflow the
+    float32 standardisation, missing chunks), so there is no separate
+    validating read; the errors are those of probing.store.integrity.
+    """
+
+    def __init__(
+        self,
+        workdir: Workdir | str,
+        pooling: str,
+        label_data: LabelData,
+        threshold: float | None = None,
+    ):
+        workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+        self.name = f"features/{pooling}"
+        self.where = f"{workdir.location}/{self.name}"
+        check_pooling(workdir, pooling)
+        self._array = integrity.strict_open(workdir, self.name)
+        num_rows = int(workdir.manifest()["num_examples"])
+        expected = (num_rows, label_data.num_layers, label_data.hidden_size)
+        if tuple(self._array.shape) != expected:
+            raise WorkdirError(
+                f"{self.where} has shape {tuple(self._array.shape)}, manifest.json says "
+                f"[num_examples, num_layers, hidden_size] = {list(expected)}"
+            )
+        self.rows = label_data.rows
+        self.num_layers = label_data.num_layers
+        self.dim = label_data.hidden_size
+        self.dtype = np.dtype(self._array.dtype.numpy_dtype)
+        self.limit = (
+            integrity.overflow_threshold(self.rows.size) if threshold is None else float(threshold)
+        )
+        self.max_abs = 0.0  # largest finite |x| read so far
+        # Rows of a chunk (of a shard, for the sharded layout: a write chunk).
+        self._chunk_rows = int(self._array.chunk_layout.write_chunk.shape[0] or num_rows)
+        self._num_store_rows = num_rows
+        self._scratch: np.ndarray | None = None  # scan_values' working memory, reused
+
+    @property
+    def layer_bytes(self) -> int:
+        """Bytes of one layer of the written rows."""
+        return self.rows.size * self.dim * self.dtype.itemsize
+
+    def _blocks(self, num_layers: int):
+        """(start, stop, keep, at): store rows [start, stop) of whole chunks; `keep` the
+        written ones (positions in the block; None when all are), `at` their first
+        position in the output."""
+        chunks = max(1, _BLOCK_VALUES // max(1, self._chunk_rows * num_layers * self.dim))
+        per_block = chunks * self._chunk_rows
+        for start in range(0, self._num_store_rows, per_block):
+            stop = min(start + per_block, self._num_store_rows)
+            low, high = np.searchsorted(self.rows, (start, stop))
+            if high == low:
+                continue  # no written row: its chunks may legitimately be absent
+            keep = None if high - low == stop - start else self.rows[low:high] - start
+            yield start, stop, keep, int(low)
+
+    def read_into(self, out: np.ndarray, layers: Sequence[int]) -> None:
+        """Fills out[:, j] with layer layers[j] of the written rows (layers may repeat).
+
+        Raises:
+          FeatureError: a chunk of written rows is missing, or a written row of
+            these layers holds NaN, Inf or |x| > the overflow threshold; the
+            message names the layer(s) and rows.
+          ValueError: `out` has the wrong shape or dtype, or a layer does not exist.
+        """
+        layers = [int(x) for x in layers]
+        if out.shape != (self.rows.size, len(layers), self.dim) or out.dtype != self.dtype:
+            raise ValueError(
+                f"output buffer {out.shape} {out.dtype}; expected "
+                f"{(self.rows.size, len(layers), self.dim)} {self.dtype}"
+            )
+        bad_layers = [x for x in layers if not 0 <= x < self.num_layers]
+        if bad_layers:
+            raise ValueError(
+                f"layers {bad_layers} do not exist in {self.where} "
+                f"(it has layers 0..{self.num_layers - 1})"
+            )
+        first: dict[int, int] = {}
+        runs: list[list[int]] = []  # [position, first layer, count] of distinct consecutive layers
+        for position, layer in enumerate(layers):
+            if layer in first:
+                continue
+            first[layer] = position
+            if (
+                runs
+                and runs[-1][0] + runs[-1][2] == position
+                and runs[-1][1] + runs[-1][2] == layer
+            ):
+                runs[-1][2] += 1
+            else:
+                runs.append([position, layer, 1])
+
+        bad: dict[str, list[tuple[int, int]]] = {"nonfinite": [], "huge": []}
+        missing: list[int] = []
+        tasks = [(run, block) for run in runs for block in self._blocks(run[2])]
+        pending: collections.deque = collections.deque()
+        for index in range(len(tasks) + _READS_IN_FLIGHT):
+            if index < len(tasks):
+                pending.append((tasks[index], self._start_read(tasks[index], out)))
+            if len(pending) > _READS_IN_FLIGHT or (index >= len(tasks) and pending):
+                task, read = pending.popleft()
+                self._place(task, read, out, bad, missing)
+        for position, layer in enumerate(layers):
+            if first[layer] != position:
+                out[:, position] = out[:, first[layer]]
+        if missing:
+            raise integrity.missing_chunks_error(self.where, sorted(set(missing)))
+        integrity.raise_bad_values(self.where, bad, self.limit)
+
+    def _start_read(self, task, out: np.ndarray) -> ts.Future:
+        """Starts reading one block: straight into its place in `out` when every row of it
+        is written (TensorStore writes into the numpy view, no temporary), else into a
+        temporary that `_place` gathers the written rows from."""
+        (position, layer, count), (start, stop, keep, at) = task
+        source = self._array[start:stop, layer : layer + count]
+        if keep is not None:
+            return source.read()
+        target = out[at : at + stop - start, position : position + count]
+        return ts.array(target, copy=False, write=True).write(source.translate_to[0, 0, 0])
+
+    def _place(self, task, read, out, bad, missing) -> None:
+        """Finishes one block read (into `out`) and scans its values."""
+        (position, layer, count), (start, stop, keep, at) = task
+        try:
+            block = read.result()
+        except ValueError as error:
+            if "NOT_FOUND" not in str(error) and "missing" not in str(error):
+                raise
+            chunk_starts = integrity._missing_chunks(self._array, start, stop, self._chunk_rows)
+            lost = np.concatenate(
+                [np.arange(c, min(c + self._chunk_rows, stop)) for c in chunk_starts]
+            )
+            missing.extend(np.intersect1d(lost, self.rows).tolist())
+            return
+        if keep is None:
+            written = out[at : at + stop - start, position : position + count]
+        else:
+            written = np.asarray(block)[keep]
+            out[at : at + written.shape[0], position : position + count] = written
+        if self._scratch is None or self._scratch.nbytes < written.nbytes:
+            self._scratch = np.empty(written.nbytes, np.uint8)
+        nonfinite, magnitude = integrity.scan_values(written, self._scratch)
+        huge = ~nonfinite & (magnitude > self.limit)
+        rows = self.rows[at : at + written.shape[0]]
+        for kind, hit in (("nonfinite", nonfinite), ("huge", huge)):
+            r, j = np.nonzero(hit)
+            bad[kind].extend(zip(rows[r].tolist(), (j + layer).tolist(), strict=True))
+        finite = magnitude[~nonfinite]
+        if finite.size:
+            self.max_abs = max(self.max_abs, float(finite.max()))
+
+    def layers(self, layers: Sequence[int]) -> StoreFeatures:
+        """Layers `layers` as a feature source for the sweep (read when placed)."""
+        return StoreFeatures(self, [int(x) for x in layers])
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreFeatures:
+    """A group of layers of a FeatureReader, which run_sweep places on its devices.
+
+    The sweep allocates each device's [n, k, D] buffer and calls `fill`; the
+    features go from the store into it with no host array of all layers in
+    between (probing.probes.devices.place_features).
+    """
+
+    reader: FeatureReader
+    layer_ids: list[int]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_ids)
+
+    @property
+    def num_rows(self) -> int:
+        return self.reader.rows.size
+
+    @property
+    def dim(self) -> int:
+        return self.reader.dim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.reader.dtype
+
+    def fill(self, out: np.ndarray, positions: Sequence[int]) -> None:
+        """out[:, j] = layer layer_ids[positions[j]] of the written rows."""
+        self.reader.read_into(out, [self.layer_ids[p] for p in positions])
+
+
 def load_features(
     workdir: Workdir | str,
     pooling: str,
@@ -217,59 +427,23 @@ def load_features(
 ) -> np.ndarray:
     """Reads features/<pooling> of the written rows as [len(layers), N, D] in the store dtype.
 
-    The dtype stays what the workdir stores (float16, bfloat16 or float32):
-    the sweep standardises in float32 as it reads, so converting here would
-    only double the memory and the bytes every training step reads.
+    For callers that want a host array (tests, tools); training reads through
+    FeatureReader into the sweep's own buffers instead. The dtype stays what
+    the workdir stores (float16, bfloat16 or float32).
 
     Args:
       workdir: the workdir.
       pooling: name of the feature array under features/.
       label_data: from `load_labels`; selects the rows to read.
-      layers: layer indices to read (default: all L+1), so callers can stream
-        a few layers at a time when all of them do not fit in memory.
+      layers: layer indices to read (default: all L+1).
 
     Raises:
       WorkdirError: when the array is missing, its shape disagrees with the
-        manifest, or a layer holds NaN or inf (the message names layer and rows).
+        manifest, a chunk of written rows is missing or a layer holds NaN, inf
+        or overflowing values (the message names layer and rows).
     """
-    workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
-    name = f"features/{pooling}"
-    check_pooling(workdir, pooling)
-    array = workdir.open_array(name)
-    num_rows = int(workdir.manifest()["num_examples"])
-    expected = (num_rows, label_data.num_layers, label_data.hidden_size)
-    if tuple(array.shape) != expected:
-        raise WorkdirError(
-            f"{workdir.location}/{name} has shape {tuple(array.shape)}, manifest.json says "
-            f"[num_examples, num_layers, hidden_size] = {list(expected)}"
-        )
+    reader = FeatureReader(workdir, pooling, label_data)
     layers = list(range(label_data.num_layers)) if layers is None else [int(x) for x in layers]
-    bad_layers = [x for x in layers if not 0 <= x < label_data.num_layers]
-    if bad_layers:
-        raise ValueError(
-            f"layers {bad_layers} do not exist in {workdir.location}/{name} "
-            f"(it has layers 0..{label_data.num_layers - 1})"
-        )
-
-    rows = label_data.rows
-    out = np.empty((len(layers), rows.size, label_data.hidden_size), array.dtype.numpy_dtype)
-    # Read contiguous layer runs: one TensorStore read per run, not per layer.
-    start = 0
-    while start < len(layers):
-        stop = start + 1
-        while stop < len(layers) and layers[stop] == layers[stop - 1] + 1:
-            stop += 1
-        block = array[:, layers[start] : layers[stop - 1] + 1, :].read().result()
-        out[start:stop] = np.moveaxis(np.asarray(block)[rows], 1, 0)
-        start = stop
-
-    for position, layer in enumerate(layers):
-        finite = np.isfinite(out[position]).all(axis=1)
-        if not finite.all():
-            bad_rows = rows[~finite]
-            raise WorkdirError(
-                f"{workdir.location}/{name}: layer {layer} holds NaN or inf in rows "
-                f"{_format_rows(bad_rows)}; re-extract those rows (or mark them "
-                f"written = 0 in {WRITTEN} to leave them out)"
-            )
-    return out
+    out = np.empty((label_data.rows.size, len(layers), label_data.hidden_size), reader.dtype)
+    reader.read_into(out, layers)
+    return np.ascontiguousarray(np.moveaxis(out, 1, 0))

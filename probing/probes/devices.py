@@ -20,6 +20,7 @@ threads (_compile) while the features are being placed.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from collections.abc import Callable
 from functools import cache, partial
@@ -65,6 +66,78 @@ def probe_mesh(devices: int = 0) -> Mesh | None:
         )
     chosen = available[: devices or len(available)]
     return None if len(chosen) == 1 else Mesh(np.asarray(chosen), (PROBE_AXIS,))
+
+
+# Share of the memory available at the start that the features of one layer
+# group may take; the rest is for the sweep's other arrays, the compiled
+# programs and whatever else runs on the machine.
+MEMORY_FRACTION = 0.6
+
+
+def available_memory() -> tuple[int, str]:
+    """Bytes of host memory available now (MemAvailable of /proc/meminfo), and its source."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "available host memory"
+    except OSError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(pages), "free host memory"
+
+
+def _device_memory(mesh: Mesh | None) -> int | None:
+    """Bytes of memory of the smallest accelerator of the mesh; None on CPU."""
+    devices = jax.devices()[:1] if mesh is None else list(mesh.devices.flat)
+    if devices[0].platform == "cpu":
+        return None
+    limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+    return min(limits) if all(limits) else None
+
+
+def auto_layer_group_size(
+    num_layers: int, layer_bytes: int, mesh: Mesh | None, budget: int | None = None
+) -> int:
+    """Layers per group (layer_group_size = 0) so that a group's features fit in memory.
+
+    A group takes its padded layer count (_padded_layer_index) times
+    `layer_bytes` of host memory on CPU, where the device buffers are host
+    memory, and of device memory on an accelerator (spread over the mesh).
+    The budget is MEMORY_FRACTION of the available memory (`budget` bytes when
+    given). Groups are balanced (29 layers in two groups: 15 and 14, not 26
+    and 3); results do not depend on the grouping. Logs the choice.
+    """
+    available, source = (budget, "the budget given") if budget else available_memory()
+    limit = int(MEMORY_FRACTION * available)
+    per_device = _device_memory(mesh)
+    num_devices = 1 if mesh is None else mesh.size
+    if per_device is not None:
+        limit = int(MEMORY_FRACTION * per_device) * num_devices
+        source = f"memory of {num_devices} {jax.devices()[0].platform} device(s)"
+        available = per_device * num_devices
+    fits = 1
+    for size in range(num_layers, 0, -1):
+        if len(_padded_layer_index(size, mesh)) * layer_bytes <= limit:
+            fits = size
+            break
+    groups = -(-num_layers // fits)
+    size = -(-num_layers // groups)
+    logging.info(
+        "layer groups: %d of <= %d layers (%.3g GB of features per layer; budget %.3g GB = "
+        "%d%% of %.3g GB %s)%s",
+        groups,
+        size,
+        layer_bytes / 1e9,
+        limit / 1e9,
+        round(100 * MEMORY_FRACTION),
+        available / 1e9,
+        source,
+        "; even one layer exceeds it"
+        if len(_padded_layer_index(1, mesh)) * layer_bytes > limit
+        else "",
+    )
+    return size
 
 
 def _padded_layer_index(num_layers: int, mesh: Mesh | None) -> np.ndarray:
@@ -127,44 +200,85 @@ def _place(value: Any, mesh: Mesh | None, spec: PartitionSpec) -> jax.Array:
     )
 
 
+# Buffers at least this big are mapped with their pages faulted in up front.
+_POPULATE_MIN_BYTES = 64 << 20
+
+
 def _aligned_empty(shape: tuple[int, ...], dtype: Any, alignment: int = 64) -> np.ndarray:
-    """An uninitialised C-contiguous array whose data starts at a multiple of `alignment` bytes."""
+    """An uninitialised C-contiguous array whose data starts at a multiple of `alignment` bytes.
+
+    A big one (the features of a device) is an anonymous mapping made with
+    MAP_POPULATE where Linux offers it: the kernel faults its pages in all at
+    once, which on a loaded 2-core VM made filling 1 GB about 2-3x faster
+    than touching fresh numpy memory page by page (8 s vs 3 s per GB,
+    benchmarks/load_path.py). Pages are page-aligned, hence 64-byte aligned.
+    """
     dtype = np.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize
+    if size >= _POPULATE_MIN_BYTES and hasattr(mmap, "MAP_POPULATE"):
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE
+        return np.frombuffer(mmap.mmap(-1, size, flags=flags), dtype).reshape(shape)
     raw = np.empty(size + alignment, np.uint8)
     offset = -raw.ctypes.data % alignment
     return raw[offset : offset + size].view(dtype).reshape(shape)
 
 
-def _place_features(
-    features: np.ndarray, layer_index: np.ndarray, rows: np.ndarray, mesh: Mesh | None
-) -> jax.Array:
-    """Rows `rows` of layers `layer_index` of host [L, N, D] as a device array [n, L', D].
+class HostFeatures:
+    """Features already in host memory, [L, N, D] layer-major, as a feature source.
+
+    A feature source (this, or probing.probes.data.StoreFeatures, which reads
+    from a workdir) has num_layers, num_rows, dim, dtype and
+    fill(out, positions), which writes layer positions[j] of every row into
+    out[:, j] of an [n, len(positions), D] buffer: the sweep hands it the
+    buffers it keeps on its devices.
+    """
+
+    def __init__(self, features: np.ndarray, rows: np.ndarray | None = None):
+        self.features = features
+        if rows is not None and rows.size and rows[-1] - rows[0] + 1 == rows.size:
+            rows = slice(int(rows[0]), int(rows[-1]) + 1)  # a view: no fancy-index copy
+        self.rows = slice(None) if rows is None else rows
+        self.num_layers = features.shape[0]
+        self.num_rows = features[0, self.rows].shape[0]
+        self.dim = features.shape[2]
+        self.dtype = features.dtype
+
+    def fill(self, out: np.ndarray, positions) -> None:
+        for j, position in enumerate(positions):
+            out[:, j] = self.features[position, self.rows]
+
+
+def place_features(source: Any, layer_index: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    """Layers `layer_index` of a feature source (see HostFeatures) as a device array [n, L', D].
 
     Example-major (see the module docstring: Placement), sharded over the layer axis.
-    Each device's block is built on the host in that order and handed over
-    whole: a fresh numpy array aligned to 64 bytes, which the CPU backend
-    adopts as the device buffer without copying it (numpy's own arrays are
-    16-byte aligned, and those it copies). The features are then copied once
-    in all; fresh memory is slow to fault in on small VMs, about a second
-    per GB, so every copy of them counts.
+    Each device's block is allocated here and filled by the source in that
+    order, then handed over whole: a fresh numpy array aligned to 64 bytes,
+    which the CPU backend adopts as the device buffer without copying it
+    (numpy's own arrays are 16-byte aligned, and those it copies). A source
+    reading from the store thus writes the features once, into the device
+    buffer itself; fresh memory is slow to fault in on small VMs, about a
+    second per GB, so every copy of them counts.
     """
-    if rows.size and rows[-1] - rows[0] + 1 == rows.size:
-        rows = slice(int(rows[0]), int(rows[-1]) + 1)  # a view: no fancy-index copy
-    num_rows = features[0, rows].shape[0]
-    shape = (num_rows, len(layer_index), features.shape[2])
+    shape = (source.num_rows, len(layer_index), source.dim)
 
     def block(layers: slice) -> np.ndarray:
-        positions = range(*layers.indices(len(layer_index)))
-        out = _aligned_empty((num_rows, len(positions), shape[2]), features.dtype)
-        for j, position in enumerate(positions):
-            out[:, j] = features[layer_index[position], rows]
+        positions = layer_index[layers]
+        out = _aligned_empty((shape[0], len(positions), shape[2]), source.dtype)
+        source.fill(out, positions)
         return out
 
     if mesh is None:
         return jax.device_put(block(slice(None)))
     sharding = NamedSharding(mesh, _FEATURES_BY_LAYER)
     return jax.make_array_from_callback(shape, sharding, lambda index: block(index[1]))
+
+
+def _place_features(
+    features: np.ndarray, layer_index: np.ndarray, rows: np.ndarray, mesh: Mesh | None
+) -> jax.Array:
+    """Rows `rows` of layers `layer_index` of host [L, N, D] as a device array [n, L', D]."""
+    return place_features(HostFeatures(features, rows), layer_index, mesh)
 
 
 def _shapes_of(tree: Any) -> Any:

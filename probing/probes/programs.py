@@ -24,9 +24,9 @@ from probing.probes.devices import (
     _REPLICATED,
     _compile,
     _layer_loop,
-    _place_features,
     _program,
     _shapes_of,
+    place_features,
 )
 from probing.probes.kernels import _init_state, _select_epoch, _train_epoch
 from probing.probes.scoring import _chosen_logits, _statistics
@@ -145,9 +145,10 @@ def _compile_and_place(programs, state, inputs, features, layer_index, mesh):
     the programs compile on other threads (XLA releases the GIL) while the
     features are copied to the devices. Features stay raw, in their store
     dtype; the probes standardise what they read. They are the sweep's one big
-    array (29 x 40,000 x 1,536 float16 is 3.6 GB): every row is copied once,
-    straight into its device layout, and each fold and split reads its rows
-    through an index array.
+    array (29 x 40,000 x 1,536 float16 is 3.6 GB): `features` is a feature
+    source (devices.HostFeatures, data.StoreFeatures) that writes every row
+    once, straight into its device layout, and each fold and split reads its
+    rows through an index array.
 
     Returns:
       the compiled programs, the device features [N, L', D] and each fold's
@@ -158,7 +159,7 @@ def _compile_and_place(programs, state, inputs, features, layer_index, mesh):
         sharding = None if mesh is None else NamedSharding(mesh, spec)
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
-    padded, num_rows, dim = len(layer_index), features.shape[1], features.shape[2]
+    padded, num_rows, dim = len(layer_index), features.num_rows, features.dim
     num_folds = inputs.train_weight.shape[0]
     x_like = like((num_rows, padded, dim), features.dtype, _FEATURES_BY_LAYER)
     stats_like = like((padded, num_folds, dim), np.float32, _BY_LAYER)
@@ -186,7 +187,7 @@ def _compile_and_place(programs, state, inputs, features, layer_index, mesh):
             name: pool.submit(_compile, getattr(programs, name), *arguments)
             for name, arguments in arguments_like.items()
         }
-        x = _place_features(features, layer_index, np.arange(num_rows), mesh)
+        x = place_features(features, layer_index, mesh)
         statistics = programs.statistics(x, inputs.train_rows, inputs.train_weight)
         compiled = {name: future.result() for name, future in compiling.items()}
     return dataclasses.replace(programs, **compiled), x, statistics

@@ -26,9 +26,11 @@ from probing.probes import stopping
 from probing.probes.devices import (
     _BY_LAYER,
     _REPLICATED,
+    HostFeatures,
     _padded_layer_index,
     _place,
     _to_host,
+    auto_layer_group_size,
     probe_mesh,
 )
 from probing.probes.folds import FoldSet, fold_targets, make_folds
@@ -301,7 +303,7 @@ def _collect(
 
 def _setup(features, labels, mask, settings, layer_ids, seed_ids, mesh, folds, num_outputs, dim):
     """The sweep's inputs on the device(s), its initial state and its compiled programs."""
-    num_layers = features.shape[0]
+    num_layers = features.num_layers
     grid = settings.grid()
     layer_index = _padded_layer_index(num_layers, mesh)
 
@@ -354,7 +356,9 @@ def run_sweep(
     Args:
       features: [L, N, D], layer-major (see data.load_features), float16, bfloat16
         or float32 (kept as they are: the sweep standardises minibatches in
-        float32 as it reads them); other dtypes are converted to float32.
+        float32 as it reads them); other dtypes are converted to float32. Or
+        a feature source (devices.HostFeatures; data.StoreFeatures reads a
+        workdir's layers straight into the device buffers, with no host copy).
       labels, mask: float32 [N, C] targets and scored entries.
       split: [N] 0 train, 1 val, 2 test.
       settings: hyperparameters, seeds, stopping rule and folds.
@@ -369,10 +373,12 @@ def run_sweep(
       fold_ids: positions of the folds to train (default all); each trains as
         in the full set.
     """
-    features = np.asarray(features)
-    if features.dtype not in FEATURE_DTYPES:
-        features = features.astype(np.float32)
-    num_layers, _, dim = features.shape
+    if not hasattr(features, "num_layers"):  # a host array, not a feature source
+        features = np.asarray(features)
+        if features.dtype not in FEATURE_DTYPES:
+            features = features.astype(np.float32)
+        features = HostFeatures(features)
+    num_layers, dim = features.num_layers, features.dim
     layer_ids = np.arange(num_layers) if layer_ids is None else np.asarray(layer_ids)
     seed_ids = np.arange(settings.num_seeds) if seed_ids is None else np.asarray(seed_ids)
     if layer_ids.shape != (num_layers,):
@@ -407,8 +413,18 @@ def run_sweep(
             time.monotonic() - setup_start,
             probes_per_epoch,
         )
+    train_start = time.monotonic()
     state, *losses = _train(
         programs, state, inputs, x, statistics, progress, probes_per_epoch, settings.patience
+    )
+    # benchmarks/load_path.py sums these: training epochs vs everything else.
+    logging.info(
+        "%s: layers %d-%d trained in %.1fs (%d epochs)",
+        progress.what,
+        int(layer_ids[0]),
+        int(layer_ids[-1]),
+        time.monotonic() - train_start,
+        len(losses[0]),
     )
     if own_progress:
         progress.close()
@@ -427,18 +443,24 @@ def run_streaming_sweep(
     seed_ids: Sequence[int] | None = None,
     groups: np.ndarray | None = None,
     what: str = "probe sweep",
+    layer_bytes: int = 0,
 ) -> SweepResult:
-    """Runs the sweep over `layers` in groups of settings.layer_group_size (0: all at once).
+    """Runs the sweep over `layers` in groups of settings.layer_group_size.
 
-    `load_layers(group)` returns [len(group), N, D] (dtypes: see run_sweep);
-    only one group is in memory at a time. Each group is sharded over settings.devices devices
+    layer_group_size = 0 chooses the groups from the memory available
+    (devices.auto_layer_group_size) given `layer_bytes`, the bytes of one
+    layer's features; without them (0), all layers form one group.
+    `load_layers(group)` returns [len(group), N, D] or a feature source
+    (dtypes: see run_sweep); only one group is in memory at a time. Each group is sharded over settings.devices devices
     (probe_mesh). Results equal those of a single sweep over all layers on
     one device. `groups` (image ids) are needed for folds (settings.folds).
     `what` names the sweep in progress lines (e.g. "probe sweep (mean)").
     """
     mesh = probe_mesh(settings.devices)
     layers = [int(x) for x in layers]
-    group_size = settings.layer_group_size or len(layers)
+    group_size = settings.layer_group_size or (
+        auto_layer_group_size(len(layers), layer_bytes, mesh) if layer_bytes else len(layers)
+    )
     seed_ids = list(range(settings.num_seeds)) if seed_ids is None else list(seed_ids)
     folds = make_folds(split, groups, labels, mask, settings)
     num_grid = len(settings.grid()["learning_rate"])
@@ -470,5 +492,6 @@ def run_streaming_sweep(
                 folds=folds,
             )
         )
+        del features  # a host array of this group is not kept while the next one loads
     progress.close()
     return parts[0] if len(parts) == 1 else SweepResult.concatenate(parts)

@@ -1,10 +1,13 @@
 """Stage 2 for a workdir: trains the probe sweep of each pooling and writes probes/<run>/.
 
 train_workdir validates every input (settings, a complete store unless
-config.allow_partial, labels, folds, poolings, every pooling's features free
-of NaN, Inf, overflowing magnitudes and lost chunks) before anything is
+config.allow_partial, labels, folds, poolings, every pooling's feature
+shape and chunk files, from the store's key listing) before anything is
 compiled or trained, then runs probing.probes.sweep's streaming sweep per
-pooling (with folds when settings.folds asks for them) and writes
+pooling (with folds when settings.folds asks for them), reading each layer
+group once, straight into the sweep's device buffers (data.FeatureReader),
+and checking the values as they pass: NaN, Inf or an overflowing magnitude
+stops the run there, with the earlier poolings' results written. It writes
 metrics.csv, curves.csv, summary.json, probe_config.json, weights.npz and
 predictions.npz through probing.probes.results (probing.probes.fold_results
 with folds), as one unit (probing.store.atomic), logging the probes that did
@@ -21,14 +24,14 @@ import jax
 import numpy as np
 from absl import logging
 
-from probing.probes.data import check_pooling, load_features, load_labels
+from probing.probes.data import FeatureReader, check_pooling, load_labels
 from probing.probes.fold_results import write_fold_results
 from probing.probes.folds import make_folds
 from probing.probes.results import write_results
 from probing.probes.run_names import resolve_run, run_key
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_streaming_sweep
-from probing.store.integrity import check_all_features, check_features, require_complete
+from probing.store.integrity import check_feature_chunks, require_complete
 from probing.store.layout import SCORING_SPLIT, SPLIT_NAMES, WRITTEN, probes_dir
 from probing.store.remote import check_remote_reachable
 from probing.store.workdir import Workdir, WorkdirError
@@ -70,6 +73,13 @@ def _partial(workdir: Workdir, config: Any) -> dict[str, Any] | None:
     return {"rows_written": written, "num_examples": int(manifest["num_examples"])}
 
 
+def _written(workdir: Workdir, label_data) -> np.ndarray:
+    """bool [num_examples]: the rows whose features are written (label_data.rows)."""
+    written = np.zeros(int(workdir.manifest()["num_examples"]), bool)
+    written[label_data.rows] = True
+    return written
+
+
 def _resolve_run(workdir: Workdir, config: Any, pooling: str, layers: list[int]) -> str:
     """The probes/<run>/ folder of this pooling's run (probing.probes.run_names)."""
     return resolve_run(
@@ -90,8 +100,9 @@ def train_pooling(
 ) -> dict[str, Any]:
     """Trains and writes the probes of one pooling; returns its summary.json content.
 
-    `features_checked`: `check_features` already passed for this pooling
-    (train_workdir checks every pooling before training any). `run`: the
+    `features_checked`: `check_feature_chunks` already passed for this pooling
+    (train_workdir checks every pooling's chunks before training any; values
+    are checked as they load). `run`: the
     probes/<run>/ folder, resolved by train_workdir (default: resolved here).
     """
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
@@ -100,21 +111,16 @@ def train_pooling(
     label_data = load_labels(workdir)
     check_pooling(workdir, pooling)
     if not features_checked:
-        check_features(workdir, pooling)
+        check_feature_chunks(workdir, pooling, _written(workdir, label_data))
     layers = _layers_to_probe(config, label_data.num_layers)
     run = run or _resolve_run(workdir, config, pooling, layers)
 
-    if settings.layer_group_size and settings.layer_group_size < len(layers):
-        # Streaming reads groups lazily; check every layer first so bad features
-        # stop the run before training instead of after the first groups.
-        for start in range(0, len(layers), settings.layer_group_size):
-            load_features(
-                workdir, pooling, label_data, layers[start : start + settings.layer_group_size]
-            )
-
+    # Values (NaN, Inf, overflow, lost chunks) are checked as each layer group
+    # is read into the sweep's buffers: no separate validating read.
+    reader = FeatureReader(workdir, pooling, label_data)
     start_time = time.perf_counter()
     result = run_streaming_sweep(
-        lambda group: load_features(workdir, pooling, label_data, group),
+        reader.layers,
         layers,
         label_data.labels,
         label_data.mask,
@@ -122,6 +128,14 @@ def train_pooling(
         settings,
         groups=label_data.groups,
         what=f"probe sweep ({pooling})",
+        layer_bytes=reader.layer_bytes,
+    )
+    logging.info(
+        "%s: %d rows checked as they loaded, largest |x| %.3g (limit %.3g)",
+        reader.name,
+        label_data.rows.size,
+        reader.max_abs,
+        reader.limit,
     )
     writer = write_results if result.folds is None else write_fold_results
     summary = writer(
@@ -207,16 +221,13 @@ def train_workdir(
     # Every run's folder is named (and a bad name or a clash refused) before the
     # features are read.
     runs = resolve_runs(workdir, config, poolings)
-    written = np.zeros(int(manifest["num_examples"]), bool)
-    written[label_data.rows] = True
-    for report in check_all_features(workdir, poolings, written):
-        logging.info(
-            "%s: %d rows checked, largest |x| %.3g (limit %.3g)",
-            report.name,
-            report.rows_checked,
-            report.max_abs,
-            report.threshold,
-        )
+    # The cheap checks of every pooling's features (shape, chunk files present)
+    # come before any training; their values are checked as each is loaded
+    # (a bad value then stops the run after the poolings before it are written).
+    written = _written(workdir, label_data)
+    for pooling in poolings:
+        FeatureReader(workdir, pooling, label_data)  # shape and dtype against the manifest
+        check_feature_chunks(workdir, pooling, written)
     return {
         pooling: train_pooling(workdir, config, pooling, features_checked=True, run=runs[pooling])
         for pooling in poolings

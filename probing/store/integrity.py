@@ -101,7 +101,57 @@ class FeatureReport:
     threshold: float
 
 
-def _strict_open(workdir: Workdir, name: str) -> ts.TensorStore:
+def missing_chunks_error(where: str, rows: list[int] | np.ndarray) -> FeatureError:
+    """The error for written rows whose chunk files are missing (`where`: the array)."""
+    return FeatureError(
+        f"{where}: chunk files of written rows are missing (they would read as zeros): rows "
+        f"{format_rows(rows)}; mark those rows written = 0 in {layout.WRITTEN} and rerun "
+        "the extract command to recompute them"
+    )
+
+
+def raise_bad_values(where: str, bad: dict[str, list[tuple[int, int]]], limit: float) -> None:
+    """Raises FeatureError for the (row, layer) pairs of bad["nonfinite"], then bad["huge"]."""
+    for kind, what in (
+        ("nonfinite", "NaN or Inf"),
+        ("huge", f"values beyond ±{limit:.3g} (the float32 standardisation would overflow)"),
+    ):
+        if bad[kind]:
+            rows = sorted({r for r, _ in bad[kind]})
+            layers = sorted({lay for _, lay in bad[kind]})
+            raise FeatureError(
+                f"{where}: layer(s) {format_rows(layers, 'layers')} hold {what} in rows {format_rows(rows)}; "
+                f"re-extract those rows (set them written = 0 in {layout.WRITTEN} and rerun "
+                "the extract command) or leave them out"
+            )
+
+
+def scan_values(
+    block: np.ndarray, scratch: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per (row, layer) of a [rows, layers, D] block: whether it holds NaN or Inf, and max |x|.
+
+    Works on the bits (sign cleared, an integer max), in the store dtype: no
+    float32 copy of the block, and fast for float16 / bfloat16, whose float
+    arithmetic numpy emulates. The max of a non-finite entry is meaningless.
+    `scratch`: a uint8 buffer of at least the block's bytes to work in, so
+    that repeated scans do not fault in fresh memory each time.
+    """
+    dtype = block.dtype
+    unsigned = {2: np.uint16, 4: np.uint32, 8: np.uint64}[dtype.itemsize]
+    bits = np.ascontiguousarray(block).view(unsigned)
+    work = None
+    if scratch is not None and scratch.nbytes >= bits.nbytes:
+        work = scratch[: bits.nbytes].view(unsigned).reshape(bits.shape)
+    top = np.bitwise_and(bits, unsigned(np.iinfo(unsigned).max >> 1), out=work).max(axis=-1)
+    # Sign-cleared IEEE bits order like magnitudes; inf is the smallest non-finite pattern.
+    infinite = np.asarray(np.inf, dtype).view(unsigned)
+    nonfinite = top >= infinite
+    magnitude = np.where(nonfinite, 0, top).astype(unsigned).view(dtype).astype(np.float32)
+    return nonfinite, magnitude
+
+
+def strict_open(workdir: Workdir, name: str) -> ts.TensorStore:
     """Opens an array so that a missing chunk is an error, not fill-value zeros."""
     if not workdir.array_exists(name):
         workdir.open_array(name)  # raises the usual "array is missing" error
@@ -147,7 +197,7 @@ def check_features(
     if written is None:
         written = workdir.read_array(layout.WRITTEN) == 1
     written = np.asarray(written, bool).reshape(-1)
-    array = _strict_open(workdir, name)
+    array = strict_open(workdir, name)
     num_rows, num_layers, hidden = (int(n) for n in array.shape)
     if written.shape != (num_rows,):
         raise FeatureError(
@@ -192,23 +242,8 @@ def check_features(
             max_abs = max(max_abs, float(magnitude[finite].max()))
     where = f"{workdir.location}/{name}"
     if missing:
-        raise FeatureError(
-            f"{where}: chunk files of written rows are missing (they would read as zeros): rows "
-            f"{format_rows(missing)}; mark those rows written = 0 in {layout.WRITTEN} and rerun "
-            "the extract command to recompute them"
-        )
-    for kind, what in (
-        ("nonfinite", "NaN or Inf"),
-        ("huge", f"values beyond ±{limit:.3g} (the float32 standardisation would overflow)"),
-    ):
-        if bad[kind]:
-            rows = sorted({r for r, _ in bad[kind]})
-            layers = sorted({lay for _, lay in bad[kind]})
-            raise FeatureError(
-                f"{where}: layer(s) {format_rows(layers, 'layers')} hold {what} in rows {format_rows(rows)}; "
-                f"re-extract those rows (set them written = 0 in {layout.WRITTEN} and rerun "
-                "the extract command) or leave them out"
-            )
+        raise missing_chunks_error(where, missing)
+    raise_bad_values(where, bad, limit)
     return FeatureReport(name, int(written.sum()), max_abs, limit)
 
 
@@ -221,3 +256,65 @@ def check_all_features(
     if written is None:
         written = workdir.read_array(layout.WRITTEN) == 1
     return [check_features(workdir, pooling, written) for pooling in poolings]
+
+
+def _chunk_key(encoding: dict[str, Any], index: tuple[int, ...]) -> str | None:
+    """The kvstore key of chunk `index` under a zarr v3 chunk_key_encoding; None if unknown."""
+    name = encoding.get("name")
+    configuration = encoding.get("configuration") or {}
+    if name == "default":
+        separator = configuration.get("separator", "/")
+        return separator.join(["c", *map(str, index)])
+    if name == "v2":
+        return configuration.get("separator", ".").join(map(str, index))
+    return None
+
+
+def check_feature_chunks(
+    workdir: Workdir | str, pooling: str, written: np.ndarray | None = None
+) -> None:
+    """Checks, without reading feature values, that every chunk holding written rows exists.
+
+    The cheap part of `check_features`, for training to run on every pooling
+    before it trains any: the array's metadata and the listing of its chunk
+    keys (one kvstore list, no data read). The values (NaN, Inf, overflow)
+    are checked as training loads them (probing.probes.data.FeatureReader).
+    An array whose chunk key encoding this does not know gets the full read
+    of `check_features` instead.
+
+    Raises:
+      FeatureError: written rows whose chunk file is missing, or a row count
+        that disagrees with arrays/written.
+    """
+    workdir = _as_workdir(workdir)
+    name = layout.features(pooling)
+    if written is None:
+        written = workdir.read_array(layout.WRITTEN) == 1
+    written = np.asarray(written, bool).reshape(-1)
+    array = strict_open(workdir, name)
+    if written.shape != (int(array.shape[0]),):
+        raise FeatureError(
+            f"{workdir.location}/{name} has {array.shape[0]} rows but {layout.WRITTEN} has "
+            f"{written.shape[0]}; the arrays of this workdir disagree, re-extract it"
+        )
+    metadata = workdir.read_json(f"{name}/{layout.ZARR_JSON}")
+    encoding = metadata.get("chunk_key_encoding") or {"name": "default"}
+    chunk = [int(n) for n in metadata["chunk_grid"]["configuration"]["chunk_shape"]]
+    grid = [-(-int(n) // c) for n, c in zip(array.shape, chunk, strict=True)]
+    if _chunk_key(encoding, (0,) * len(grid)) is None:
+        check_features(workdir, pooling, written)
+        return
+    present = {
+        bytes(key).decode()
+        for key in ts.KvStore.open(workdir.kvstore(name)).result().list().result()
+    }
+    missing = []
+    for row_chunk in np.unique(np.flatnonzero(written) // chunk[0]):
+        start = int(row_chunk) * chunk[0]
+        for rest in np.ndindex(*grid[1:]):
+            if _chunk_key(encoding, (int(row_chunk), *rest)) not in present:
+                rows = np.arange(start, min(start + chunk[0], written.size))
+                missing.extend(rows[written[rows]].tolist())
+                break
+    if missing:
+        raise missing_chunks_error(f"{workdir.location}/{name}", missing)

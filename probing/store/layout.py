@@ -47,6 +47,15 @@ def features(pooling: str) -> str:
     return f"{FEATURES_DIR}/{pooling}"
 
 
+def feature_inner_chunk(chunk_rows: int, hidden_size: int) -> tuple[int, int, int]:
+    """Inner chunk of a feature chunk (a shard of [rows, L+1, D]): its rows of one layer.
+
+    One layer of a shard is then one contiguous byte range, so reading a
+    group of layers reads those layers' bytes only (WORKSPACE.md, Chunks).
+    """
+    return (int(chunk_rows), 1, int(hidden_size))
+
+
 # ------------------------------------------------------- zarr hierarchy
 # Zarr v3 node metadata: every array folder holds one (TensorStore writes it),
 # and so do the workdir and the folders of arrays, as groups, so that

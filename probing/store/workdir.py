@@ -56,6 +56,27 @@ def _kvstore_spec(location: str) -> dict[str, Any]:
     return {"driver": "file", "path": os.path.abspath(path).rstrip("/") + "/"}
 
 
+def sharded_codecs(inner_chunk_shape: Sequence[int]) -> list[dict[str, Any]]:
+    """zarr v3 codecs that store each chunk as a shard of `inner_chunk_shape` inner chunks.
+
+    Uncompressed little-endian bytes, as the plain layout, with the shard
+    index (a checksummed offset table) at the end of the file; TensorStore,
+    zarr-python >= 3 and xarray read it.
+    """
+    little_endian = {"name": "bytes", "configuration": {"endian": "little"}}
+    return [
+        {
+            "name": "sharding_indexed",
+            "configuration": {
+                "chunk_shape": [int(n) for n in inner_chunk_shape],
+                "codecs": [little_endian],
+                "index_codecs": [little_endian, {"name": "crc32c"}],
+                "index_location": "end",
+            },
+        }
+    ]
+
+
 class Workdir:
     """One extraction run's directory: arrays, manifest and metadata files."""
 
@@ -158,11 +179,16 @@ class Workdir:
         shape: Sequence[int],
         chunk_shape: Sequence[int] | None = None,
         fill_value: Any = 0,
+        inner_chunk_shape: Sequence[int] | None = None,
     ) -> ts.TensorStore:
         """Creates (replacing any existing) array `name`, with its zarr groups above it.
 
         The array's axes get the names WORKSPACE.md gives them
-        (`layout.dimension_names`), which zarr-python and xarray read.
+        (`layout.dimension_names`), which zarr-python and xarray read. With
+        `inner_chunk_shape`, each chunk (file) is a zarr v3 shard
+        (`sharding_indexed` codec) of inner chunks of that shape: a writer
+        still writes a whole chunk at once, while a reader can fetch one inner
+        chunk as a byte range of the file (see `sharded_codecs`).
         """
         self.write_zarr_groups(name)
         spec = self.array_spec(name)
@@ -176,6 +202,8 @@ class Workdir:
             "fill_value": fill_value,
             "dimension_names": list(dimension_names(name, len(shape))),
         }
+        if inner_chunk_shape is not None:
+            spec["metadata"]["codecs"] = sharded_codecs(inner_chunk_shape)
         return ts.open(spec, create=True, delete_existing=True).result()
 
     def write_zarr_groups(self, name: str) -> None:

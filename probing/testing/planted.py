@@ -21,6 +21,7 @@ from probing.store.layout import (
     MANIFEST_JSON,
     SPLIT,
     WRITTEN,
+    feature_inner_chunk,
     new_manifest,
 )
 from probing.store.layout import (
@@ -104,10 +105,15 @@ def write_workdir(
     label_names: Sequence[str] | None = None,
     written: np.ndarray | None = None,
     feature_dtype: str = "float32",
+    sharded: bool = True,
+    chunk_rows: int = 64,
 ) -> Workdir:
     """Writes a workdir following WORKSPACE.md from `planted_arrays`-style arrays.
 
     Every pooling gets the same features. `written` defaults to all ones.
+    Feature chunks hold `chunk_rows` rows of every layer; `sharded` stores them
+    as extraction does (one inner chunk per layer), False as stores written
+    before that did (one plain chunk of all layers).
     """
     workdir = Workdir(location)
     values = np.asarray(arrays["features"]).astype(feature_dtype)
@@ -124,11 +130,18 @@ def write_workdir(
     written = np.ones(num_examples, np.uint8) if written is None else np.asarray(written, np.uint8)
     workdir.write_array(WRITTEN, written)
     for pooling in poolings:
-        workdir.write_array(
+        rows = min(chunk_rows, num_examples)
+        array = workdir.create_array(
             features_array(pooling),
-            values,
-            chunk_shape=(min(64, num_examples), num_layers, hidden_size),
+            values.dtype.name,
+            values.shape,
+            (rows, num_layers, hidden_size),
+            inner_chunk_shape=feature_inner_chunk(rows, hidden_size) if sharded else None,
         )
+        # Chunk by chunk, as extraction writes: a temporary copy stays one chunk big.
+        for start in range(0, num_examples, rows):
+            stop = min(start + rows, num_examples)
+            array[start:stop].write(values[start:stop]).result()
     workdir.write_json(
         MANIFEST_JSON,
         new_manifest(

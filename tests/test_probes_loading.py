@@ -1,0 +1,187 @@
+"""Tests of the training load path: FeatureReader, the sharded feature layout, layer grouping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from probing.probes import devices
+from probing.probes.data import FeatureReader, load_labels
+from probing.probes.settings import SweepSettings
+from probing.probes.sweep import run_streaming_sweep, run_sweep
+from probing.store import integrity
+from probing.store.integrity import FeatureError, check_feature_chunks, scan_values
+from probing.store.layout import features as features_array
+from probing.testing.planted import planted_arrays, write_workdir
+
+# 130 rows in 64-row chunks: the last chunk is partial.
+ROWS, LAYERS, DIM = 130, 5, 8
+
+
+def _store(location, sharded=True, written=None, dtype="float16", dim=DIM):
+    arrays = planted_arrays(ROWS, LAYERS, dim, [2], strength=4.0, seed=3)
+    workdir = write_workdir(location, arrays, written=written, feature_dtype=dtype, sharded=sharded)
+    return workdir, arrays["features"].astype(dtype)
+
+
+def _reference(values, rows, layers):
+    """What load_features returned before FeatureReader: [L, N, D] of the written rows."""
+    return np.moveaxis(values[rows][:, layers], 1, 0)
+
+
+@pytest.mark.parametrize("sharded", [True, False])
+@pytest.mark.parametrize("partial", [False, True])
+def test_reader_fills_buffers_bitwise_as_the_old_load(tmp_path, sharded, partial):
+    written = None
+    if partial:
+        written = np.ones(ROWS, np.uint8)
+        written[[0, 5, 63, 64, 100]] = 0
+        written[70:128] = 0  # a whole chunk unwritten: skipped
+    workdir, values = _store(str(tmp_path), sharded, written)
+    labels = load_labels(workdir)
+    reader = FeatureReader(workdir, "mean", labels)
+    # Layer groups as the sweep asks for them: runs, gaps and a padded repeat.
+    for layers in ([0, 1, 2, 3, 4], [1, 2], [4, 4], [3, 0, 1]):
+        out = np.full((labels.rows.size, len(layers), DIM), np.nan, values.dtype)
+        reader.read_into(out, layers)
+        expected = _reference(values, labels.rows, layers)
+        np.testing.assert_array_equal(np.moveaxis(out, 1, 0), expected)
+    assert reader.max_abs == float(np.abs(values[labels.rows].astype(np.float32)).max())
+
+
+def _bytes_read():
+    for metric in ts.experimental_collect_matching_metrics("/tensorstore/kvstore/file/bytes_read"):
+        return sum(v["value"] for v in metric["values"])
+    return 0
+
+
+@pytest.mark.parametrize("sharded", [True, False])
+def test_a_layer_group_read_reads_only_its_layers(tmp_path, sharded):
+    # Inner chunks of 64 x 1024 float16 (128 kB): TensorStore does not merge
+    # byte ranges across gaps that big, so the count is the group's bytes.
+    dim = 1024
+    workdir, _ = _store(str(tmp_path), sharded, dim=dim)
+    reader = FeatureReader(workdir, "mean", load_labels(workdir))
+    out = np.empty((ROWS, 2, dim), np.float16)
+    before = _bytes_read()
+    reader.read_into(out, [1, 2])
+    read = _bytes_read() - before
+    # Stored chunks are whole: the last shard's 2 rows are stored as 64.
+    shards = -(-ROWS // 64)
+    group_bytes = shards * 64 * 2 * dim * 2
+    all_bytes = shards * 64 * LAYERS * dim * 2
+    if sharded:
+        # The two layers' bytes plus the shard indexes (16 bytes per inner chunk + 4).
+        assert group_bytes <= read <= group_bytes + shards * (LAYERS * 16 + 4)
+    else:
+        assert read >= all_bytes  # a plain chunk holds every layer: all are read
+
+
+def test_values_are_checked_as_they_load_naming_layer_and_rows(tmp_path):
+    workdir, _ = _store(str(tmp_path))
+    array = workdir.open_array(features_array("mean"))
+    array[3, 2, 0].write(np.inf).result()
+    array[7, 2, 1].write(np.nan).result()
+    array[90, 4, 3].write(np.inf).result()
+    labels = load_labels(workdir)
+    reader = FeatureReader(workdir, "mean", labels)
+    reader.read_into(np.empty((ROWS, 2, DIM), np.float16), [0, 1])  # clean layers pass
+    with pytest.raises(FeatureError, match=r"mean: layer\(s\) 2 hold NaN or Inf in rows 3, 7;"):
+        reader.read_into(np.empty((ROWS, 2, DIM), np.float16), [1, 2])
+    with pytest.raises(FeatureError, match=r"layer\(s\) 2, 4 hold NaN or Inf in rows 3, 7, 90;"):
+        reader.read_into(np.empty((ROWS, 3, DIM), np.float16), [2, 3, 4])
+    huge = FeatureReader(workdir, "mean", labels, threshold=3.0)
+    with pytest.raises(FeatureError, match=r"layer\(s\) 0 hold values beyond ±3 .* in rows"):
+        huge.read_into(np.empty((ROWS, 1, DIM), np.float16), [0])
+
+
+def test_missing_chunks_are_found_from_the_key_listing_and_while_loading(tmp_path):
+    workdir, _ = _store(str(tmp_path))
+    check_feature_chunks(workdir, "mean")
+    kvstore = ts.KvStore.open(workdir.kvstore(features_array("mean"))).result()
+    kvstore.delete_range(ts.KvStore.KeyRange("c/1/0/0", "c/1/0/0\0")).result()
+    expected = r"chunk files of written rows are missing .* rows 64, 65, 66"
+    with pytest.raises(FeatureError, match=expected):
+        check_feature_chunks(workdir, "mean")
+    labels = load_labels(workdir)
+    with pytest.raises(FeatureError, match=expected):
+        FeatureReader(workdir, "mean", labels).read_into(np.empty((ROWS, 1, DIM), np.float16), [3])
+    written = np.ones(ROWS, bool)
+    written[64:128] = False
+    check_feature_chunks(workdir, "mean", written)  # unwritten rows may lack their chunk
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16"])
+def test_scan_values_on_the_bits(dtype):
+    import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
+
+    block = np.zeros((3, 2, 4), np.float32)
+    block[0, 0] = [1.0, -7.5, 2.0, 0.0]
+    block[1, 1, 2] = -np.inf
+    block[2, 0, 3] = np.nan
+    block[2, 1] = [-3.0, 0.5, 0.0, 0.25]
+    nonfinite, magnitude = scan_values(block.astype(dtype))
+    np.testing.assert_array_equal(nonfinite, [[0, 0], [0, 1], [1, 0]])
+    np.testing.assert_array_equal(magnitude[~nonfinite], [7.5, 0.0, 0.0, 3.0])
+
+
+def test_automatic_group_size_fits_the_budget():
+    # limit = 0.6 x budget; one device pads a group to at least 2 layers.
+    assert devices.auto_layer_group_size(29, 100, None, budget=int(1000 / 0.6) + 1) == 10
+    assert devices.auto_layer_group_size(29, 100, None, budget=int(1500 / 0.6) + 1) == 15
+    assert devices.auto_layer_group_size(29, 100, None, budget=10**9) == 29
+    assert devices.auto_layer_group_size(29, 100, None, budget=10) == 1
+
+
+SETTINGS = SweepSettings(num_seeds=2, epochs=3, batch_size=32, learning_rates=(0.03,))
+
+
+def test_grouping_from_a_small_memory_budget_gives_the_same_results(tmp_path, monkeypatch):
+    workdir, _ = _store(str(tmp_path))
+    labels = load_labels(workdir)
+    reader = FeatureReader(workdir, "mean", labels)
+    layers = list(range(LAYERS))
+    args = (layers, labels.labels, labels.mask, labels.split, SETTINGS)
+    asked = []
+
+    def load(group):
+        asked.append(list(group))
+        return reader.layers(group)
+
+    # Room for two layers' features: three groups of at most 2 layers.
+    monkeypatch.setattr(
+        devices, "available_memory", lambda: (int(2 * reader.layer_bytes / 0.6) + 1, "test")
+    )
+    grouped = run_streaming_sweep(load, *args, layer_bytes=reader.layer_bytes)
+    assert asked == [[0, 1], [2, 3], [4]]
+    whole = run_sweep(reader.layers(layers), *args[1:])
+    for name in ("kernel", "bias", "train_loss", "val_loss", "best_epoch", "mean", "scale"):
+        np.testing.assert_array_equal(getattr(grouped, name), getattr(whole, name), err_msg=name)
+    for split in whole.logits:
+        np.testing.assert_array_equal(grouped.logits[split], whole.logits[split])
+
+
+def test_integrity_check_features_still_agrees_with_the_reader(tmp_path):
+    workdir, _ = _store(str(tmp_path))
+    workdir.open_array(features_array("mean"))[11, 1, 0].write(np.inf).result()
+    with pytest.raises(FeatureError, match=r"layer\(s\) 1 hold NaN or Inf in rows 11;"):
+        integrity.check_features(workdir, "mean")
+    with pytest.raises(FeatureError, match=r"layer\(s\) 1 hold NaN or Inf in rows 11;"):
+        FeatureReader(workdir, "mean", load_labels(workdir)).read_into(
+            np.empty((ROWS, LAYERS, DIM), np.float16), range(LAYERS)
+        )
+
+
+def test_big_feature_buffers_are_mapped_aligned_and_adopted_without_a_copy():
+    import jax
+
+    shape = (1024, 2, devices._POPULATE_MIN_BYTES // (1024 * 2 * 2))
+    buffer = devices._aligned_empty(shape, np.float16)
+    assert buffer.shape == shape and buffer.flags.c_contiguous and buffer.flags.writeable
+    assert buffer.ctypes.data % 64 == 0
+    buffer[:] = 1.5
+    placed = jax.device_put(buffer)
+    if jax.default_backend() == "cpu":
+        assert placed.unsafe_buffer_pointer() == buffer.ctypes.data
+    assert float(placed[-1, -1, -1]) == 1.5
