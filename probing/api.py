@@ -168,22 +168,12 @@ def load(
 ) -> Results:
     """The Results of an already trained workdir (no training).
 
-    `runs`: probe runs by folder name (`python -m probing.runs` lists them), at most
-    one per pooling; default: each pooling's first run, probes/<pooling>/.
+    Default: every probe run of every pooling (`poolings` narrows it), each
+    told apart by the `run` column of every DataFrame. `runs`: only these probe
+    runs, by folder name (`python -m probing.runs` lists them); several runs of
+    one pooling load side by side (`results.select(name)` picks one later).
     """
-    if not runs:
-        return Results.load(workdir, poolings)
-    from probing.probes.run_names import run_pooling
-    from probing.store.workdir import Workdir, WorkdirError
-
-    chosen = {run: run_pooling(Workdir(workdir), run) for run in runs}
-    by_pooling = {pooling: run for run, pooling in chosen.items()}
-    if len(by_pooling) < len(chosen):
-        raise WorkdirError(
-            f"runs {list(runs)} hold two runs of one pooling ({chosen}); Results holds one "
-            "run per pooling: load them one at a time"
-        )
-    return Results.load(workdir, list(by_pooling), by_pooling)
+    return Results.load(workdir, poolings, runs)
 
 
 def predict(workdir: str, images, prompts: Sequence[str], run: str | None = None, **options: Any):

@@ -96,7 +96,7 @@ def test_results_are_dataframes_of_the_files(probed):
 def test_layer_curve_and_plots(probed):
     results = api.load(probed)
     curve = results.layer_curve()
-    assert list(curve.columns) == ["pooling", "layer", "mean", "low", "high", "interval"]
+    assert list(curve.columns) == ["run", "pooling", "layer", "mean", "low", "high", "interval"]
     assert set(curve["interval"]) == {"ci95"} and (curve["low"] <= curve["mean"]).all()
     ax = results.plot_layer_curve()
     assert [line.get_label() for line in ax.get_lines()] == ["mean", "last"]
