@@ -7,6 +7,9 @@ closed; the runs come from fabricated workdirs (probing.testing.probed).
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import shutil
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -73,6 +76,55 @@ def test_poolings_differ_by_more_than_colour(tmp_path, drawn):
     headline = drawn["caption_headline_per_layer"].axes[0]
     markers = {line.get_label(): line.get_marker() for line in headline.get_lines()}
     assert markers["tiny:model0 · last"] == style.POOLING_MARKERS["last"]
+
+
+def _second_probe_run(location, pooling="mean", name="seeds5"):
+    """A copy of probes/<pooling>/ as another probe run of it, probes/<pooling>-<name>/."""
+    folder = os.path.join(location, "probes")
+    shutil.copytree(os.path.join(folder, pooling), os.path.join(folder, f"{pooling}-{name}"))
+    config = os.path.join(folder, f"{pooling}-{name}", "probe_config.json")
+    recorded = {}
+    if os.path.exists(config):
+        with open(config) as f:
+            recorded = json.load(f)
+    recorded["run"] = {"name": f"{pooling}-{name}", "pooling": pooling}
+    with open(config, "w") as f:
+        json.dump(recorded, f)
+
+
+def test_runs_read_apart_in_greyscale(tmp_path, drawn):
+    """Every two runs of a figure differ in line style, marker or marker fill, not in
+    colour only: two models with the same pooling, and two probe runs of one pooling."""
+    for index in range(2):
+        write_probed_workdir(
+            str(tmp_path / f"w{index}"), model_id=f"tiny:model{index}", poolings=("mean", "last")
+        )
+    _second_probe_run(str(tmp_path / "w0"))
+    runs = load_runs([str(tmp_path / "w0"), str(tmp_path / "w1")])
+    assert len(runs) == 5
+    context = _context(tmp_path, "caption")
+    curves.headline_curves(runs, context)
+    curves.pooling_comparison(runs, context)
+    for stem in ("caption_headline_per_layer", "caption_pooling_comparison"):
+        for ax in drawn[stem].axes:
+            looks = {
+                line.get_label(): (
+                    repr(line.get_linestyle()),
+                    line.get_marker(),
+                    line.get_fillstyle(),
+                )
+                for line in ax.get_lines()
+                if not line.get_label().startswith("_")
+            }
+            assert len(set(looks.values())) == len(looks), (stem, looks)
+    headline = drawn["caption_headline_per_layer"].axes[0]
+    assert {line.get_label() for line in headline.get_lines()} >= {run.label for run in runs}
+    panel = drawn["caption_pooling_comparison"].axes[0]
+    assert sorted(line.get_label() for line in panel.get_lines()) == [
+        "pooling last",
+        "pooling mean",
+        "pooling mean-seeds5",
+    ]
 
 
 def test_depth_panel_drawn_once_when_depths_match(tmp_path, drawn):

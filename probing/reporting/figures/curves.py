@@ -28,6 +28,7 @@ from probing.reporting.figures.style import (
     headline_stats,
     run_colours,
     save,
+    series_fills,
     series_style,
 )
 from probing.reporting.runs import ProbeRun
@@ -60,6 +61,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
     """
     task = context.task
     colours = run_colours(runs)
+    fills = series_fills(runs)
     metric = runs[0].headline_metric
     control = control_metric(metric)
     majority = majority_metric(metric)
@@ -96,7 +98,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             xs = (layers,) if one_depth else (layers, run.relative_depth(layers))
             for column, x in enumerate(xs):
                 ax = axes[0, column]
-                draw_series(ax, x, mean, low, high, colour, series_style(run), run.label)
+                draw_series(ax, x, mean, low, high, colour, series_style(run, fills), run.label)
                 ax.plot(x[flagged], mean[flagged], "x", color=colour, markersize=5, mew=1.0)
                 ax.axhline(
                     mean[0],
@@ -136,7 +138,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
                         sel_low[layers],
                         sel_high[layers],
                         colour,
-                        series_style(run),
+                        series_style(run, fills),
                         run.label,
                         bounds=(-1.0, 1.0),
                     )
@@ -236,6 +238,7 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
     if not groups:
         return []
     metric = runs[0].headline_metric
+    fills = series_fills(runs)
     columns = min(len(groups), 2)
     rows = -(-len(groups) // columns)
     with plt.rc_context(RC):
@@ -252,7 +255,8 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
             for index, run in enumerate(members):
                 layers, mean, low, high, source = headline_stats(run, metric)
                 sources.add(source)
-                name = run.pooling
+                # A pooling's second probe run is named by its folder (mean-seeds5).
+                name = run.run_name
                 draw_series(
                     ax,
                     layers,
@@ -260,7 +264,7 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
                     low,
                     high,
                     OKABE_ITO[index % len(OKABE_ITO)],
-                    series_style(run),
+                    series_style(run, fills),
                     f"pooling {name}",
                 )
             ax.set_title(model)
