@@ -91,9 +91,13 @@ def test_legends_name_model_and_pooling(two_by_two):
 def test_html_is_self_contained(two_by_two):
     _, out_dir, _ = two_by_two
     page = pathlib.Path(out_dir, "report.html").read_text()
-    references = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page, flags=re.IGNORECASE)
-    assert len(references) == 9  # every PNG of the report, embedded
-    assert all(reference.startswith("data:image/png;base64,") for reference in references)
+    sources = re.findall(r"""src\s*=\s*["']([^"']*)""", page, flags=re.IGNORECASE)
+    assert len(sources) == 9  # every PNG of the report, embedded
+    assert all(source.startswith("data:image/png;base64,") for source in sources)
+    # Links (each figure's PNG and SVG, results.csv) are relative and lead to the files.
+    links = re.findall(r"""href\s*=\s*["']([^"']*)""", page, flags=re.IGNORECASE)
+    assert len(links) == 2 * 9 + 1 and "results.csv" in links
+    assert all(pathlib.Path(out_dir, link).is_file() for link in links)
     assert not re.search(r"https?://|file://|url\(", page)
     assert "<link" not in page and "<script" not in page
 
@@ -167,3 +171,14 @@ def test_one_task_with_two_label_kinds_is_refused(tmp_path):
     manifest.write_text(manifest.read_text().replace('"task": "category"', '"task": "caption"'))
     with pytest.raises(ReportError, match="different label kinds"):
         build_report([binary, multilabel], str(tmp_path / "out"))
+
+
+def test_short_table_rows_are_padded_to_the_header(tmp_path):
+    from probing.reporting import document
+
+    table = document.Table(header=["run", "peak", "answer"], rows=[["a", "1", "2"], ["b", "3"]])
+    page = document.to_html([table], "t")
+    rows = re.findall(r"<tr>(.*?)</tr>", page)
+    assert [len(re.findall(r"<t[hd]>", row)) for row in rows] == [3, 3, 3]
+    markdown = document.to_markdown([table], str(tmp_path)).splitlines()
+    assert markdown[3] == "| b | 3 |  |"

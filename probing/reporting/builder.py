@@ -31,7 +31,7 @@ from probing.probes.stats import CI_LABEL, FOLD_CI_LABEL
 from probing.progress import Progress
 from probing.provenance import process_command
 from probing.reporting import document, tables
-from probing.reporting.document import Block, Code, Heading, Paragraph, Table
+from probing.reporting.document import Block, Code, FileLink, Heading, Paragraph, Table
 from probing.reporting.figures import FIGURES, FigureContext
 from probing.reporting.figures.style import file_stem
 from probing.reporting.first_tokens import table1_blocks
@@ -272,7 +272,7 @@ def build_report(
                 tables.results_header(task_rows), tables.results_cells(task_rows) + baselines, note
             )
         )
-    blocks.append(Paragraph("Full-precision values: results.csv."))
+    blocks.append(FileLink("Full-precision values:", os.path.join(out_dir, "results.csv")))
     blocks.extend(_convergence_blocks(runs))
 
     progress = Progress("report figures", len(by_task) * len(FIGURES), unit="figure kinds")
@@ -308,6 +308,6 @@ def build_report(
     with open(markdown_path, "w") as f:
         f.write(document.to_markdown(blocks, out_dir))
     with open(os.path.join(out_dir, "report.html"), "w") as f:
-        f.write(document.to_html(blocks, title="Probing report"))
+        f.write(document.to_html(blocks, title="Probing report", base_dir=out_dir))
     logging.info("wrote %s", markdown_path)
     return markdown_path
