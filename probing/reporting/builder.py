@@ -275,7 +275,9 @@ def build_report(
     blocks.append(FileLink("Full-precision values:", os.path.join(out_dir, "results.csv")))
     blocks.extend(_convergence_blocks(runs))
 
-    progress = Progress("report figures", len(by_task) * len(FIGURES), unit="figure kinds")
+    progress = Progress(
+        "report figures", len(by_task) * len(FIGURES), unit="figure kinds", uneven=True
+    )
     for task, members in by_task.items():
         logging.info("figures of task %s (%d run(s))", task, len(members))
         blocks.append(Heading(f"Figures: task {task}"))
