@@ -247,3 +247,13 @@ def test_api_results_hold_two_runs_of_one_pooling(two_runs):
     assert results.plot_loss_curves(layer=1, run=hashed).get_title() == f"{hashed}, layer 1"
     with pytest.raises(ValueError, match=r"no run or pooling nope in these Results \(runs: mean, "):
         results.select("nope")
+
+
+def test_overview_names_the_folders_the_run_wrote():
+    from probing.probes.overview import overview
+
+    best = {"layer": 2, "last_layer": 4, "metric": "accuracy", "mean": 0.8, "ci95": [0.7, 0.9]}
+    summary = {"best_layer": {**best, "split": "test", "selected_on": "val"}, "layers": []}
+    text = overview("w", {"mean": summary, "last": summary}, 3.0, {"mean": "mean-1a2b3c4d"})
+    files = text.splitlines()[text.splitlines().index("Files:") + 1 :][:2]
+    assert [line.split()[0] for line in files] == ["w/probes/mean-1a2b3c4d/", "w/probes/last/"]
