@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import shutil
+import types
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -260,3 +261,10 @@ def test_category_panel_titles_do_not_run_into_each_other(tmp_path, drawn):
     boxes = [ax.title.get_window_extent(renderer) for ax in panels]
     for left, right in itertools.pairwise(boxes):
         assert left.x1 <= right.x0, (left, right)
+
+
+def test_no_run_is_drawn_in_the_baselines_black():
+    runs = [types.SimpleNamespace(label=f"run {i}") for i in range(len(style.OKABE_ITO) + 2)]
+    colours = style.run_colours(runs)
+    assert len(set(colours.values())) == len(style.OKABE_ITO) - 1
+    assert "#000000" not in colours.values()

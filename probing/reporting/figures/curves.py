@@ -20,9 +20,9 @@ from probing.reporting.document import Figure
 from probing.reporting.figures.context import FigureContext
 from probing.reporting.figures.style import (
     LINE_STYLES,
-    OKABE_ITO,
     PAGE_WIDTH_IN,
     RC,
+    SERIES_COLOURS,
     draw_series,
     file_stem,
     headline_stats,
@@ -263,7 +263,7 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
                     mean,
                     low,
                     high,
-                    OKABE_ITO[index % len(OKABE_ITO)],
+                    SERIES_COLOURS[index % len(SERIES_COLOURS)],
                     series_style(run, fills),
                     f"pooling {name}",
                 )

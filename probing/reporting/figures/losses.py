@@ -22,10 +22,10 @@ from probing.reporting.document import Figure
 from probing.reporting.figures.context import FigureContext
 from probing.reporting.figures.style import (
     LINE_STYLES,
-    OKABE_ITO,
     PAGE_WIDTH_IN,
     RC,
     ROLE_COLOURS,
+    SERIES_COLOURS,
     file_stem,
     pooling_marker,
     save,
@@ -108,7 +108,7 @@ def loss_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure
         for ax, run in zip(axes.flat, with_curves, strict=False):
             roles = loss_curve_layers(run, extra_layers)
             chosen = sorted(roles.items())
-            named_colours = iter(OKABE_ITO[3:])
+            named_colours = iter(SERIES_COLOURS[3:])
             for layer, role in chosen:
                 colour = ROLE_COLOURS.get(role) or next(named_colours, "grey")
                 for split, linestyle in (("train", "-"), ("val", LINE_STYLES["val loss"])):

@@ -43,6 +43,9 @@ OKABE_ITO = (
     "#000000",  # black
     "#F0E442",  # yellow
 )
+# Colours of series (runs, poolings, layers): black is left to the reference lines
+# (the strongest baseline, the chance loss), so a seventh run is not read as one.
+SERIES_COLOURS = tuple(colour for colour in OKABE_ITO if colour != "#000000")
 # One table of what every line style and marker means, the same in every figure,
 # so a figure printed in grey reads without colour. Solid lines are always the
 # measurement itself (a trained model's scores, a train loss); each other style
@@ -143,7 +146,7 @@ def series_style(run: ProbeRun, fills: dict[str, str] | None = None) -> tuple[An
 def run_colours(runs: Sequence[ProbeRun]) -> dict[str, str]:
     """One palette colour per run label, in run order; call it once per task so
     that each figure starts at the most distinct colours."""
-    return {run.label: OKABE_ITO[i % len(OKABE_ITO)] for i, run in enumerate(runs)}
+    return {run.label: SERIES_COLOURS[i % len(SERIES_COLOURS)] for i, run in enumerate(runs)}
 
 
 def save(fig: plt.Figure, figures_dir: str, stem: str, caption: str) -> Figure:
