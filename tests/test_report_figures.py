@@ -100,7 +100,8 @@ def test_runs_read_apart_in_greyscale(tmp_path, drawn):
         write_probed_workdir(
             str(tmp_path / f"w{index}"), model_id=f"tiny:model{index}", poolings=("mean", "last")
         )
-    _second_probe_run(str(tmp_path / "w0"))
+    # A second run of "last": it sorts between last and mean, shifting mean's place.
+    _second_probe_run(str(tmp_path / "w0"), pooling="last")
     runs = load_runs([str(tmp_path / "w0"), str(tmp_path / "w1")])
     assert len(runs) == 5
     context = _context(tmp_path, "caption")
@@ -120,11 +121,17 @@ def test_runs_read_apart_in_greyscale(tmp_path, drawn):
             assert len(set(looks.values())) == len(looks), (stem, looks)
     headline = drawn["caption_headline_per_layer"].axes[0]
     assert {line.get_label() for line in headline.get_lines()} >= {run.label for run in runs}
+    # A pooling has one colour in every panel of the pooling figure.
+    colours = {}
+    for ax in drawn["caption_pooling_comparison"].axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert all(len(seen) == 1 for seen in colours.values()), colours
     panel = drawn["caption_pooling_comparison"].axes[0]
     assert sorted(line.get_label() for line in panel.get_lines()) == [
         "pooling last",
+        "pooling last-seeds5",
         "pooling mean",
-        "pooling mean-seeds5",
     ]
 
 

@@ -239,6 +239,9 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
         return []
     metric = runs[0].headline_metric
     fills = series_fills(runs)
+    # One colour per pooling (run name) in every panel, so "mean" is one colour throughout.
+    names = list(dict.fromkeys(run.run_name for members in groups.values() for run in members))
+    colours = {name: SERIES_COLOURS[i % len(SERIES_COLOURS)] for i, name in enumerate(names)}
     columns = min(len(groups), 2)
     rows = -(-len(groups) // columns)
     with plt.rc_context(RC):
@@ -252,7 +255,7 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
         )
         sources = set()
         for ax, (model, members) in zip(axes.flat, groups.items(), strict=False):
-            for index, run in enumerate(members):
+            for run in members:
                 layers, mean, low, high, source = headline_stats(run, metric)
                 sources.add(source)
                 # A pooling's second probe run is named by its folder (mean-seeds5).
@@ -263,7 +266,7 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
                     mean,
                     low,
                     high,
-                    SERIES_COLOURS[index % len(SERIES_COLOURS)],
+                    colours[name],
                     series_style(run, fills),
                     f"pooling {name}",
                 )
