@@ -275,3 +275,20 @@ def test_no_run_is_drawn_in_the_baselines_black():
     colours = style.run_colours(runs)
     assert len(set(colours.values())) == len(style.OKABE_ITO) - 1
     assert "#000000" not in colours.values()
+
+
+def test_long_loss_curves_keep_few_markers(tmp_path, drawn):
+    location = str(tmp_path / "long")
+    write_probed_workdir(location, num_layers=3, num_epochs=300, poolings=("mean",))
+    losses.loss_curves(load_runs([location]), _context(tmp_path, "caption"))
+    lines = [
+        line
+        for ax in drawn["caption_loss_curves"].axes
+        for line in ax.get_lines()
+        if len(line.get_xdata()) == 300
+    ]
+    assert lines
+    for line in lines:
+        every = line.get_markevery() or 1  # an int: every nth epoch gets a marker
+        shown = np.arange(300)[::every]
+        assert 10 <= len(shown) <= style.MAX_MARKERS + 1

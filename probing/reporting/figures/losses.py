@@ -22,6 +22,7 @@ from probing.reporting.document import Figure
 from probing.reporting.figures.context import FigureContext
 from probing.reporting.figures.style import (
     LINE_STYLES,
+    MAX_MARKERS,
     PAGE_WIDTH_IN,
     RC,
     ROLE_COLOURS,
@@ -132,6 +133,8 @@ def loss_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure
                         linewidth=1.3,
                         marker=pooling_marker(run.pooling),
                         markersize=2.2,
+                        # A marker per epoch merges into a thick band over 300 epochs.
+                        markevery=max(1, len(run.epochs) // MAX_MARKERS),
                         label=label,
                     )
             best_layer = next(layer for layer, role in roles.items() if role == "best")

@@ -88,6 +88,8 @@ ROLE_COLOURS = {"best": OKABE_ITO[2], "worst": OKABE_ITO[1]}
 # Scores (accuracy, precision, recall, F1) lie in [0, 1]; every heatmap of a
 # score uses this one colour scale, so panels and figures compare by colour.
 SCORE_RANGE = (0.0, 1.0)
+# At most about this many markers on one line (loss curves over hundreds of epochs).
+MAX_MARKERS = 15
 PAGE_WIDTH_IN = 7.0
 # One column of a two-column paper.
 COLUMN_WIDTH_IN = 3.4
