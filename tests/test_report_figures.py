@@ -292,3 +292,14 @@ def test_long_loss_curves_keep_few_markers(tmp_path, drawn):
         every = line.get_markevery() or 1  # an int: every nth epoch gets a marker
         shown = np.arange(300)[::every]
         assert 10 <= len(shown) <= style.MAX_MARKERS + 1
+
+
+def test_headline_title_stays_inside_the_figure(tmp_path, drawn):
+    runs = _runs(tmp_path, "category")
+    task = "category (candidates)"  # the demo's long title was cut at both edges
+    curves.headline_curves(runs, _context(tmp_path, task))
+    fig = drawn[style.file_stem(task, "headline_per_layer")]
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    page = fig.bbox
+    assert page.x0 <= title.x0 and title.x1 <= page.x1, (title, page)

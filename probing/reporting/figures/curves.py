@@ -8,6 +8,7 @@ too with the folds x bootstrap band, named so in the caption.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -205,11 +206,13 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             handles.append(Line2D([], [], color="grey", marker="x", linestyle="none"))
             labels.append("layer not above the strongest baseline (CI low ≤ baseline)")
         fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
-        fig.suptitle(
+        title = (
             f"Task {task}: test {metric} per layer, mean over {'/'.join(map(str, seeds))} "
-            f"seeds{over_folds}; {interval_label(sources)}",
-            fontsize=9,
+            f"seeds{over_folds}; {interval_label(sources)}"
         )
+        # About 95 characters of 9 pt text fill the page width; a longer title (a
+        # category form, folds) is wrapped instead of cut at the figure's edges.
+        fig.suptitle(textwrap.fill(title, 95), fontsize=9)
     caption = (
         f"Task {task}: test {metric} per layer for every model and pooling (band: "
         f"{interval_label(sources)}), by layer index and relative depth (one panel with a top axis "
