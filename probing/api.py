@@ -36,6 +36,7 @@ from absl import flags, logging
 
 from probing.api_results import Results
 from probing.config_files import load_config
+from probing.progress import quiet_libraries
 
 __all__ = ["Results", "extract", "load", "load_config", "predict", "report", "train"]
 
@@ -133,6 +134,7 @@ def extract(
     """
     from probing.extraction.runner import extract as run_extract
 
+    quiet_libraries()  # as the command does: no Hub "Loading weights" bars in logs
     return run_extract(_config(config, overrides, "extraction"), str(workdir))
 
 
@@ -186,6 +188,7 @@ def predict(workdir: str, images, prompts: Sequence[str], run: str | None = None
     """
     from probing.probes.predict import predict as predict_rows
 
+    quiet_libraries()
     return predict_rows(workdir, images, prompts, run, **options)
 
 

@@ -189,3 +189,5 @@ def test_readme_example_runs_from_outside_the_repository(tmp_path):
     assert float(found.group(2)) == pytest.approx(float(recorded.iloc[0]), abs=5e-5)
     # Logs reached stderr at INFO without flag parsing (a notebook shows them).
     assert "INFO" in out.stderr and "report over" in out.stderr
+    # The Hub libraries' bars are off, as in the commands (a log is no terminal).
+    assert "Loading weights" not in out.stderr
