@@ -182,3 +182,25 @@ def test_short_table_rows_are_padded_to_the_header(tmp_path):
     assert [len(re.findall(r"<t[hd]>", row)) for row in rows] == [3, 3, 3]
     markdown = document.to_markdown([table], str(tmp_path)).splitlines()
     assert markdown[3] == "| b | 3 |  |"
+
+
+def test_html_figures_show_at_their_print_size(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from probing.reporting import document
+
+    blocks = []
+    for name, inches in (("page", 7.0), ("column", 3.4)):
+        fig = plt.figure(figsize=(inches, 2))
+        fig.savefig(tmp_path / f"{name}.png", dpi=document.FIGURE_DPI)
+        plt.close(fig)
+        blocks.append(document.Figure(str(tmp_path / f"{name}.png"), "", name))
+    widths = re.findall(r'<img src="data:[^"]*" width="(\d+)"', document.to_html(blocks, "t"))
+    # Same scale for both: a column-width figure is shown at 3.4/7 of a page-width one.
+    assert [int(w) for w in widths] == [
+        round(7.0 * document.PAGE_SCALE_PX_PER_IN),
+        round(3.4 * document.PAGE_SCALE_PX_PER_IN),
+    ]

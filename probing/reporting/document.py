@@ -114,16 +114,27 @@ th, td { border: 1px solid #bbb; padding: 0.25em 0.5em; text-align: left;
 @media print { .table { overflow: visible; } figure { break-inside: avoid; } }
 th { background: #f0f0f0; }
 figure { margin: 1.5em 0; }
-figure img { max-width: 100%; }
+figure img { max-width: 100%; height: auto; }
 figcaption, .note { font-size: 0.9em; color: #444; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
 """
 
 
-def _data_uri(path: str) -> str:
+# Figures are saved at 300 dpi (figures/style.py). On the page each is shown at its
+# print size times PAGE_SCALE CSS pixels per inch, so a column-width figure is half
+# as wide as a page-width one and every figure's text has the same size (a plain
+# max-width: 100% blew column-width figures up to the page width).
+FIGURE_DPI = 300
+PAGE_SCALE_PX_PER_IN = 130
+
+
+def _data_uri(path: str) -> tuple[str, int | None]:
+    """The PNG as a data URI, and its width in pixels (None if the header is not a PNG's)."""
     with open(path, "rb") as f:
-        encoded = base64.b64encode(f.read()).decode("ascii")
-    return f"data:image/png;base64,{encoded}"
+        data = f.read()
+    width = int.from_bytes(data[16:20], "big") if data[12:16] == b"IHDR" else None
+    encoded = base64.b64encode(data).decode("ascii")
+    return f"data:image/png;base64,{encoded}", width
 
 
 def to_html(blocks: Sequence[Block], title: str, base_dir: str | None = None) -> str:
@@ -162,8 +173,10 @@ def to_html(blocks: Sequence[Block], title: str, base_dir: str | None = None) ->
                 body.append(f'<p class="note">{html.escape(block.note)}</p>')
         elif isinstance(block, Figure):
             caption = html.escape(block.caption)
+            uri, pixels = _data_uri(block.png_path)
+            size = f' width="{round(pixels / FIGURE_DPI * PAGE_SCALE_PX_PER_IN)}"' if pixels else ""
             body.append(
-                f'<figure><img src="{_data_uri(block.png_path)}" alt="{caption}">'
+                f'<figure><img src="{uri}"{size} alt="{caption}">'
                 f"<figcaption>{caption}"
                 + (
                     f" ({link(block.png_path, 'PNG')}, {link(block.svg_path, 'SVG')})"
