@@ -105,8 +105,9 @@ def to_markdown(blocks: Sequence[Block], base_dir: str) -> str:
 
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto;
+body { font-family: system-ui, sans-serif; max-width: 80em; margin: 2em auto;
        padding: 0 1em; color: #222; line-height: 1.45; }
+p, pre, figcaption { max-width: 55em; }  /* text lines stay readable; tables get the width */
 .table { overflow-x: auto; margin: 1em 0; }
 table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #bbb; padding: 0.25em 0.5em; text-align: left;
