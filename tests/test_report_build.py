@@ -204,3 +204,20 @@ def test_html_figures_show_at_their_print_size(tmp_path):
         round(7.0 * document.PAGE_SCALE_PX_PER_IN),
         round(3.4 * document.PAGE_SCALE_PX_PER_IN),
     ]
+
+
+def test_environment_shares_common_rows_and_lines_up_the_rest(tmp_path):
+    from probing.reporting.builder import _environment_blocks
+    from probing.reporting.runs import load_runs
+
+    locations = []
+    for name in ("qwen", "fast"):
+        locations.append(str(tmp_path / name))
+        write_probed_workdir(locations[-1], model_id=f"tiny:{name}", poolings=("mean", "last"))
+    shared, differing = _environment_blocks(load_runs(locations))
+    shared_fields = [row[0] for row in shared.rows]
+    assert "task" in shared_fields and "model id" not in shared_fields
+    assert differing.header == ("field", "qwen", "fast")
+    rows = {row[0]: row[1:] for row in differing.rows}
+    assert rows["model id"] == ["tiny:qwen", "tiny:fast"]
+    assert rows["workdir"] == locations

@@ -88,6 +88,39 @@ def _recorded(value: Any) -> str:
     return "not recorded" if value is None or value == "" else str(value)
 
 
+def _environment_blocks(runs: Sequence[ProbeRun]) -> list[Block]:
+    """The environment of every workdir in two tables: the fields all workdirs share
+    (versions, hardware: one value each), then the fields that differ, one column per
+    workdir. One 30-row table per workdir repeated the shared rows page after page."""
+    by_workdir: dict[str, dict[str, str]] = {}
+    for run in runs:
+        if run.workdir not in by_workdir:
+            by_workdir[run.workdir] = dict(_environment_rows(run))
+    fields = list(dict.fromkeys(f for values in by_workdir.values() for f in values))
+    envs = list(by_workdir.values())
+    shared = [
+        [field, envs[0][field]]
+        for field in fields
+        if all(field in env and env[field] == envs[0][field] for env in envs)
+    ]
+    differing = [field for field in fields if field not in {row[0] for row in shared}]
+    names = [os.path.basename(w.rstrip("/")) or w for w in by_workdir]
+    if len(set(names)) < len(names):
+        names = [f"workdir {i + 1}" for i in range(len(names))]
+    blocks: list[Block] = []
+    if shared:
+        label = "value (every workdir)" if len(envs) > 1 else "value"
+        blocks.append(Table(("field", label), shared))
+    if differing:
+        blocks.append(
+            Table(
+                ("field", *names),
+                [[field, *(env.get(field, "—") for env in envs)] for field in differing],
+            )
+        )
+    return blocks
+
+
 def _environment_rows(run: ProbeRun) -> list[list[str]]:
     """Environment of one extraction + probe run, as (field, value) rows."""
     manifest = run.manifest
@@ -291,13 +324,7 @@ def build_report(
     blocks.extend(table1_blocks(runs, out_dir, first_token_category))
 
     blocks.append(Heading("Environment"))
-    seen = set()
-    for run in runs:
-        if run.workdir in seen:
-            continue
-        seen.add(run.workdir)
-        blocks.append(Heading(run.model_name + f", task {run.task}", 3))
-        blocks.append(Table(("field", "value"), _environment_rows(run)))
+    blocks.extend(_environment_blocks(runs))
 
     blocks.append(Heading("Commands"))
     command_lines = []
