@@ -215,11 +215,12 @@ def _convergence_blocks(runs: Sequence[ProbeRun]) -> list[Block]:
             f"at their last epoch; layers {', '.join(map(str, layers))}. Their numbers may "
             "change with more epochs: raise --config.epochs and re-run "
             f"`python -m probing.train_all_layers --workdir={run.workdir}` "
-            f'(the list: probes/{run.pooling}/summary.json, "convergence").'
+            f'(the list: probes/{run.run_name}/summary.json, "convergence").'
         )
     if not lines:
         return []
-    return [Paragraph("WARNING, probes that did not converge: " + " ".join(lines))]
+    # A paragraph per run: one block of text for several runs did not read.
+    return [Paragraph("WARNING, probes that did not converge:"), *map(Paragraph, lines)]
 
 
 def build_report(
