@@ -224,6 +224,15 @@ def test_loss_curves_mark_kept_epoch_and_chance(tmp_path, drawn):
         best = int(np.nanargmax(np.nanmean(run.values("val", run.headline_metric), axis=1)))
         vertical, horizontal = _rules(ax)
         assert vertical == [float(np.median(run.values("val", "best_epoch")[best]))]
+        # Best and worst layer read apart without colour: the best layer's lines are thicker.
+        widths = {
+            line.get_label(): line.get_linewidth()
+            for line in ax.get_lines()
+            if line.get_label().startswith("layer")
+        }
+        best_width = next(w for label, w in widths.items() if "(best)" in label)
+        worst_width = next(w for label, w in widths.items() if "(worst)" in label)
+        assert best_width > 1.5 * worst_width
         assert horizontal == [pytest.approx(np.log(2))]
 
 

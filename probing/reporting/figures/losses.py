@@ -23,9 +23,11 @@ from probing.reporting.figures.context import FigureContext
 from probing.reporting.figures.style import (
     LINE_STYLES,
     MAX_MARKERS,
+    OTHER_ROLE_WIDTH,
     PAGE_WIDTH_IN,
     RC,
     ROLE_COLOURS,
+    ROLE_WIDTHS,
     SERIES_COLOURS,
     file_stem,
     pooling_marker,
@@ -130,7 +132,7 @@ def loss_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure
                         losses,
                         color=colour,
                         linestyle=linestyle,
-                        linewidth=1.3,
+                        linewidth=ROLE_WIDTHS.get(role, OTHER_ROLE_WIDTH),
                         marker=pooling_marker(run.pooling),
                         markersize=2.2,
                         # A marker per epoch merges into a thick band over 300 epochs.

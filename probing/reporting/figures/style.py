@@ -85,6 +85,10 @@ OTHER_POOLING_MARKER = "*"
 SERIES_FILLS = ("full", "none", "top", "bottom", "left", "right")
 # Loss curves colour a layer by its role, so "best" looks the same in every panel.
 ROLE_COLOURS = {"best": OKABE_ITO[2], "worst": OKABE_ITO[1]}
+# ... and by line width: green and vermillion are one grey (luminance 106 vs 119 of 255),
+# so in greyscale print the best layer's curves are the thick ones.
+ROLE_WIDTHS = {"best": 1.9, "worst": 0.8}
+OTHER_ROLE_WIDTH = 1.3
 # Scores (accuracy, precision, recall, F1) lie in [0, 1]; every heatmap of a
 # score uses this one colour scale, so panels and figures compare by colour.
 SCORE_RANGE = (0.0, 1.0)
