@@ -206,13 +206,17 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             handles.append(Line2D([], [], color="grey", marker="x", linestyle="none"))
             labels.append("layer not above the strongest baseline (CI low ≤ baseline)")
         fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
-        title = (
+        head = (
             f"Task {task}: test {metric} per layer, mean over {'/'.join(map(str, seeds))} "
-            f"seeds{over_folds}; {interval_label(sources)}"
+            f"seeds{over_folds}"
         )
+        title = f"{head}; {interval_label(sources)}"
         # About 95 characters of 9 pt text fill the page width; a longer title (a
-        # category form, folds) is wrapped instead of cut at the figure's edges.
-        fig.suptitle(textwrap.fill(title, 95), fontsize=9)
+        # category form, folds) breaks before the interval's name (kept whole, as the
+        # legend and caption name it) instead of running past the figure's edges.
+        if len(title) > 95:
+            title = textwrap.fill(head, 95) + ";\n" + interval_label(sources)
+        fig.suptitle(title, fontsize=9)
     caption = (
         f"Task {task}: test {metric} per layer for every model and pooling (band: "
         f"{interval_label(sources)}), by layer index and relative depth (one panel with a top axis "
