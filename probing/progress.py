@@ -41,6 +41,8 @@ DEFAULT_EVERY_S = 10.0
 EVERY_S_ENV = "PROBING_PROGRESS_EVERY_S"
 # Set to 1 to get log lines even on a terminal (e.g. under `script` or tmux logging).
 LINES_ENV = "PROBING_PROGRESS_LINES"
+# No two lines of one loop within this many seconds (the final line included).
+MIN_LINE_GAP_S = 1.0
 # tqdm's default: the weight of the newest update in the moving averages.
 SMOOTHING = 0.3
 
@@ -190,6 +192,11 @@ class Progress:
             self._bar.update(count)
             return
         due = warm and now - self._last_log >= self.every_s
+        # A line whose ETA is under a second would be followed by the "done" line within
+        # it (a bootstrap after its compile): two lines of one loop in a second. Skip it.
+        if due and self.done < self.total:
+            eta = self.eta(now)
+            due = eta is None or eta >= MIN_LINE_GAP_S
         if due or (self.done >= self.total and self._worth(now)):
             self._log(now)
 

@@ -113,6 +113,19 @@ def test_uneven_items_take_the_mean_rate(lines):
     assert lines()[-1] == "figures: done, 10 it in 01:00 (0.166 it/s)"
 
 
+def test_no_line_just_before_the_done_line(lines):
+    """A bootstrap: 10 s of compile in the first update, then 0.7 s for the rest."""
+    clock = FakeClock()
+    progress = Progress("bootstrap", total=10, every_s=10.0, tty=False, clock=clock)
+    clock.now += 10.0
+    progress.update(1)
+    for _ in range(9):
+        clock.now += 0.08
+        progress.update(1)
+    progress.close()
+    assert lines() == ["bootstrap: done, 10 it in 00:11 (0.933 it/s)"]
+
+
 def test_log_lines_not_bars_without_a_terminal(lines):
     clock = FakeClock()
     stream = io.StringIO()
