@@ -36,6 +36,7 @@ from absl import flags, logging
 
 from probing.api_results import Results
 from probing.config_files import load_config
+from probing.progress import quiet_libraries
 
 __all__ = ["Results", "extract", "load", "load_config", "predict", "report", "train"]
 
@@ -133,6 +134,7 @@ def extract(
     """
     from probing.extraction.runner import extract as run_extract
 
+    quiet_libraries()  # as the command does: no Hub "Loading weights" bars in logs
     return run_extract(_config(config, overrides, "extraction"), str(workdir))
 
 
@@ -168,22 +170,12 @@ def load(
 ) -> Results:
     """The Results of an already trained workdir (no training).
 
-    `runs`: probe runs by folder name (`python -m probing.runs` lists them), at most
-    one per pooling; default: each pooling's first run, probes/<pooling>/.
+    Default: every probe run of every pooling (`poolings` narrows it), each
+    told apart by the `run` column of every DataFrame. `runs`: only these probe
+    runs, by folder name (`python -m probing.runs` lists them); several runs of
+    one pooling load side by side (`results.select(name)` picks one later).
     """
-    if not runs:
-        return Results.load(workdir, poolings)
-    from probing.probes.run_names import run_pooling
-    from probing.store.workdir import Workdir, WorkdirError
-
-    chosen = {run: run_pooling(Workdir(workdir), run) for run in runs}
-    by_pooling = {pooling: run for run, pooling in chosen.items()}
-    if len(by_pooling) < len(chosen):
-        raise WorkdirError(
-            f"runs {list(runs)} hold two runs of one pooling ({chosen}); Results holds one "
-            "run per pooling: load them one at a time"
-        )
-    return Results.load(workdir, list(by_pooling), by_pooling)
+    return Results.load(workdir, poolings, runs)
 
 
 def predict(workdir: str, images, prompts: Sequence[str], run: str | None = None, **options: Any):
@@ -196,6 +188,7 @@ def predict(workdir: str, images, prompts: Sequence[str], run: str | None = None
     """
     from probing.probes.predict import predict as predict_rows
 
+    quiet_libraries()
     return predict_rows(workdir, images, prompts, run, **options)
 
 

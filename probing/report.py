@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from probing.cli import run_main
+from probing.progress import quiet_libraries
 from probing.provenance import command_line
 from probing.reporting.builder import build_report
 
@@ -42,6 +43,7 @@ flags.mark_flags_as_required(["workdirs", "out"])
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_libraries()  # JAX's note about an absent TPU backend, as the other commands
     path = build_report(
         _WORKDIRS.value,
         _OUT.value,

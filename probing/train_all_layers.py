@@ -24,7 +24,7 @@ from probing.cli import run_main
 from probing.config_files import compact
 from probing.probes.devices import start_jax
 from probing.probes.overview import overview
-from probing.probes.train import train_workdir
+from probing.probes.train import resolve_runs, train_workdir
 from probing.progress import quiet_libraries
 
 _DEFAULT_CONFIG = os.path.join(
@@ -50,7 +50,10 @@ def main(argv: Sequence[str]) -> None:
     start_jax(distributed=bool(config.get("distributed")))
     summaries = train_workdir(_WORKDIR.value, config, _POOLING.value)
     if jax.process_index() == 0:
-        print(overview(_WORKDIR.value, summaries, time.monotonic() - start))
+        # The folders just written (probes/<pooling>-<hash>/ beside an earlier run):
+        # the same settings resolve to the same folders after training.
+        runs = resolve_runs(_WORKDIR.value, config, list(summaries))
+        print(overview(_WORKDIR.value, summaries, time.monotonic() - start, runs))
 
 
 if __name__ == "__main__":

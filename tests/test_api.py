@@ -96,7 +96,7 @@ def test_results_are_dataframes_of_the_files(probed):
 def test_layer_curve_and_plots(probed):
     results = api.load(probed)
     curve = results.layer_curve()
-    assert list(curve.columns) == ["pooling", "layer", "mean", "low", "high", "interval"]
+    assert list(curve.columns) == ["run", "pooling", "layer", "mean", "low", "high", "interval"]
     assert set(curve["interval"]) == {"ci95"} and (curve["low"] <= curve["mean"]).all()
     ax = results.plot_layer_curve()
     assert [line.get_label() for line in ax.get_lines()] == ["mean", "last"]
@@ -189,3 +189,5 @@ def test_readme_example_runs_from_outside_the_repository(tmp_path):
     assert float(found.group(2)) == pytest.approx(float(recorded.iloc[0]), abs=5e-5)
     # Logs reached stderr at INFO without flag parsing (a notebook shows them).
     assert "INFO" in out.stderr and "report over" in out.stderr
+    # The Hub libraries' bars are off, as in the commands (a log is no terminal).
+    assert "Loading weights" not in out.stderr

@@ -16,6 +16,7 @@ from probing.probes.run_names import check_run_name
 from probing.probes.train import train_workdir
 from probing.reporting.builder import build_report
 from probing.reporting.runs import ReportError, load_runs
+from probing.store.layout import RUN_COLUMNS
 from probing.store.workdir import WorkdirError
 from probing.testing.planted import planted_arrays, write_workdir
 
@@ -193,11 +194,66 @@ def test_api_train_returns_the_run_it_trained(two_runs, tmp_path):
     # Beside probes/mean (2 seeds): a 3-seed run of its own folder, not probes/mean's numbers.
     results = probing.api.train(str(copy), poolings=["mean"], **{**small, "num_seeds": 3})
     assert sorted(results.metrics["seed"].unique()) == [0, 1, 2]
-    assert sorted(probing.api.load(str(copy)).metrics["seed"].unique()) == [0, 1]
+    assert sorted(probing.api.load(str(copy), runs=["mean"]).metrics["seed"].unique()) == [0, 1]
     hashed = _runs(two_runs)[1]
     picked = probing.api.load(str(copy), runs=[hashed])
     assert sorted(picked.metrics["seed"].unique()) == [0, 1, 2]
     # Its saved probes are that run's too (3 seeds), not probes/mean's (2).
     assert len(picked.probes("mean").seeds) == 3 and len(results.probes().seeds) == 3
-    with pytest.raises(WorkdirError, match="two runs of one pooling"):
-        probing.api.load(str(copy), runs=["mean", hashed])
+    with pytest.raises(WorkdirError, match=r"no probe run\(s\) nope \(runs held: mean, mean-"):
+        probing.api.load(str(copy), runs=["mean", "nope"])
+
+
+def test_api_results_hold_two_runs_of_one_pooling(two_runs):
+    import pandas as pd
+
+    import probing.api
+
+    hashed = _runs(two_runs)[1]
+    results = probing.api.load(two_runs)  # default: every run
+    assert results.runs == ["mean", hashed] and results.poolings == ["mean"]
+    assert results.run_poolings == {"mean": "mean", hashed: "mean"}
+    for frame in (results.metrics, results.curves, results.summary, results.best):
+        assert sorted(frame["run"].unique()) == ["mean", hashed]
+    # Each run's rows are its own files' numbers: 2 seeds in probes/mean, 3 in the other.
+    for run, seeds in (("mean", [0, 1]), (hashed, [0, 1, 2])):
+        on_disk = pd.read_csv(os.path.join(two_runs, "probes", run, "metrics.csv"))
+        on_disk[list(RUN_COLUMNS)] = on_disk[list(RUN_COLUMNS)].fillna("").astype(str)
+        mine = results.metrics.query("run == @run").reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, on_disk, check_dtype=False)
+        assert sorted(mine["seed"].unique()) == seeds
+        summary = results.summaries[run]
+        best = results.best.set_index("run").loc[run]
+        assert summary["num_seeds"] == len(seeds)
+        assert (best["layer"], best["mean"]) == (
+            summary["best_layer"]["layer"],
+            summary["best_layer"]["mean"],
+        )
+        curve = results.layer_curve().query("run == @run")
+        assert curve["mean"].tolist() == [
+            entry["test"][results.headline_metric]["mean"] for entry in summary["layers"]
+        ]
+    # A third seed moves the seed-mean: the two runs' curves are not the same numbers.
+    curves = results.layer_curve().pivot(index="layer", columns="run", values="mean")
+    assert not curves["mean"].equals(curves[hashed])
+    # Select by run name (or by pooling, for all its runs); plots get one line per run.
+    only = results.select(hashed)
+    assert only.runs == [hashed] and set(only.metrics["run"]) == {hashed}
+    assert results.select("mean").runs == ["mean", hashed]
+    assert [line.get_label() for line in results.plot_layer_curve().get_lines()] == [
+        "mean",
+        hashed,
+    ]
+    assert results.plot_loss_curves(layer=1, run=hashed).get_title() == f"{hashed}, layer 1"
+    with pytest.raises(ValueError, match=r"no run or pooling nope in these Results \(runs: mean, "):
+        results.select("nope")
+
+
+def test_overview_names_the_folders_the_run_wrote():
+    from probing.probes.overview import overview
+
+    best = {"layer": 2, "last_layer": 4, "metric": "accuracy", "mean": 0.8, "ci95": [0.7, 0.9]}
+    summary = {"best_layer": {**best, "split": "test", "selected_on": "val"}, "layers": []}
+    text = overview("w", {"mean": summary, "last": summary}, 3.0, {"mean": "mean-1a2b3c4d"})
+    files = text.splitlines()[text.splitlines().index("Files:") + 1 :][:2]
+    assert [line.split()[0] for line in files] == ["w/probes/mean-1a2b3c4d/", "w/probes/last/"]

@@ -95,6 +95,37 @@ def test_smoothed_rate_follows_a_change_of_speed():
     assert progress.rate() == pytest.approx(10.0, rel=0.01)
 
 
+def test_uneven_items_take_the_mean_rate(lines):
+    """Figure kinds of a report: costs that swing item to item, no warm-up."""
+    costs = [4.0, 14.0, 0.1, 9.0, 3.0] * 2
+    clock = FakeClock()
+    progress = Progress("figures", total=10, every_s=10.0, tty=False, clock=clock, uneven=True)
+    for cost in costs[:2]:
+        clock.now += cost
+        progress.update(1)
+    # 18 s for 2 items: 9 s each, 8 left -> 72 s (a moving average over the second
+    # item alone would say 8 x 14 s = 112 s, for 57.2 s really left).
+    assert progress.eta() == pytest.approx(72.0)
+    assert lines()[0] == "figures: 2/10 (20%) |  9.00s/it | elapsed 00:18, ETA 01:12"
+    for cost in costs[2:]:
+        clock.now += cost
+        progress.update(1)
+    assert lines()[-1] == "figures: done, 10 it in 01:00 (0.166 it/s)"
+
+
+def test_no_line_just_before_the_done_line(lines):
+    """A bootstrap: 10 s of compile in the first update, then 0.7 s for the rest."""
+    clock = FakeClock()
+    progress = Progress("bootstrap", total=10, every_s=10.0, tty=False, clock=clock)
+    clock.now += 10.0
+    progress.update(1)
+    for _ in range(9):
+        clock.now += 0.08
+        progress.update(1)
+    progress.close()
+    assert lines() == ["bootstrap: done, 10 it in 00:11 (0.933 it/s)"]
+
+
 def test_log_lines_not_bars_without_a_terminal(lines):
     clock = FakeClock()
     stream = io.StringIO()

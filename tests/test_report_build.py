@@ -91,9 +91,13 @@ def test_legends_name_model_and_pooling(two_by_two):
 def test_html_is_self_contained(two_by_two):
     _, out_dir, _ = two_by_two
     page = pathlib.Path(out_dir, "report.html").read_text()
-    references = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page, flags=re.IGNORECASE)
-    assert len(references) == 9  # every PNG of the report, embedded
-    assert all(reference.startswith("data:image/png;base64,") for reference in references)
+    sources = re.findall(r"""src\s*=\s*["']([^"']*)""", page, flags=re.IGNORECASE)
+    assert len(sources) == 9  # every PNG of the report, embedded
+    assert all(source.startswith("data:image/png;base64,") for source in sources)
+    # Links (each figure's PNG and SVG, results.csv) are relative and lead to the files.
+    links = re.findall(r"""href\s*=\s*["']([^"']*)""", page, flags=re.IGNORECASE)
+    assert len(links) == 2 * 9 + 1 and "results.csv" in links
+    assert all(pathlib.Path(out_dir, link).is_file() for link in links)
     assert not re.search(r"https?://|file://|url\(", page)
     assert "<link" not in page and "<script" not in page
 
@@ -167,3 +171,53 @@ def test_one_task_with_two_label_kinds_is_refused(tmp_path):
     manifest.write_text(manifest.read_text().replace('"task": "category"', '"task": "caption"'))
     with pytest.raises(ReportError, match="different label kinds"):
         build_report([binary, multilabel], str(tmp_path / "out"))
+
+
+def test_short_table_rows_are_padded_to_the_header(tmp_path):
+    from probing.reporting import document
+
+    table = document.Table(header=["run", "peak", "answer"], rows=[["a", "1", "2"], ["b", "3"]])
+    page = document.to_html([table], "t")
+    rows = re.findall(r"<tr>(.*?)</tr>", page)
+    assert [len(re.findall(r"<t[hd]>", row)) for row in rows] == [3, 3, 3]
+    markdown = document.to_markdown([table], str(tmp_path)).splitlines()
+    assert markdown[3] == "| b | 3 |  |"
+
+
+def test_html_figures_show_at_their_print_size(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from probing.reporting import document
+
+    blocks = []
+    for name, inches in (("page", 7.0), ("column", 3.4)):
+        fig = plt.figure(figsize=(inches, 2))
+        fig.savefig(tmp_path / f"{name}.png", dpi=document.FIGURE_DPI)
+        plt.close(fig)
+        blocks.append(document.Figure(str(tmp_path / f"{name}.png"), "", name))
+    widths = re.findall(r'<img src="data:[^"]*" width="(\d+)"', document.to_html(blocks, "t"))
+    # Same scale for both: a column-width figure is shown at 3.4/7 of a page-width one.
+    assert [int(w) for w in widths] == [
+        round(7.0 * document.PAGE_SCALE_PX_PER_IN),
+        round(3.4 * document.PAGE_SCALE_PX_PER_IN),
+    ]
+
+
+def test_environment_shares_common_rows_and_lines_up_the_rest(tmp_path):
+    from probing.reporting.builder import _environment_blocks
+    from probing.reporting.runs import load_runs
+
+    locations = []
+    for name in ("qwen", "fast"):
+        locations.append(str(tmp_path / name))
+        write_probed_workdir(locations[-1], model_id=f"tiny:{name}", poolings=("mean", "last"))
+    shared, differing = _environment_blocks(load_runs(locations))
+    shared_fields = [row[0] for row in shared.rows]
+    assert "task" in shared_fields and "model id" not in shared_fields
+    assert differing.header == ("field", "qwen", "fast")
+    rows = {row[0]: row[1:] for row in differing.rows}
+    assert rows["model id"] == ["tiny:qwen", "tiny:fast"]
+    assert rows["workdir"] == locations

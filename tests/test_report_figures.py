@@ -7,6 +7,10 @@ closed; the runs come from fabricated workdirs (probing.testing.probed).
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import shutil
+import types
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -73,6 +77,62 @@ def test_poolings_differ_by_more_than_colour(tmp_path, drawn):
     headline = drawn["caption_headline_per_layer"].axes[0]
     markers = {line.get_label(): line.get_marker() for line in headline.get_lines()}
     assert markers["tiny:model0 · last"] == style.POOLING_MARKERS["last"]
+
+
+def _second_probe_run(location, pooling="mean", name="seeds5"):
+    """A copy of probes/<pooling>/ as another probe run of it, probes/<pooling>-<name>/."""
+    folder = os.path.join(location, "probes")
+    shutil.copytree(os.path.join(folder, pooling), os.path.join(folder, f"{pooling}-{name}"))
+    config = os.path.join(folder, f"{pooling}-{name}", "probe_config.json")
+    recorded = {}
+    if os.path.exists(config):
+        with open(config) as f:
+            recorded = json.load(f)
+    recorded["run"] = {"name": f"{pooling}-{name}", "pooling": pooling}
+    with open(config, "w") as f:
+        json.dump(recorded, f)
+
+
+def test_runs_read_apart_in_greyscale(tmp_path, drawn):
+    """Every two runs of a figure differ in line style, marker or marker fill, not in
+    colour only: two models with the same pooling, and two probe runs of one pooling."""
+    for index in range(2):
+        write_probed_workdir(
+            str(tmp_path / f"w{index}"), model_id=f"tiny:model{index}", poolings=("mean", "last")
+        )
+    # A second run of "last": it sorts between last and mean, shifting mean's place.
+    _second_probe_run(str(tmp_path / "w0"), pooling="last")
+    runs = load_runs([str(tmp_path / "w0"), str(tmp_path / "w1")])
+    assert len(runs) == 5
+    context = _context(tmp_path, "caption")
+    curves.headline_curves(runs, context)
+    curves.pooling_comparison(runs, context)
+    for stem in ("caption_headline_per_layer", "caption_pooling_comparison"):
+        for ax in drawn[stem].axes:
+            looks = {
+                line.get_label(): (
+                    repr(line.get_linestyle()),
+                    line.get_marker(),
+                    line.get_fillstyle(),
+                )
+                for line in ax.get_lines()
+                if not line.get_label().startswith("_")
+            }
+            assert len(set(looks.values())) == len(looks), (stem, looks)
+    headline = drawn["caption_headline_per_layer"].axes[0]
+    assert {line.get_label() for line in headline.get_lines()} >= {run.label for run in runs}
+    # A pooling has one colour in every panel of the pooling figure.
+    colours = {}
+    for ax in drawn["caption_pooling_comparison"].axes:
+        for line in ax.get_lines():
+            colours.setdefault(line.get_label(), set()).add(line.get_color())
+    assert all(len(seen) == 1 for seen in colours.values()), colours
+    panel = drawn["caption_pooling_comparison"].axes[0]
+    assert sorted(line.get_label() for line in panel.get_lines()) == [
+        "pooling last",
+        "pooling last-seeds5",
+        "pooling mean",
+    ]
 
 
 def test_depth_panel_drawn_once_when_depths_match(tmp_path, drawn):
@@ -164,6 +224,15 @@ def test_loss_curves_mark_kept_epoch_and_chance(tmp_path, drawn):
         best = int(np.nanargmax(np.nanmean(run.values("val", run.headline_metric), axis=1)))
         vertical, horizontal = _rules(ax)
         assert vertical == [float(np.median(run.values("val", "best_epoch")[best]))]
+        # Best and worst layer read apart without colour: the best layer's lines are thicker.
+        widths = {
+            line.get_label(): line.get_linewidth()
+            for line in ax.get_lines()
+            if line.get_label().startswith("layer")
+        }
+        best_width = next(w for label, w in widths.items() if "(best)" in label)
+        worst_width = next(w for label, w in widths.items() if "(worst)" in label)
+        assert best_width > 1.5 * worst_width
         assert horizontal == [pytest.approx(np.log(2))]
 
 
@@ -208,3 +277,38 @@ def test_category_panel_titles_do_not_run_into_each_other(tmp_path, drawn):
     boxes = [ax.title.get_window_extent(renderer) for ax in panels]
     for left, right in itertools.pairwise(boxes):
         assert left.x1 <= right.x0, (left, right)
+
+
+def test_no_run_is_drawn_in_the_baselines_black():
+    runs = [types.SimpleNamespace(label=f"run {i}") for i in range(len(style.OKABE_ITO) + 2)]
+    colours = style.run_colours(runs)
+    assert len(set(colours.values())) == len(style.OKABE_ITO) - 1
+    assert "#000000" not in colours.values()
+
+
+def test_long_loss_curves_keep_few_markers(tmp_path, drawn):
+    location = str(tmp_path / "long")
+    write_probed_workdir(location, num_layers=3, num_epochs=300, poolings=("mean",))
+    losses.loss_curves(load_runs([location]), _context(tmp_path, "caption"))
+    lines = [
+        line
+        for ax in drawn["caption_loss_curves"].axes
+        for line in ax.get_lines()
+        if len(line.get_xdata()) == 300
+    ]
+    assert lines
+    for line in lines:
+        every = line.get_markevery() or 1  # an int: every nth epoch gets a marker
+        shown = np.arange(300)[::every]
+        assert 10 <= len(shown) <= style.MAX_MARKERS + 1
+
+
+def test_headline_title_stays_inside_the_figure(tmp_path, drawn):
+    runs = _runs(tmp_path, "category")
+    task = "category (candidates)"  # the demo's long title was cut at both edges
+    curves.headline_curves(runs, _context(tmp_path, task))
+    fig = drawn[style.file_stem(task, "headline_per_layer")]
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    page = fig.bbox
+    assert page.x0 <= title.x0 and title.x1 <= page.x1, (title, page)

@@ -24,14 +24,22 @@ def _interval(ci: Any) -> str:
     return f"95% CI [{float(ci[0]):.3f}, {float(ci[1]):.3f}]"
 
 
-def overview(location: str, summaries: Mapping[str, Mapping[str, Any]], seconds: float) -> str:
+def overview(
+    location: str,
+    summaries: Mapping[str, Mapping[str, Any]],
+    seconds: float,
+    runs: Mapping[str, str] | None = None,
+) -> str:
     """The summary text of one train_all_layers run.
 
     Args:
       location: the workdir.
-      summaries: probes folder name (a pooling) -> its summary.json content.
+      summaries: pooling -> its summary.json content.
       seconds: wall time of the run.
+      runs: pooling -> the probes/<run>/ folder it wrote, where not probes/<pooling>/
+        (probing.probes.run_names: a run beside an earlier one of other settings).
     """
+    runs = runs or {}
     lines = [f"Probes of {location} trained in {seconds:.0f}s:"]
     width = max((len(name) for name in summaries), default=0)
     for name, summary in summaries.items():
@@ -47,6 +55,7 @@ def overview(location: str, summaries: Mapping[str, Mapping[str, Any]], seconds:
         )
     lines.append("Files:")
     for name in summaries:
-        lines.append(f"  {location}/{probes_dir(name)}/  (metrics.csv, summary.json, curves.csv)")
+        folder = probes_dir(runs.get(name, name))
+        lines.append(f"  {location}/{folder}/  (metrics.csv, summary.json, curves.csv)")
     lines.append(f"Report: python -m probing.report --workdirs={location} --out={location}/report")
     return "\n".join(lines)

@@ -31,7 +31,7 @@ from probing.probes.stats import CI_LABEL, FOLD_CI_LABEL
 from probing.progress import Progress
 from probing.provenance import process_command
 from probing.reporting import document, tables
-from probing.reporting.document import Block, Code, Heading, Paragraph, Table
+from probing.reporting.document import Block, Code, FileLink, Heading, Paragraph, Table
 from probing.reporting.figures import FIGURES, FigureContext
 from probing.reporting.figures.style import file_stem
 from probing.reporting.first_tokens import table1_blocks
@@ -86,6 +86,39 @@ def _recorded_commands(run: ProbeRun) -> list[str]:
 
 def _recorded(value: Any) -> str:
     return "not recorded" if value is None or value == "" else str(value)
+
+
+def _environment_blocks(runs: Sequence[ProbeRun]) -> list[Block]:
+    """The environment of every workdir in two tables: the fields all workdirs share
+    (versions, hardware: one value each), then the fields that differ, one column per
+    workdir. One 30-row table per workdir repeated the shared rows page after page."""
+    by_workdir: dict[str, dict[str, str]] = {}
+    for run in runs:
+        if run.workdir not in by_workdir:
+            by_workdir[run.workdir] = dict(_environment_rows(run))
+    fields = list(dict.fromkeys(f for values in by_workdir.values() for f in values))
+    envs = list(by_workdir.values())
+    shared = [
+        [field, envs[0][field]]
+        for field in fields
+        if all(field in env and env[field] == envs[0][field] for env in envs)
+    ]
+    differing = [field for field in fields if field not in {row[0] for row in shared}]
+    names = [os.path.basename(w.rstrip("/")) or w for w in by_workdir]
+    if len(set(names)) < len(names):
+        names = [f"workdir {i + 1}" for i in range(len(names))]
+    blocks: list[Block] = []
+    if shared:
+        label = "value (every workdir)" if len(envs) > 1 else "value"
+        blocks.append(Table(("field", label), shared))
+    if differing:
+        blocks.append(
+            Table(
+                ("field", *names),
+                [[field, *(env.get(field, "—") for env in envs)] for field in differing],
+            )
+        )
+    return blocks
 
 
 def _environment_rows(run: ProbeRun) -> list[list[str]]:
@@ -182,11 +215,12 @@ def _convergence_blocks(runs: Sequence[ProbeRun]) -> list[Block]:
             f"at their last epoch; layers {', '.join(map(str, layers))}. Their numbers may "
             "change with more epochs: raise --config.epochs and re-run "
             f"`python -m probing.train_all_layers --workdir={run.workdir}` "
-            f'(the list: probes/{run.pooling}/summary.json, "convergence").'
+            f'(the list: probes/{run.run_name}/summary.json, "convergence").'
         )
     if not lines:
         return []
-    return [Paragraph("WARNING, probes that did not converge: " + " ".join(lines))]
+    # A paragraph per run: one block of text for several runs did not read.
+    return [Paragraph("WARNING, probes that did not converge:"), *map(Paragraph, lines)]
 
 
 def build_report(
@@ -272,10 +306,12 @@ def build_report(
                 tables.results_header(task_rows), tables.results_cells(task_rows) + baselines, note
             )
         )
-    blocks.append(Paragraph("Full-precision values: results.csv."))
+    blocks.append(FileLink("Full-precision values:", os.path.join(out_dir, "results.csv")))
     blocks.extend(_convergence_blocks(runs))
 
-    progress = Progress("report figures", len(by_task) * len(FIGURES), unit="figure kinds")
+    progress = Progress(
+        "report figures", len(by_task) * len(FIGURES), unit="figure kinds", uneven=True
+    )
     for task, members in by_task.items():
         logging.info("figures of task %s (%d run(s))", task, len(members))
         blocks.append(Heading(f"Figures: task {task}"))
@@ -289,13 +325,7 @@ def build_report(
     blocks.extend(table1_blocks(runs, out_dir, first_token_category))
 
     blocks.append(Heading("Environment"))
-    seen = set()
-    for run in runs:
-        if run.workdir in seen:
-            continue
-        seen.add(run.workdir)
-        blocks.append(Heading(run.model_name + f", task {run.task}", 3))
-        blocks.append(Table(("field", "value"), _environment_rows(run)))
+    blocks.extend(_environment_blocks(runs))
 
     blocks.append(Heading("Commands"))
     command_lines = []
@@ -308,6 +338,6 @@ def build_report(
     with open(markdown_path, "w") as f:
         f.write(document.to_markdown(blocks, out_dir))
     with open(os.path.join(out_dir, "report.html"), "w") as f:
-        f.write(document.to_html(blocks, title="Probing report"))
+        f.write(document.to_html(blocks, title="Probing report", base_dir=out_dir))
     logging.info("wrote %s", markdown_path)
     return markdown_path

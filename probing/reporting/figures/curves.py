@@ -8,6 +8,7 @@ too with the folds x bootstrap band, named so in the caption.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -20,14 +21,15 @@ from probing.reporting.document import Figure
 from probing.reporting.figures.context import FigureContext
 from probing.reporting.figures.style import (
     LINE_STYLES,
-    OKABE_ITO,
     PAGE_WIDTH_IN,
     RC,
+    SERIES_COLOURS,
     draw_series,
     file_stem,
     headline_stats,
     run_colours,
     save,
+    series_fills,
     series_style,
 )
 from probing.reporting.runs import ProbeRun
@@ -60,6 +62,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
     """
     task = context.task
     colours = run_colours(runs)
+    fills = series_fills(runs)
     metric = runs[0].headline_metric
     control = control_metric(metric)
     majority = majority_metric(metric)
@@ -96,7 +99,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             xs = (layers,) if one_depth else (layers, run.relative_depth(layers))
             for column, x in enumerate(xs):
                 ax = axes[0, column]
-                draw_series(ax, x, mean, low, high, colour, series_style(run), run.label)
+                draw_series(ax, x, mean, low, high, colour, series_style(run, fills), run.label)
                 ax.plot(x[flagged], mean[flagged], "x", color=colour, markersize=5, mew=1.0)
                 ax.axhline(
                     mean[0],
@@ -136,7 +139,7 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
                         sel_low[layers],
                         sel_high[layers],
                         colour,
-                        series_style(run),
+                        series_style(run, fills),
                         run.label,
                         bounds=(-1.0, 1.0),
                     )
@@ -203,11 +206,17 @@ def headline_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Fi
             handles.append(Line2D([], [], color="grey", marker="x", linestyle="none"))
             labels.append("layer not above the strongest baseline (CI low ≤ baseline)")
         fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
-        fig.suptitle(
+        head = (
             f"Task {task}: test {metric} per layer, mean over {'/'.join(map(str, seeds))} "
-            f"seeds{over_folds}; {interval_label(sources)}",
-            fontsize=9,
+            f"seeds{over_folds}"
         )
+        title = f"{head}; {interval_label(sources)}"
+        # About 95 characters of 9 pt text fill the page width; a longer title (a
+        # category form, folds) breaks before the interval's name (kept whole, as the
+        # legend and caption name it) instead of running past the figure's edges.
+        if len(title) > 95:
+            title = textwrap.fill(head, 95) + ";\n" + interval_label(sources)
+        fig.suptitle(title, fontsize=9)
     caption = (
         f"Task {task}: test {metric} per layer for every model and pooling (band: "
         f"{interval_label(sources)}), by layer index and relative depth (one panel with a top axis "
@@ -236,6 +245,10 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
     if not groups:
         return []
     metric = runs[0].headline_metric
+    fills = series_fills(runs)
+    # One colour per pooling (run name) in every panel, so "mean" is one colour throughout.
+    names = list(dict.fromkeys(run.run_name for members in groups.values() for run in members))
+    colours = {name: SERIES_COLOURS[i % len(SERIES_COLOURS)] for i, name in enumerate(names)}
     columns = min(len(groups), 2)
     rows = -(-len(groups) // columns)
     with plt.rc_context(RC):
@@ -249,18 +262,19 @@ def pooling_comparison(runs: Sequence[ProbeRun], context: FigureContext) -> list
         )
         sources = set()
         for ax, (model, members) in zip(axes.flat, groups.items(), strict=False):
-            for index, run in enumerate(members):
+            for run in members:
                 layers, mean, low, high, source = headline_stats(run, metric)
                 sources.add(source)
-                name = run.pooling
+                # A pooling's second probe run is named by its folder (mean-seeds5).
+                name = run.run_name
                 draw_series(
                     ax,
                     layers,
                     mean,
                     low,
                     high,
-                    OKABE_ITO[index % len(OKABE_ITO)],
-                    series_style(run),
+                    colours[name],
+                    series_style(run, fills),
                     f"pooling {name}",
                 )
             ax.set_title(model)

@@ -22,10 +22,13 @@ from probing.reporting.document import Figure
 from probing.reporting.figures.context import FigureContext
 from probing.reporting.figures.style import (
     LINE_STYLES,
-    OKABE_ITO,
+    MAX_MARKERS,
+    OTHER_ROLE_WIDTH,
     PAGE_WIDTH_IN,
     RC,
     ROLE_COLOURS,
+    ROLE_WIDTHS,
+    SERIES_COLOURS,
     file_stem,
     pooling_marker,
     save,
@@ -108,7 +111,7 @@ def loss_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure
         for ax, run in zip(axes.flat, with_curves, strict=False):
             roles = loss_curve_layers(run, extra_layers)
             chosen = sorted(roles.items())
-            named_colours = iter(OKABE_ITO[3:])
+            named_colours = iter(SERIES_COLOURS[3:])
             for layer, role in chosen:
                 colour = ROLE_COLOURS.get(role) or next(named_colours, "grey")
                 for split, linestyle in (("train", "-"), ("val", LINE_STYLES["val loss"])):
@@ -129,9 +132,11 @@ def loss_curves(runs: Sequence[ProbeRun], context: FigureContext) -> list[Figure
                         losses,
                         color=colour,
                         linestyle=linestyle,
-                        linewidth=1.3,
+                        linewidth=ROLE_WIDTHS.get(role, OTHER_ROLE_WIDTH),
                         marker=pooling_marker(run.pooling),
                         markersize=2.2,
+                        # A marker per epoch merges into a thick band over 300 epochs.
+                        markevery=max(1, len(run.epochs) // MAX_MARKERS),
                         label=label,
                     )
             best_layer = next(layer for layer, role in roles.items() if role == "best")

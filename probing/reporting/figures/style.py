@@ -43,6 +43,9 @@ OKABE_ITO = (
     "#000000",  # black
     "#F0E442",  # yellow
 )
+# Colours of series (runs, poolings, layers): black is left to the reference lines
+# (the strongest baseline, the chance loss), so a seventh run is not read as one.
+SERIES_COLOURS = tuple(colour for colour in OKABE_ITO if colour != "#000000")
 # One table of what every line style and marker means, the same in every figure,
 # so a figure printed in grey reads without colour. Solid lines are always the
 # measurement itself (a trained model's scores, a train loss); each other style
@@ -75,11 +78,22 @@ POOLING_MARKERS = {
     "index": "<",
 }
 OTHER_POOLING_MARKER = "*"
+# Marker fills tell apart the series of one figure that share a line style and a
+# pooling: two models, prompt forms or probe runs of one pooling (same colour
+# luminance in grey otherwise; Okabe-Ito blue and green differ by 8% in grey).
+# One meaning: the run minus its pooling (`series_key`), in order of appearance.
+SERIES_FILLS = ("full", "none", "top", "bottom", "left", "right")
 # Loss curves colour a layer by its role, so "best" looks the same in every panel.
 ROLE_COLOURS = {"best": OKABE_ITO[2], "worst": OKABE_ITO[1]}
+# ... and by line width: green and vermillion are one grey (luminance 106 vs 119 of 255),
+# so in greyscale print the best layer's curves are the thick ones.
+ROLE_WIDTHS = {"best": 1.9, "worst": 0.8}
+OTHER_ROLE_WIDTH = 1.3
 # Scores (accuracy, precision, recall, F1) lie in [0, 1]; every heatmap of a
 # score uses this one colour scale, so panels and figures compare by colour.
 SCORE_RANGE = (0.0, 1.0)
+# At most about this many markers on one line (loss curves over hundreds of epochs).
+MAX_MARKERS = 15
 PAGE_WIDTH_IN = 7.0
 # One column of a two-column paper.
 COLUMN_WIDTH_IN = 3.4
@@ -114,15 +128,31 @@ def pooling_marker(pooling: str) -> str:
     return POOLING_MARKERS.get(pooling.partition(":")[0], OTHER_POOLING_MARKER)
 
 
-def series_style(run: ProbeRun) -> tuple[Any, str]:
-    """(line style, marker) of a run: its variant's line style, its pooling's marker."""
-    return LINE_STYLES[run.variant], pooling_marker(run.pooling)
+def series_key(run: ProbeRun) -> str:
+    """What a run is besides its pooling: its series (model, prompt, ...) and, for a
+    pooling's second probe run (probes/<pooling>-<name>/), that name."""
+    series = run.series or run.label
+    return f"{series} · {run.run_name[len(run.pooling) :]}" if run.run else series
+
+
+def series_fills(runs: Sequence[ProbeRun]) -> dict[str, str]:
+    """Run label -> marker fill (SERIES_FILLS), one per series_key in run order."""
+    keys = list(dict.fromkeys(series_key(run) for run in runs))
+    fill = {key: SERIES_FILLS[i % len(SERIES_FILLS)] for i, key in enumerate(keys)}
+    return {run.label: fill[series_key(run)] for run in runs}
+
+
+def series_style(run: ProbeRun, fills: dict[str, str] | None = None) -> tuple[Any, str, str]:
+    """(line style, marker, marker fill) of a run: its variant's line style, its
+    pooling's marker, its series' fill in `fills` (series_fills; default full)."""
+    fill = (fills or {}).get(run.label, "full")
+    return LINE_STYLES[run.variant], pooling_marker(run.pooling), fill
 
 
 def run_colours(runs: Sequence[ProbeRun]) -> dict[str, str]:
     """One palette colour per run label, in run order; call it once per task so
     that each figure starts at the most distinct colours."""
-    return {run.label: OKABE_ITO[i % len(OKABE_ITO)] for i, run in enumerate(runs)}
+    return {run.label: SERIES_COLOURS[i % len(SERIES_COLOURS)] for i, run in enumerate(runs)}
 
 
 def save(fig: plt.Figure, figures_dir: str, stem: str, caption: str) -> Figure:
@@ -162,8 +192,8 @@ def draw_series(
 ) -> None:
     """A mean line with its CI band; the band is clipped to the metric's `bounds`,
     since with two or three seeds a seed interval can reach past a score's range.
-    `style` is (line style, marker), from `series_style` or the tables above."""
-    linestyle, marker = style
+    `style` is (line style, marker[, marker fill]), from `series_style` or the tables above."""
+    linestyle, marker, fill = (*style, "full")[:3]
     if bounds is not None:
         low, high = np.clip(low, *bounds), np.clip(high, *bounds)
     ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
@@ -173,7 +203,9 @@ def draw_series(
         color=colour,
         linestyle=linestyle,
         marker=marker,
-        markersize=2.8,
+        markersize=3.2 if fill != "full" else 2.8,  # a hollow marker needs room to show
+        fillstyle=fill,
+        markerfacecoloralt="white",  # half-filled markers: the other half white, not colour
         linewidth=1.4,
         label=label,
     )
