@@ -256,8 +256,18 @@ def environment(dry_run: bool) -> None:
             print(f"  jax backend {jax.default_backend()}: {jax.devices()}")
         except Exception as error:
             print(f"  jax has no backend: {error}")
+    # What the full-size FastVLM needs beyond the packages being there: transformers'
+    # fast_vlm model (5.x) and timm's FastViT-HD tower (timm >= 1.0.20).
+    transformers, timm = sys.modules.get("transformers"), sys.modules.get("timm")
+    if transformers is not None and not hasattr(transformers, "FastVlmConfig"):
+        missing.append("transformers with FastVlmConfig")
+    if timm is not None and not timm.list_models("fastvit_mci3"):
+        missing.append("timm with fastvit_mci3 (>= 1.0.20)")
     if missing:
-        print(f"  missing: {', '.join(missing)} (parts that import them will print failed)")
+        print(
+            f"  missing: {', '.join(missing)} (parts that need them will print failed; "
+            "carry the wheels in .whl/, see the docstring)"
+        )
     sys.stdout.flush()
 
 
