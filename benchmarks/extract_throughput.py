@@ -77,6 +77,12 @@ _PATHS = flags.DEFINE_list(
     "Paths to time (a subset of the four); on a CPU at full size: naive,engine.",
 )
 _THREADS = flags.DEFINE_integer("threads", None, "torch intra-op threads (default: torch's).")
+_DTYPE_OPS = flags.DEFINE_bool(
+    "dtype_ops",
+    False,
+    "Only time the two models' main ops at their real shapes in float32 and bfloat16 on "
+    "--device (seconds): whether this machine gains from bfloat16 at all.",
+)
 _COUNT_FLOPS = flags.DEFINE_bool(
     "count_flops", False, "Count the hooked forward's FLOPs (one extra untimed forward per path)."
 )
@@ -418,6 +424,61 @@ def measure(
     return timings
 
 
+# (name, op) at the full-size models' shapes for one 640×480 image: Qwen2-VL-2B's
+# decoder MLP (~420 tokens × 1536 → 8960) and ViT MLP (1564 patches × 1280 → 5120),
+# FastVLM-0.5B's decoder MLP (~280 tokens × 896 → 4864) and FastViT-HD-like convs
+# (a 1×1 conv and a 7×7 depthwise conv on a 64×64 map).
+def _dtype_ops(dtype: torch.dtype, device: torch.device) -> dict:
+    def linear(tokens, width, out):
+        x = torch.randn(tokens, width, dtype=dtype, device=device)
+        w = torch.randn(out, width, dtype=dtype, device=device)
+        return lambda: torch.nn.functional.linear(x, w), 2 * tokens * width * out
+
+    def conv(channels, out, kernel, groups):
+        x = torch.randn(1, channels, 64, 64, dtype=dtype, device=device)
+        w = torch.randn(out, channels // groups, kernel, kernel, dtype=dtype, device=device)
+        flops = 2 * 64 * 64 * out * (channels // groups) * kernel * kernel
+
+        def run():
+            return torch.nn.functional.conv2d(x, w, padding=kernel // 2, groups=groups)
+
+        return run, flops
+
+    return {
+        "qwen2_vl decoder MLP": linear(420, 1536, 8960),
+        "qwen2_vl ViT MLP": linear(1564, 1280, 5120),
+        "fast_vlm decoder MLP": linear(280, 896, 4864),
+        "fast_vlm 1x1 conv": conv(192, 768, 1, 1),
+        "fast_vlm 7x7 depthwise": conv(192, 192, 7, 192),
+    }
+
+
+def time_dtype_ops(device: torch.device, repeats: int = 2) -> None:
+    """Prints wall and process-CPU ms per op in float32 and bfloat16, and the bf16 speedup."""
+    capability = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device
+    print(f"ops at the models' shapes on {capability}, {torch.get_num_threads()} threads:")
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, (op, flops) in _dtype_ops(dtype, device).items():
+            with torch.inference_mode():
+                op()  # warm-up
+                _sync(device)
+                wall, cpu = time.perf_counter(), time.process_time()
+                for _ in range(repeats):
+                    op()
+                _sync(device)
+                wall = (time.perf_counter() - wall) / repeats
+                cpu = (time.process_time() - cpu) / repeats
+            results[name, dtype] = wall
+            print(
+                f"  {name:24s} {str(dtype).removeprefix('torch.'):8s} {1e3 * wall:9.1f} ms "
+                f"(CPU {1e3 * cpu:9.1f} ms) {flops / wall / 1e9:8.1f} GFLOP/s"
+            )
+    for name in _dtype_ops(torch.float32, torch.device("meta")):
+        ratio = results[name, torch.float32] / results[name, torch.bfloat16]
+        print(f"  {name:24s} bfloat16 / float32 speed: {ratio:.2f}x")
+
+
 def main(argv: list[str]) -> None:
     del argv
     device_name = _DEVICE.value
@@ -428,6 +489,9 @@ def main(argv: list[str]) -> None:
     dtype = getattr(torch, dtype_name)
     if _THREADS.value:
         torch.set_num_threads(_THREADS.value)
+    if _DTYPE_OPS.value:
+        time_dtype_ops(device)
+        return
     torch.manual_seed(0)
     built = time.perf_counter()
     if _SIZE.value == "tiny":
