@@ -10,8 +10,10 @@ On a CPU the full sizes cost seconds per image: on the project's 2-core AVX2
 machine about 20 s for Qwen2-VL-2B and 6 s for FastVLM-0.5B in float32 (README,
 "Extraction on CPU"), so the CPU command above runs 5–8 min for Qwen2-VL-2B
 (model build, one warm-up and three timed images per path) and needs about
-11 GB of RAM in float32 (half in bfloat16). Leave the prefix-sharing paths out
-there: each of their batches is --prompts_per_image rows.
+11 GB of RAM in float32. Leave the prefix-sharing paths out there: each of
+their batches is --prompts_per_image rows. bfloat16 halves the memory but, on
+a CPU without bf16 arithmetic (AVX2), is several times slower:
+`--dtype_ops --device=cpu` times the models' main ops in both dtypes in seconds.
 
 Both paths get the very same preprocessed batches (preprocessing is not
 timed): COCO-sized 640×480 images and caption-entailment prompts.
@@ -224,7 +226,8 @@ class Timing:
     # Seconds per example of each timed batch (batch seconds / its rows).
     per_example: list[float] = dataclasses.field(default_factory=list)
     # Process CPU seconds (all threads) over the timed batches: on a shared
-    # machine it moves less with the others' load than wall time does.
+    # machine it moves less with the others' load than wall time does (it still
+    # grows with contention: threads waiting on each other, caches shared).
     cpu_seconds: float = 0.0
 
     def line(self, flops_per_token: float, peak_flops: float | None) -> str:
