@@ -3,6 +3,17 @@
   python benchmarks/extract_throughput.py --size=tiny                 # < 1 min on CPU
   python benchmarks/extract_throughput.py --size=full --family=qwen2_vl \
       --dtype=bfloat16 --batch_size=32 --num_batches=8                # a GPU
+  python benchmarks/extract_throughput.py --size=full --family=qwen2_vl \
+      --device=cpu --batch_size=1 --num_batches=3 --paths=naive,engine  # CPU, per image
+
+On a CPU the full sizes cost seconds per image: on the project's 2-core AVX2
+machine about 20 s for Qwen2-VL-2B and 6 s for FastVLM-0.5B in float32 (README,
+"Extraction on CPU"), so the CPU command above runs 5–8 min for Qwen2-VL-2B
+(model build, one warm-up and three timed images per path) and needs about
+11 GB of RAM in float32. Leave the prefix-sharing paths out there: each of
+their batches is --prompts_per_image rows. bfloat16 halves the memory but, on
+a CPU without bf16 arithmetic (AVX2), is several times slower:
+`--dtype_ops --device=cpu` times the models' main ops in both dtypes in seconds.
 
 Both paths get the very same preprocessed batches (preprocessing is not
 timed): COCO-sized 640×480 images and caption-entailment prompts.
@@ -15,20 +26,25 @@ timed): COCO-sized 640×480 images and caption-entailment prompts.
 * engine+prefix: `PooledForward.run_shared` with --prompts_per_image prompts
   of one image per group, the image and common prompt words run once.
 
-Printed per path: examples/s, tokens/s, peak memory, MFU (CUDA only: FLOPs ≈
+Printed per path: examples/s, seconds per example (the range over timed
+batches, divided by their rows), tokens/s, peak memory, MFU (CUDA only: FLOPs ≈
 2 × decoder matmul parameters × tokens, against the GPU's dense bf16 peak), and the ratios.
 `--size=full` builds Qwen2-VL-2B or FastVLM-0.5B at their real sizes with
 random weights (speed does not depend on the weights) from the numbers below;
 the tokenizer of the tiny checkpoint stands in for the real one (token ids
 only have to exist in the embedding table).
+
+Peak memory: on CUDA the allocator's peak during the path; on a CPU the
+process's resident set, sampled every 5 ms during the path (it includes the
+model's weights and whatever earlier paths left allocated).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import resource
 import sys
+import threading
 import time
 
 import torch
@@ -56,6 +72,22 @@ _PROMPTS_PER_IMAGE = flags.DEFINE_integer(
 )
 _POOLINGS = flags.DEFINE_list("poolings", ["mean", "last"], "Poolings computed by both paths.")
 _ATTN = flags.DEFINE_string("attn_implementation", None, "sdpa, eager, flash_attention_2.")
+PATHS = ("naive", "engine", "engine/10ppi", "engine+prefix")
+_PATHS = flags.DEFINE_list(
+    "paths",
+    list(PATHS),
+    "Paths to time (a subset of the four); on a CPU at full size: naive,engine.",
+)
+_THREADS = flags.DEFINE_integer("threads", None, "torch intra-op threads (default: torch's).")
+_DTYPE_OPS = flags.DEFINE_bool(
+    "dtype_ops",
+    False,
+    "Only time the two models' main ops at their real shapes in float32 and bfloat16 on "
+    "--device (seconds): whether this machine gains from bfloat16 at all.",
+)
+_COUNT_FLOPS = flags.DEFINE_bool(
+    "count_flops", False, "Count the hooked forward's FLOPs (one extra untimed forward per path)."
+)
 
 # Qwen2-VL-2B-Instruct, from its config.json / preprocessor_config.json on the
 # hub (Qwen/Qwen2-VL-2B-Instruct): 28 layers of width 1536, GQA 12/2 heads,
@@ -191,15 +223,25 @@ class Timing:
     # Useful FLOPs of the timed work when counted (measure(count_flops=True)):
     # those of the hooked unshared forward on the same rows, whatever the path ran.
     flops: float = 0.0
+    # Seconds per example of each timed batch (batch seconds / its rows).
+    per_example: list[float] = dataclasses.field(default_factory=list)
+    # Process CPU seconds (all threads) over the timed batches: on a shared
+    # machine it moves less with the others' load than wall time does (it still
+    # grows with contention: threads waiting on each other, caches shared).
+    cpu_seconds: float = 0.0
 
     def line(self, flops_per_token: float, peak_flops: float | None) -> str:
         rate = self.examples / self.seconds
         parts = [
             f"{self.name:14s}",
             f"{rate:9.2f} ex/s",
+            f"{min(self.per_example):7.3f}-{max(self.per_example):.3f} s/ex",
+            f"CPU {self.cpu_seconds / self.examples:7.3f} s/ex",
             f"{self.tokens / self.seconds:11.0f} tokens/s",
             f"peak mem {self.peak_bytes / 2**30:6.2f} GiB",
         ]
+        if self.flops:
+            parts.append(f"{self.flops / self.examples / 1e9:8.4g} GFLOP/ex")
         if peak_flops:
             mfu = flops_per_token * self.tokens / self.seconds / peak_flops
             parts.append(f"MFU {100 * mfu:5.1f}%")
@@ -211,32 +253,67 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+def _resident_bytes() -> int:
+    """The process's resident set now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
 
 
-def _peak(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    # ru_maxrss: kilobytes on Linux, process lifetime peak (an upper bound).
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+class _PeakMemory:
+    """Peak memory over a block: the CUDA allocator's, or the sampled host RSS.
+
+    ru_maxrss would be the whole process's lifetime peak (model build and
+    earlier paths included), so on a CPU a thread samples the RSS instead.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _resident_bytes())
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak = _resident_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _resident_bytes())
 
 
 def _time(name, batches, step, device) -> Timing:
     step(batches[0])  # warm-up: kernels, caches, allocator
     _sync(device)
-    _reset_peak(device)
     timing = Timing(name)
-    start = time.perf_counter()
-    for batch in batches:
-        examples, tokens = step(batch)
-        timing.examples += examples
-        timing.tokens += tokens
-    _sync(device)
-    timing.seconds = time.perf_counter() - start
-    timing.peak_bytes = _peak(device)
+    cpu_start = time.process_time()
+    with _PeakMemory(device) as memory:
+        for batch in batches:
+            start = time.perf_counter()
+            examples, tokens = step(batch)
+            _sync(device)
+            seconds = time.perf_counter() - start
+            timing.examples += examples
+            timing.tokens += tokens
+            timing.seconds += seconds
+            timing.per_example.append(seconds / examples)
+    timing.cpu_seconds = time.process_time() - cpu_start
+    timing.peak_bytes = memory.peak
     return timing
 
 
@@ -276,13 +353,24 @@ def _counted_flops(step, batch) -> tuple[float, int]:
     return float(counter.get_total_flops()), tokens
 
 
-def measure(model, adapter, device, poolings, plain_batches, shared_batches, count_flops=False):
-    """Times naive, engine, engine/10ppi and engine+prefix on the batches: a Timing each.
+def measure(
+    model,
+    adapter,
+    device,
+    poolings,
+    plain_batches,
+    shared_batches,
+    count_flops=False,
+    paths=PATHS,
+):
+    """Times the `paths` (naive, engine, engine/10ppi, engine+prefix) on the batches: a Timing each.
 
     With count_flops, each Timing also gets the useful FLOPs of its work: those
     torch counts for the hooked unshared forward (vision tower, decoder, LM
     head on one position) per token of the same batches, times its tokens.
     """
+    if unknown := [p for p in paths if p not in PATHS]:
+        raise ValueError(f"unknown paths {unknown}; known: {', '.join(PATHS)}")
 
     def naive(inputs):
         with torch.inference_mode():
@@ -294,8 +382,10 @@ def measure(model, adapter, device, poolings, plain_batches, shared_batches, cou
                 torch.stack([p[name] for p in pooled], dim=1).cpu()
         return mask.shape[0], int(mask.sum())
 
+    timings = []
     # The naive path runs without our hooks installed.
-    naive_timing = _time("naive", plain_batches, naive, device)
+    if "naive" in paths:
+        timings.append(_time("naive", plain_batches, naive, device))
     with PooledForward(model, adapter, poolings, with_image=True) as engine:
 
         def hooked(inputs):
@@ -314,20 +404,82 @@ def measure(model, adapter, device, poolings, plain_batches, shared_batches, cou
                 values.cpu()
             return len(groups), result.tokens
 
-        timings = [
-            naive_timing,
-            _time("engine", plain_batches, hooked, device),
-            _time("engine/10ppi", shared_batches, unshared, device),
-            _time("engine+prefix", shared_batches, shared, device),
-        ]
+        runs = {
+            "engine": (plain_batches, hooked),
+            "engine/10ppi": (shared_batches, unshared),
+            "engine+prefix": (shared_batches, shared),
+        }
+        for name in PATHS[1:]:
+            if name in paths:
+                batches, step = runs[name]
+                timings.append(_time(name, batches, step, device))
         if count_flops:
-            # Counted on the first batch (untimed), scaled by each path's tokens.
-            plain_flops, plain_tokens = _counted_flops(hooked, plain_batches[0])
-            shared_flops, shared_tokens = _counted_flops(unshared, shared_batches[0])
-            per_token = [plain_flops / plain_tokens] * 2 + [shared_flops / shared_tokens] * 2
-            for timing, flops in zip(timings, per_token, strict=True):
-                timing.flops = flops * timing.tokens
+            # Counted on the first batch (untimed), scaled by each path's tokens:
+            # plain rows for naive/engine, the shared batches' rows for the others.
+            per_token = {}
+            for timing in timings:
+                plain = timing.name in ("naive", "engine")
+                if plain not in per_token:
+                    step, batches = (hooked, plain_batches) if plain else (unshared, shared_batches)
+                    flops, tokens = _counted_flops(step, batches[0])
+                    per_token[plain] = flops / tokens
+                timing.flops = per_token[plain] * timing.tokens
     return timings
+
+
+# (name, op) at the full-size models' shapes for one 640×480 image: Qwen2-VL-2B's
+# decoder MLP (~420 tokens × 1536 → 8960) and ViT MLP (1564 patches × 1280 → 5120),
+# FastVLM-0.5B's decoder MLP (~280 tokens × 896 → 4864) and FastViT-HD-like convs
+# (a 1×1 conv and a 7×7 depthwise conv on a 64×64 map).
+def _dtype_ops(dtype: torch.dtype, device: torch.device) -> dict:
+    def linear(tokens, width, out):
+        x = torch.randn(tokens, width, dtype=dtype, device=device)
+        w = torch.randn(out, width, dtype=dtype, device=device)
+        return lambda: torch.nn.functional.linear(x, w), 2 * tokens * width * out
+
+    def conv(channels, out, kernel, groups):
+        x = torch.randn(1, channels, 64, 64, dtype=dtype, device=device)
+        w = torch.randn(out, channels // groups, kernel, kernel, dtype=dtype, device=device)
+        flops = 2 * 64 * 64 * out * (channels // groups) * kernel * kernel
+
+        def run():
+            return torch.nn.functional.conv2d(x, w, padding=kernel // 2, groups=groups)
+
+        return run, flops
+
+    return {
+        "qwen2_vl decoder MLP": linear(420, 1536, 8960),
+        "qwen2_vl ViT MLP": linear(1564, 1280, 5120),
+        "fast_vlm decoder MLP": linear(280, 896, 4864),
+        "fast_vlm 1x1 conv": conv(192, 768, 1, 1),
+        "fast_vlm 7x7 depthwise": conv(192, 192, 7, 192),
+    }
+
+
+def time_dtype_ops(device: torch.device, repeats: int = 2) -> None:
+    """Prints wall and process-CPU ms per op in float32 and bfloat16, and the bf16 speedup."""
+    capability = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device
+    print(f"ops at the models' shapes on {capability}, {torch.get_num_threads()} threads:")
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, (op, flops) in _dtype_ops(dtype, device).items():
+            with torch.inference_mode():
+                op()  # warm-up
+                _sync(device)
+                wall, cpu = time.perf_counter(), time.process_time()
+                for _ in range(repeats):
+                    op()
+                _sync(device)
+                wall = (time.perf_counter() - wall) / repeats
+                cpu = (time.process_time() - cpu) / repeats
+            results[name, dtype] = wall
+            print(
+                f"  {name:24s} {str(dtype).removeprefix('torch.'):8s} {1e3 * wall:9.1f} ms "
+                f"(CPU {1e3 * cpu:9.1f} ms) {flops / wall / 1e9:8.1f} GFLOP/s"
+            )
+    for name in _dtype_ops(torch.float32, torch.device("meta")):
+        ratio = results[name, torch.float32] / results[name, torch.bfloat16]
+        print(f"  {name:24s} bfloat16 / float32 speed: {ratio:.2f}x")
 
 
 def main(argv: list[str]) -> None:
@@ -338,7 +490,13 @@ def main(argv: list[str]) -> None:
     device = torch.device(device_name)
     dtype_name = _DTYPE.value or ("bfloat16" if device.type == "cuda" else "float32")
     dtype = getattr(torch, dtype_name)
+    if _THREADS.value:
+        torch.set_num_threads(_THREADS.value)
+    if _DTYPE_OPS.value:
+        time_dtype_ops(device)
+        return
     torch.manual_seed(0)
+    built = time.perf_counter()
     if _SIZE.value == "tiny":
         config = default_model_config()
         config.name = f"tiny:{_FAMILY.value}"
@@ -347,12 +505,22 @@ def main(argv: list[str]) -> None:
         model, _, adapter = load_model(config)
     else:
         model, adapter = _full_model(_FAMILY.value, dtype, device, _ATTN.value)
+    built = time.perf_counter() - built
     poolings = tuple(_POOLINGS.value)
     batch_size, per_image = _BATCH.value, _PROMPTS_PER_IMAGE.value
     plain_batches, shared_batches = build_batches(
         adapter, device, batch_size, _NUM_BATCHES.value, per_image
     )
-    timings = measure(model, adapter, device, poolings, plain_batches, shared_batches)
+    timings = measure(
+        model,
+        adapter,
+        device,
+        poolings,
+        plain_batches,
+        shared_batches,
+        count_flops=_COUNT_FLOPS.value,
+        paths=tuple(_PATHS.value),
+    )
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     peak_flops = next((v for k, v in PEAK_BF16_FLOPS.items() if gpu and k in gpu), None)
     # Matmul parameters of the decoder: the embedding table is a lookup, and
@@ -366,14 +534,22 @@ def main(argv: list[str]) -> None:
         f"{dtype_name} on {gpu or 'CPU'}, batch {batch_size}, {_NUM_BATCHES.value} batches, "
         f"poolings {','.join(poolings)}, {per_image} prompts per image for prefix sharing"
     )
+    # The load average says how much of the machine the timings had (2 cores here).
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(
+        f"built in {built:.0f} s; {torch.get_num_threads()} torch threads on {os.cpu_count()} "
+        f"CPUs; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end"
+    )
     for timing in timings:
         print(timing.line(flops_per_token, peak_flops))
     by_name = {t.name: t.examples / t.seconds for t in timings}
-    print(f"engine / naive:                 {by_name['engine'] / by_name['naive']:.2f}x ex/s")
-    print(
-        f"prefix sharing / unshared:      "
-        f"{by_name['engine+prefix'] / by_name['engine/10ppi']:.2f}x prompts/s"
-    )
+    if {"engine", "naive"} <= by_name.keys():
+        print(f"engine / naive:                 {by_name['engine'] / by_name['naive']:.2f}x ex/s")
+    if {"engine+prefix", "engine/10ppi"} <= by_name.keys():
+        print(
+            f"prefix sharing / unshared:      "
+            f"{by_name['engine+prefix'] / by_name['engine/10ppi']:.2f}x prompts/s"
+        )
     if not peak_flops:
         print("MFU: not estimated (CPU or a GPU without a known peak)")
 

@@ -9,12 +9,17 @@ The machine has torch, transformers, timm, jax (CUDA), flax, optax and
 tensorstore but not ml_collections, which probing imports; carry its wheel.
 Once, here, before the call:
 
-    echo /.whl/ >> .git/info/exclude
+    echo /.whl/ >> "$(git rev-parse --git-common-dir)/info/exclude"  # a worktree too
     python3 -m pip download --no-deps --only-binary=:all: -d .whl ml_collections==1.1.0
 
 then call the device tool's run with command="bash benchmarks/gpu_check.sh",
 carry=[".whl"], timeout_s=540; the wrapper installs .whl/*.whl if present and
-writes the log to $OUT/gpu_check.log. The script itself says what is missing
+writes the log to $OUT/gpu_check.log. The tool sends the checkout its session
+started in (the lead's), not a helper's worktree: run it from a checkout that
+has this script. The lent machine's transformers was 5.17 (KINDS.md, 2026-11);
+the dry run passes with 5.17 and with requirements.txt's newer 5.x. If the
+environment block says FastVlmConfig or fastvit_mci3 is missing, carry
+transformers / timm wheels the same way. The script itself says what is missing
 (an "environment" block, and a "failed: No module named ..." row per part).
 To rerun only what failed, within the 15 minutes a task is lent: `bash
 benchmarks/gpu_check.sh --parts probe` (parts: qwen2_vl, fast_vlm, probe).
@@ -256,8 +261,18 @@ def environment(dry_run: bool) -> None:
             print(f"  jax backend {jax.default_backend()}: {jax.devices()}")
         except Exception as error:
             print(f"  jax has no backend: {error}")
+    # What the full-size FastVLM needs beyond the packages being there: transformers'
+    # fast_vlm model (5.x) and timm's FastViT-HD tower (timm >= 1.0.20).
+    transformers, timm = sys.modules.get("transformers"), sys.modules.get("timm")
+    if transformers is not None and not hasattr(transformers, "FastVlmConfig"):
+        missing.append("transformers with FastVlmConfig")
+    if timm is not None and not timm.list_models("fastvit_mci3"):
+        missing.append("timm with fastvit_mci3 (>= 1.0.20)")
     if missing:
-        print(f"  missing: {', '.join(missing)} (parts that import them will print failed)")
+        print(
+            f"  missing: {', '.join(missing)} (parts that need them will print failed; "
+            "carry the wheels in .whl/, see the docstring)"
+        )
     sys.stdout.flush()
 
 
