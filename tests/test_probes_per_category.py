@@ -62,6 +62,8 @@ def both():
     return inputs, per_category, joint
 
 
+# Slow: the `both` fixture compiles two sweep programs (~35 s on 2 idle cores).
+@pytest.mark.slow
 def test_each_category_keeps_the_epoch_of_its_own_lowest_val_loss(both):
     (_, labels, _, split), result, joint = both
     curves = result.category_val_loss[:, :, 0, :, 0]  # [E, L, S, C], labels target, grid 0
