@@ -104,6 +104,8 @@ def test_each_category_stops_on_its_own_patience():
     assert result.converged.all()
 
 
+# Slow: compiles the one-category per-category and joint programs (> 10 s idle).
+@pytest.mark.slow
 @pytest.mark.parametrize("patience", [0, 3])
 def test_one_category_is_the_joint_probe_bit_for_bit(patience):
     features, labels, mask, split = _inputs()
