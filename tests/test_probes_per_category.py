@@ -62,6 +62,8 @@ def both():
     return inputs, per_category, joint
 
 
+# Slow: the `both` fixture compiles two sweep programs (~35 s on 2 idle cores).
+@pytest.mark.slow
 def test_each_category_keeps_the_epoch_of_its_own_lowest_val_loss(both):
     (_, labels, _, split), result, joint = both
     curves = result.category_val_loss[:, :, 0, :, 0]  # [E, L, S, C], labels target, grid 0
@@ -102,6 +104,8 @@ def test_each_category_stops_on_its_own_patience():
     assert result.converged.all()
 
 
+# Slow: compiles the one-category per-category and joint programs (> 10 s idle).
+@pytest.mark.slow
 @pytest.mark.parametrize("patience", [0, 3])
 def test_one_category_is_the_joint_probe_bit_for_bit(patience):
     features, labels, mask, split = _inputs()

@@ -242,6 +242,7 @@ def _probe_config(**overrides):
     return config
 
 
+@pytest.mark.slow
 def test_training_refuses_an_incomplete_store_unless_allowed(tmp_path):
     written = np.ones(120, np.uint8)
     written[100:] = 0
