@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 # Tests never reach a model hub; fail fast instead of waiting on a timeout.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Most of a small probe test's time is XLA compiling the sweep's programs, and
+# many tests (and the CLI subprocesses they start, which inherit the variable)
+# compile the same program for the same shapes. A compilation cache private to
+# this session lets them share it; keyed on the program and the jax version, it
+# cannot change a result, and it starts empty so it hides nothing between sessions.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _jax_cache = tempfile.mkdtemp(prefix="probing-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -151,8 +151,22 @@ def test_resume_refuses_replaced_weights_and_tokenizer(tmp_path, local_checkpoin
 # ----------------------------------------------------------- one writer only
 
 
-def test_second_extraction_stops_at_once_naming_the_holder(tmp_path):
+def test_second_extraction_stops_at_once_naming_the_holder(tmp_path, monkeypatch):
     workdir = str(tmp_path / "w")
+    # "At once" without a clock (timed assertions flake on a loaded machine): every
+    # exclusive flock the extraction asks for must be non-blocking, so it cannot wait.
+    from probing.store import lock as lock_module
+
+    real_flock = lock_module.fcntl.flock
+    requests = []
+
+    def non_blocking_only(fd, operation):
+        requests.append(operation)
+        if operation & lock_module.fcntl.LOCK_EX and not operation & lock_module.fcntl.LOCK_NB:
+            raise AssertionError("the workdir lock would wait for its holder (no LOCK_NB)")
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", non_blocking_only)
     code = (
         "import sys, time\n"
         "from probing.store.lock import WorkdirLock\n"
@@ -166,10 +180,9 @@ def test_second_extraction_stops_at_once_naming_the_holder(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         config = _unbuildable(tmp_path)
-        started = time.monotonic()
         with pytest.raises(LockError, match=rf"pid {holder.pid}.*probing\.extract \(first\)"):
             extract(config, workdir)
-        assert time.monotonic() - started < 10
+        assert any(op & lock_module.fcntl.LOCK_EX for op in requests)
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
