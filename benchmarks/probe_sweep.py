@@ -61,6 +61,9 @@ SIZES = {
 }
 _SIZE = flags.DEFINE_enum("size", "small", list(SIZES), "Problem size.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Minibatch size of all probes.")
+_LAYERS = flags.DEFINE_integer(
+    "layers", 0, "Override the size's layer count (0: keep it), e.g. when memory is short."
+)
 _TORCH_LAYERS = flags.DEFINE_integer(
     "torch_layers",
     0,
@@ -156,6 +159,7 @@ def main(argv):
     # Must happen before JAX creates its CPU backend (the first array).
     jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value or os.cpu_count() or 1)
     num_examples, num_layers, dim, num_seeds, epochs = SIZES[_SIZE.value]
+    num_layers = _LAYERS.value or num_layers
     batch_size = _BATCH.value
     arrays = planted_arrays(
         num_examples, num_layers, dim, [SIGNAL_LAYER], strength=3.0, layer_major=True
