@@ -27,6 +27,12 @@ Features are float16 by default, as real extraction configs store them
 same values in float32. --skip_baselines times the JAX sweep alone. On CPU
 the sweep shards its layers over one JAX device per core (--cpu_devices):
 XLA runs a single device's sweep on about one core.
+
+The floor (benchmarks/floor.py, measured first, in the same run): the time
+XLA takes to gather every seed's minibatch rows of all layers in its own
+order, plus the probes' FLOPs at this machine's measured matmul rate, per
+epoch x epochs. Printed with the sweep's training time (its progress clock:
+epochs only, not setup or compilation) and their ratio.
 """
 
 from __future__ import annotations
@@ -41,10 +47,11 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.floor import measure_floor
 from benchmarks.torch_batched import train_batched
 from probing.probes.devices import probe_mesh
 from probing.probes.settings import LAYER_UPDATES, SweepSettings
-from probing.probes.sweep import run_sweep
+from probing.probes.sweep import _sweep_progress, run_sweep
 from probing.testing.planted import planted_arrays
 
 SIZES = {
@@ -54,6 +61,9 @@ SIZES = {
 }
 _SIZE = flags.DEFINE_enum("size", "small", list(SIZES), "Problem size.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Minibatch size of all probes.")
+_LAYERS = flags.DEFINE_integer(
+    "layers", 0, "Override the size's layer count (0: keep it), e.g. when memory is short."
+)
 _TORCH_LAYERS = flags.DEFINE_integer(
     "torch_layers",
     0,
@@ -75,6 +85,9 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "On CPU, split the cores into this many JAX devices and shard the layers over them "
     "(0: one per core; 1: a single device). XLA runs one device's sweep on about one "
     "core, so this is how the sweep uses all of them; results are bitwise the same.",
+)
+_SKIP_FLOOR = flags.DEFINE_bool(
+    "skip_floor", False, "Do not measure the floor (benchmarks/floor.py) before the sweep."
 )
 _LAYER_UPDATE = flags.DEFINE_enum(
     "layer_update", "auto", list(LAYER_UPDATES), "How a minibatch step updates the layers."
@@ -146,6 +159,7 @@ def main(argv):
     # Must happen before JAX creates its CPU backend (the first array).
     jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value or os.cpu_count() or 1)
     num_examples, num_layers, dim, num_seeds, epochs = SIZES[_SIZE.value]
+    num_layers = _LAYERS.value or num_layers
     batch_size = _BATCH.value
     arrays = planted_arrays(
         num_examples, num_layers, dim, [SIGNAL_LAYER], strength=3.0, layer_major=True
@@ -177,6 +191,18 @@ def main(argv):
         # A fixed number of epochs, as the PyTorch loop trains (no early stopping).
         patience=0,
     )
+    floor = None
+    if not _SKIP_FLOOR.value:
+        floor = measure_floor(
+            features,
+            np.flatnonzero(split == 0),
+            np.flatnonzero(split == 1),
+            num_seeds=num_seeds,
+            batch_size=batch_size,
+        )
+    # The sweep's own progress clock runs only while epochs train (setup and
+    # compilation are paused out): its active time is the training time.
+    progress = _sweep_progress(num_layers * num_seeds * epochs)
     start = time.perf_counter()
     result = run_sweep(
         features,
@@ -185,11 +211,22 @@ def main(argv):
         split,
         settings,
         mesh=probe_mesh(0),
+        progress=progress,
     )
     jax_seconds = time.perf_counter() - start
+    epoch_seconds = progress._active(progress._last_update)  # up to the last epoch's update
+    progress.close()
     test_labels = labels[split == 2]
     jax_accuracy = ((result.logits["test"][:, 0, :, :, 0] > 0) == test_labels).mean(axis=-1)
     print(f"jax sweep:     {jax_seconds:8.2f} s  {work / jax_seconds:12.3g} probe-examples/s")
+    print(
+        f"  of which training epochs {epoch_seconds:.2f} s "
+        f"({epoch_seconds / epochs:.3f} s/epoch), setup and compilation "
+        f"{jax_seconds - epoch_seconds:.2f} s"
+    )
+    if floor is not None:
+        print(floor.line(epochs))
+        print(f"training epochs / floor: {epoch_seconds / (floor.epoch_seconds * epochs):.2f}x")
     if _SKIP_BASELINES.value:
         return
 

@@ -159,7 +159,8 @@ def test_a_probe_that_is_not_live_keeps_parameters_and_adam_state_exactly():
     x = jax.random.normal(jax.random.key(1), (8, 4))
     labels = (x[:, :1] > 0).astype(jnp.float32)
     step = partial(_probe_step, num_outputs=1)
-    hp = (jnp.float32(1e-2), jnp.float32(0.0), jnp.float32(0.0))
+    # No dropout keep masks (None), rate index 0, then learning rate, weight decay, dropout.
+    hp = (0, jnp.float32(1e-2), jnp.float32(0.0), jnp.float32(0.0))
     # One real step, so that Adam has momentum.
     params, opt_state, _ = step(
         params, opt_state, True, x, labels, jnp.ones_like(labels), None, *hp

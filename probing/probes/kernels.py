@@ -59,7 +59,7 @@ import optax
 
 from probing.probes import stopping
 from probing.probes.category_selection import select_per_category
-from probing.probes.model import LinearProbe, _optimizer, hash_bits
+from probing.probes.model import LinearProbe, _optimizer, hash_bits, keep_masks
 from probing.probes.scoring import _apply_all, _selection_score, _standardized, _weighted_sum
 
 # Stream ids folded into the root key so that draws made for different
@@ -152,16 +152,24 @@ def _init_state(
     return state
 
 
-def _probe_step(params, opt_state, live, x, labels, mask, bits, lr, wd, rate, *, num_outputs):
+def _probe_step(
+    params, opt_state, live, x, labels, mask, keep, rate_index, lr, wd, rate, *, num_outputs
+):
     """One optimizer step of one probe on one minibatch; returns the summed loss.
+
+    keep: the dropout keep masks of the seed's minibatch, one per distinct
+    rate of the grid [R, B, D] (model.keep_masks), or None without dropout;
+    rate_index: which of them is this probe's rate.
 
     A probe that is not `live` (stopped early, or a minibatch of its fold made
     of padding only) keeps its parameters and optimizer state exactly: an
     Adam step on a zero gradient would still move it by its momentum.
     """
 
+    probe_keep = None if keep is None else keep[rate_index]
+
     def loss_fn(p):
-        logits = LinearProbe(num_outputs).apply({"params": p}, x, bits, rate)
+        logits = LinearProbe(num_outputs).apply({"params": p}, x, probe_keep, rate)
         loss_sum = _weighted_sum(optax.sigmoid_binary_cross_entropy(logits, labels), mask, 2)
         return loss_sum / jnp.maximum(mask.sum(), 1.0), loss_sum
 
@@ -230,7 +238,7 @@ def _train_epoch(
     *,
     seed,
     batch_size,
-    use_dropout,
+    dropouts,
     num_outputs,
     layer_loop,
     fold_loop,
@@ -240,7 +248,8 @@ def _train_epoch(
     """One epoch of every active probe. x [N, L, D] raw; train_rows [n] the shared train index,
     laid out in chunks of `chunk_sizes` rows, train_weight [F, n] each fold's rows of it;
     y_train, m_train [F, T, S, n, C] (the mask 0 outside the fold's train part); mean,
-    inverse [L, F, D].
+    inverse [L, F, D]; `dropouts` the grid's dropout rate per grid point (static, the
+    values of hp["dropout"]).
 
     All folds step through the same minibatches of the shared index: a
     minibatch is gathered once and each fold trains on its rows of it (the
@@ -266,6 +275,10 @@ def _train_epoch(
     """
     num_layers, dim = x.shape[1], x.shape[2]
     num_steps = sum(-(-size // batch_size) for size in chunk_sizes)
+    use_dropout = max(dropouts) > 0
+    # One keep mask per distinct rate; each grid point reads its rate's mask.
+    rates = tuple(sorted(set(dropouts)))
+    rate_index = jnp.asarray([rates.index(rate) for rate in dropouts], jnp.int32)
 
     def batches_of_seed(seed_index):
         order, weight = _epoch_order(seed, seed_index, epoch, chunk_sizes, batch_size)
@@ -283,25 +296,25 @@ def _train_epoch(
     steps_first = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), (order, weight, words))
     seed_positions = jnp.arange(seed_ids.shape[0])[:, None]
     in_axes = dict(
-        grid_axes=(0, 0, 0, None, None, None, None, 0, 0, 0),
-        seed_axes=(0, 0, 0, 0, 0, 0, 0 if use_dropout else None, None, None, None),
-        target_axes=(0, 0, 0, None, 0, 0, None, None, None, None),
-        fold_axes=(0, 0, 0, 0, 0, 0, None, None, None, None),
+        grid_axes=(0, 0, 0, None, None, None, None, 0, 0, 0, 0),
+        seed_axes=(0, 0, 0, 0, 0, 0, 1 if use_dropout else None, None, None, None, None),
+        target_axes=(0, 0, 0, None, 0, 0, None, None, None, None, None),
+        fold_axes=(0, 0, 0, 0, 0, 0, None, None, None, None, None),
     )
     probe_step = partial(_probe_step, num_outputs=num_outputs)
     step = _vmap_probes(
-        probe_step, **in_axes, layer_axes=(0, 0, 0, 0, None, None, None, None, None, None)
+        probe_step, **in_axes, layer_axes=(0, 0, 0, 0, None, None, None, None, None, None, None)
     )
     layer_step = _vmap_probes(probe_step, **in_axes)  # x then [F, S, B, D]
     # One fold of one layer: x [S, B, D], labels and mask [T, S, B, C].
     fold_step = _vmap_probes(probe_step, **{k: v for k, v in in_axes.items() if k != "fold_axes"})
 
-    def one_fold(raw, bits, rates, fold_state):
+    def one_fold(raw, keep, per_grid, fold_state):
         params, opt_state, live, mean, inverse, labels, mask = fold_state
 
         def update(_):
             xs = _standardized(raw, mean, inverse)
-            return fold_step(params, opt_state, live, xs, labels, mask, bits, *rates)
+            return fold_step(params, opt_state, live, xs, labels, mask, keep, *per_grid)
 
         def skip(_):
             return params, opt_state, live * jnp.float32(0)
@@ -317,10 +330,12 @@ def _train_epoch(
         # A probe steps when it is active and its fold has a train row in the minibatch.
         fold_rows = train_weight[:, positions] * row_weight  # [F, S, B]
         live = state["active"] & (fold_rows.sum(-1) > 0)[None, :, None, :, None]
-        bits = (
-            jax.vmap(lambda w: hash_bits(w, (batch_size, dim)))(key_words) if use_dropout else None
-        )
-        rates = (hp["learning_rate"], hp["weight_decay"], hp["dropout"])
+        keep = None
+        if use_dropout:
+            # [R, S, B, D]: thresholded here, once per step, for all layers.
+            bits = jax.vmap(lambda w: hash_bits(w, (batch_size, dim)))(key_words)
+            keep = keep_masks(bits, rates)
+        per_grid = (rate_index, hp["learning_rate"], hp["weight_decay"], hp["dropout"])
         if layer_loop:
             # [S, B, L, D]: each row of every layer in one contiguous read, when
             # that block fits in cache; bigger minibatches read each layer's
@@ -340,12 +355,12 @@ def _train_epoch(
                     if fold_loop:
                         per_fold = (layer_params, layer_opt_state, layer_live, mean[layer])
                         per_fold = (*per_fold, inverse[layer], labels, mask)
-                        return jax.lax.map(partial(one_fold, raw, bits, rates), per_fold)
+                        return jax.lax.map(partial(one_fold, raw, keep, per_grid), per_fold)
                     xs = _standardized(
                         raw[None], mean[layer][:, None, None], inverse[layer][:, None, None]
                     )
                     return layer_step(
-                        layer_params, layer_opt_state, layer_live, xs, labels, mask, bits, *rates
+                        layer_params, layer_opt_state, layer_live, xs, labels, mask, keep, *per_grid
                     )
 
                 def skip(_):
@@ -361,7 +376,7 @@ def _train_epoch(
             raw = jnp.moveaxis(x[rows], 2, 0)[:, None]  # [L, 1, S, B, D]
             xs = _standardized(raw, mean[:, :, None, None], inverse[:, :, None, None])
             params, opt_state, loss_sum = step(
-                params, opt_state, live, xs, labels, mask, bits, *rates
+                params, opt_state, live, xs, labels, mask, keep, *per_grid
             )
         scored = mask.sum(axis=(3, 4))[None, :, :, :, None]  # [1, F, T, S, 1]
         return (params, opt_state), (loss_sum, scored)

@@ -14,6 +14,10 @@ probe's own arithmetic on CPU. Two choices remove that cost:
      operations per element instead of threefry's twenty rounds. Its 24-bit
      uniforms are far finer than any dropout rate needs; it is not a
      cryptographic generator, which dropout does not need either.
+  3. the uniforms are thresholded once per (seed, step) and rate into byte
+     masks (keep_masks) that every layer reads: the layers' minibatch steps
+     read a quarter of the bytes the 32-bit draw would cost them, and compare
+     nothing. The masks are those the uniforms give, bit for bit.
 """
 
 from __future__ import annotations
@@ -44,24 +48,32 @@ class LinearProbe(nn.Module):
     def __call__(
         self,
         x: jax.Array,
-        dropout_bits: jax.Array | None = None,
+        dropout_keep: jax.Array | None = None,
         dropout_rate: jax.Array | float = 0.0,
     ) -> jax.Array:
-        if dropout_bits is not None:
-            x = counter_dropout(x, dropout_bits, dropout_rate)
+        if dropout_keep is not None:
+            x = inverted_dropout(x, dropout_keep, dropout_rate)
         kernel_init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
         return nn.Dense(self.num_outputs, kernel_init=kernel_init, name="dense")(x)
 
 
-def counter_dropout(x: jax.Array, bits: jax.Array, rate: jax.Array | float) -> jax.Array:
-    """Inverted dropout with the mask given as uint32 random bits of x's shape.
+def keep_masks(bits: jax.Array, rates: tuple[float, ...]) -> jax.Array:
+    """Dropout keep masks [R, *bits.shape] (bool), one per rate, from uint32 random bits.
 
-    The top 24 bits become a uniform number in [0, 1); an element is kept when
-    it is >= rate, so several rates can share one draw.
+    The top 24 bits become a uniform number in [0, 1); an element is kept
+    when it is >= the rate (as float32), so all rates share one draw. Made
+    once per (seed, step) and read by every layer: a byte per element where
+    the bits are four, and the uniform numbers are thresholded once, not once
+    per layer and probe.
     """
     uniform = (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
-    # x * (1 / keep), not x / keep: see kernels._standardized on XLA's rewriting of divisions.
-    return jnp.where(uniform >= rate, x * (1.0 / (1.0 - rate)), 0.0)
+    return jnp.stack([uniform >= jnp.float32(rate) for rate in rates])
+
+
+def inverted_dropout(x: jax.Array, keep: jax.Array, rate: jax.Array | float) -> jax.Array:
+    """Inverted dropout: x / (1 - rate) where `keep`, else 0."""
+    # x * (1 / keep), not x / keep: see scoring._standardized on XLA's rewriting of divisions.
+    return jnp.where(keep, x * (1.0 / (1.0 - rate)), 0.0)
 
 
 def _mix32(x: jax.Array) -> jax.Array:
