@@ -194,8 +194,10 @@ def test_train_all_layers_log_repeats_no_line_within_a_second(tmp_path):
             "-m",
             "probing.train_all_layers",
             f"--workdir={location}",
-            "--config.epochs=150",
-            "--config.patience=150",
+            # Enough epochs that training outlasts several progress intervals (about
+            # 5 s here; at 150 epochs it ended within 2 s and printed no line at all).
+            "--config.epochs=500",
+            "--config.patience=500",
             "--config.batch_size=8",
             "--config.bootstrap_resamples=200",
         ],
