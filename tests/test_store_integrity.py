@@ -286,6 +286,14 @@ def test_clean_features_pass(tmp_path):
     assert report.rows_checked == 16 and 0 < report.max_abs < 10
 
 
+@pytest.mark.parametrize("check", [integrity.check_features, integrity.check_feature_chunks])
+def test_written_of_another_length_than_the_features_is_refused(tmp_path, check):
+    wd = _store(tmp_path)
+    wd.write_array(layout.WRITTEN, np.ones(12, np.uint8), (4,))
+    with pytest.raises(integrity.FeatureError, match=r"features/mean has 16 rows but .* has 12;"):
+        check(wd, "mean")
+
+
 @pytest.mark.parametrize(
     ("value", "what"),
     [(float("nan"), "NaN or Inf"), (float("-inf"), "NaN or Inf"), (3e38, "standardisation")],

@@ -173,6 +173,24 @@ def _missing_chunks(array: ts.TensorStore, start: int, stop: int, chunk: int) ->
     return missing
 
 
+def _open_with_written(
+    workdir: Workdir, pooling: str, written: np.ndarray | None
+) -> tuple[str, np.ndarray, ts.TensorStore]:
+    """features/<pooling> opened strictly, with the bool [N] rows to check (default:
+    arrays/written == 1); a row count that disagrees with the array is a FeatureError."""
+    name = layout.features(pooling)
+    if written is None:
+        written = workdir.read_array(layout.WRITTEN) == 1
+    written = np.asarray(written, bool).reshape(-1)
+    array = strict_open(workdir, name)
+    if written.shape != (int(array.shape[0]),):
+        raise FeatureError(
+            f"{workdir.location}/{name} has {array.shape[0]} rows but {layout.WRITTEN} has "
+            f"{written.shape[0]}; the arrays of this workdir disagree, re-extract it"
+        )
+    return name, written, array
+
+
 def check_features(
     workdir: Workdir | str,
     pooling: str,
@@ -193,17 +211,8 @@ def check_features(
         holds NaN, Inf or |x| > threshold; the message names the layer(s) and rows.
     """
     workdir = _as_workdir(workdir)
-    name = layout.features(pooling)
-    if written is None:
-        written = workdir.read_array(layout.WRITTEN) == 1
-    written = np.asarray(written, bool).reshape(-1)
-    array = strict_open(workdir, name)
+    name, written, array = _open_with_written(workdir, pooling, written)
     num_rows, num_layers, hidden = (int(n) for n in array.shape)
-    if written.shape != (num_rows,):
-        raise FeatureError(
-            f"{workdir.location}/{name} has {num_rows} rows but {layout.WRITTEN} has "
-            f"{written.shape[0]}; the arrays of this workdir disagree, re-extract it"
-        )
     limit = overflow_threshold(int(written.sum())) if threshold is None else float(threshold)
     chunk = int(array.chunk_layout.read_chunk.shape[0] or num_rows)
     # Whole chunks per block, so that each chunk file is read once.
@@ -287,16 +296,7 @@ def check_feature_chunks(
         that disagrees with arrays/written.
     """
     workdir = _as_workdir(workdir)
-    name = layout.features(pooling)
-    if written is None:
-        written = workdir.read_array(layout.WRITTEN) == 1
-    written = np.asarray(written, bool).reshape(-1)
-    array = strict_open(workdir, name)
-    if written.shape != (int(array.shape[0]),):
-        raise FeatureError(
-            f"{workdir.location}/{name} has {array.shape[0]} rows but {layout.WRITTEN} has "
-            f"{written.shape[0]}; the arrays of this workdir disagree, re-extract it"
-        )
+    name, written, array = _open_with_written(workdir, pooling, written)
     metadata = workdir.read_json(f"{name}/{layout.ZARR_JSON}")
     encoding = metadata.get("chunk_key_encoding") or {"name": "default"}
     chunk = [int(n) for n in metadata["chunk_grid"]["configuration"]["chunk_shape"]]
