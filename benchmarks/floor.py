@@ -8,8 +8,13 @@ sharded over one JAX CPU device per core):
   reads    every seed gathers its own minibatch rows of every layer, in its own
            shuffled order, every step (the sweep's reads; there is no sharing
            them across seeds, whose orders differ), plus one read of the val
-           rows per epoch for the selection. Timed as a jitted gather of
-           exactly those rows, reduced cheaply so that XLA cannot drop it.
+           rows per epoch for the selection: those bytes at the fastest rate
+           this machine reads the features, the best of a plain stream over
+           them and jitted gathers of exactly those rows, all layers of a row
+           at once or one layer at a time (read_programs). A gather that XLA
+           compiles badly (the all-layer gather summing in float32 ran at
+           1.5 GB/s on a quiet machine) thus cannot lift the floor above what
+           the sweep reaches.
   compute  the probes' floating-point work per epoch: forward (2·B·D·C) and
            weight gradient (2·B·D·C) per probe and step, Adam (about 12
            operations per parameter and step), and the val logits (2·n·D·C
@@ -44,21 +49,25 @@ class Floor:
     compute_seconds: float  # per epoch, at the measured matmul rate
     flops: float  # per epoch
     matmul_flops_per_s: float
+    read_rates: dict[str, float]  # bytes/s: stream, rows and layer (see _read_rates)
 
     @property
     def epoch_seconds(self) -> float:
         return self.read_seconds + self.compute_seconds
 
     def line(self, epochs: int) -> str:
+        rates = ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in self.read_rates.items())
         return (
             f"floor:         {self.epoch_seconds * epochs:8.2f} s  = {epochs} epochs x "
             f"({self.read_seconds:.3f} s reads, {self.read_bytes / 1e9:.2f} GB at "
-            f"{self.read_bytes / self.read_seconds / 1e9:.1f} GB/s, + {self.compute_seconds:.3f} s "
-            f"compute, {self.flops / 1e9:.1f} GFLOP at {self.matmul_flops_per_s / 1e9:.1f} GFLOP/s)"
+            f"{self.read_bytes / self.read_seconds / 1e9:.1f} GB/s, the fastest of {rates} GB/s; "
+            f"+ {self.compute_seconds:.3f} s compute, {self.flops / 1e9:.1f} GFLOP at "
+            f"{self.matmul_flops_per_s / 1e9:.1f} GFLOP/s)"
         )
 
 
-def _mesh() -> Mesh | None:
+def mesh_of_devices() -> Mesh | None:
+    """One JAX device per mesh position, as the sweep uses them; None for one device."""
     devices = jax.devices()
     return None if len(devices) == 1 else Mesh(np.asarray(devices), (_AXIS,))
 
@@ -79,52 +88,99 @@ def _best_of(fn, *args, repeats: int = 3) -> float:
     return best
 
 
-def _read_seconds(features, train_rows, val_rows, num_seeds, batch_size, mesh):
-    """Seconds to gather one epoch's minibatches of every seed (each its own order) and the val
-    rows, from example-major [N, L, D] features sharded by layer."""
+def place_example_major(features, mesh):
+    """Layer-major host [L, N, D] as the sweep's device layout [N, L', D], sharded by layer."""
     num_layers = features.shape[0]
+    num_devices = 1 if mesh is None else mesh.size
+    padded = -(-num_layers // num_devices) * num_devices
+    layer_index = np.minimum(np.arange(padded), num_layers - 1)
+    shape = (features.shape[1], padded, features.shape[2])
+    if mesh is None:
+        return jax.device_put(np.ascontiguousarray(np.swapaxes(features, 0, 1)))
+    return jax.make_array_from_callback(
+        shape,
+        NamedSharding(mesh, PartitionSpec(None, _AXIS)),
+        lambda index: np.ascontiguousarray(np.swapaxes(features[layer_index[index[1]]], 0, 1)),
+    )
+
+
+def read_programs(mesh: Mesh | None) -> dict:
+    """name -> (jitted program, whether it takes the minibatch orders): the three reads whose
+    rates _read_rates measures, over device features x [N, L', D] sharded by layer.
+
+    `stream`: every value once, in memory order (no gather can beat it), as
+    stream(x). `rows`: each seed's minibatch rows of all of a device's layers
+    as one [S, B, L, D] gather per step (the sweep's read at small batches),
+    as rows(x, orders [steps, S, B], val rows). `layer`: the same rows one
+    layer after another, [S, B, D] per layer and step (the sweep's read when
+    the all-layer block overflows the cache). Each reduces what it reads with
+    a max in the stored dtype: XLA cannot drop the read and no conversion is
+    timed (XLA's float16 -> float32 convert in a plain reduction ran at
+    0.7 GB/s here; the sweep's fused kernels convert far faster, so a
+    converting read would not be a floor). Each returns, per device, the max
+    over everything it read of each feature column: [1, D] per device.
+    """
+    by_layer, replicated = PartitionSpec(None, _AXIS), PartitionSpec()
+
+    def stream(x):
+        return x.max(axis=(0, 1))[None]
+
+    def rows(x, orders, val):
+        def body(total, step_rows):
+            return jnp.maximum(total, x[step_rows].max(axis=(1, 2))), None
+
+        # Derived from x: under shard_map the carry must vary over the mesh as x does.
+        start = jnp.broadcast_to(x[0, 0], (orders.shape[1], x.shape[2]))
+        total, _ = jax.lax.scan(body, start, orders)
+        return jnp.maximum(total.max(0), x[val].max((0, 1)))[None]
+
+    def layer(x, orders, val):
+        def body(total, step_rows):
+            def one_layer(index, total):
+                return jnp.maximum(total, x[step_rows, index].max(axis=1))
+
+            return jax.lax.fori_loop(0, x.shape[1], one_layer, total), None
+
+        start = jnp.broadcast_to(x[0, 0], (orders.shape[1], x.shape[2]))
+        total, _ = jax.lax.scan(body, start, orders)
+        return jnp.maximum(total.max(0), x[val].max((0, 1)))[None]
+
+    out = PartitionSpec(None, _AXIS)
+    gather_specs = (by_layer, replicated, replicated)
+    return {
+        "stream": (_sharded(stream, mesh, (by_layer,), out), False),
+        "rows": (_sharded(rows, mesh, gather_specs, out), True),
+        "layer": (_sharded(layer, mesh, gather_specs, out), True),
+    }
+
+
+def _read_rates(x, orders, val_rows, mesh) -> dict[str, float]:
+    """Bytes per second of each of read_programs on device features x; the floor takes the
+    fastest."""
+    gathered = (orders.size + len(val_rows)) * x.nbytes // x.shape[0]
+    orders, val_rows = jnp.asarray(orders), jnp.asarray(val_rows, jnp.int32)
+    rates = {}
+    for name, (program, takes_orders) in read_programs(mesh).items():
+        args = (x, orders, val_rows) if takes_orders else (x,)
+        rates[name] = (gathered if takes_orders else x.nbytes) / _best_of(program, *args)
+    return rates
+
+
+def _read_seconds(features, train_rows, val_rows, num_seeds, batch_size, mesh):
+    """Seconds per epoch to read every seed's minibatches (each its own order) and the val rows
+    at the fastest rate of _read_rates, the bytes read, and the rates."""
     steps = -(-len(train_rows) // batch_size)
     rng = np.random.default_rng(0)
     orders = np.zeros((steps, num_seeds, batch_size), np.int32)
     for s in range(num_seeds):
         order = rng.permutation(train_rows)
         orders[:, s] = np.resize(order, steps * batch_size).reshape(steps, batch_size)
-    num_devices = 1 if mesh is None else mesh.size
-    padded = -(-num_layers // num_devices) * num_devices
-    layer_index = np.minimum(np.arange(padded), num_layers - 1)
-    shape = (features.shape[1], padded, features.shape[2])
-    if mesh is None:
-        x = jax.device_put(np.ascontiguousarray(np.swapaxes(features, 0, 1)))
-    else:
-        x = jax.make_array_from_callback(
-            shape,
-            NamedSharding(mesh, PartitionSpec(None, _AXIS)),
-            lambda index: np.ascontiguousarray(np.swapaxes(features[layer_index[index[1]]], 0, 1)),
-        )
-
-    def gather_epoch(x, orders, val):
-        # The sweep's gather: a seed's minibatch rows of all of a device's
-        # layers, [S, B, L, D], one step after another. A sum over the batch
-        # keeps every row live at the cost of one add per value.
-        def body(total, rows):
-            return total + x[rows].astype(jnp.float32).sum(axis=1), None
-
-        # Zeros derived from x: under shard_map the carry must vary over the mesh as x does.
-        zeros = jnp.zeros((num_seeds, 1, 1), jnp.float32) * x[0].astype(jnp.float32)
-        total, _ = jax.lax.scan(body, zeros, orders)
-        return total.sum(0) + x[val].astype(jnp.float32).sum(0)
-
-    replicated = PartitionSpec()
-    fn = _sharded(
-        gather_epoch,
-        mesh,
-        (PartitionSpec(None, _AXIS), replicated, replicated),
-        PartitionSpec(_AXIS),
-    )
-    seconds = _best_of(fn, x, jnp.asarray(orders), jnp.asarray(val_rows, jnp.int32))
+    x = place_example_major(features, mesh)
+    rates = _read_rates(x, orders, val_rows, mesh)
     del x
-    rows_read = orders.size + len(val_rows)
-    return seconds, rows_read * num_layers * features.shape[2] * features.dtype.itemsize
+    num_layers, _, dim = features.shape
+    read_bytes = (orders.size + len(val_rows)) * num_layers * dim * features.dtype.itemsize
+    return read_bytes / max(rates.values()), read_bytes, rates
 
 
 def _matmul_rate(num_layers, num_seeds, batch_size, dim, probes_per_seed, steps, mesh):
@@ -174,9 +230,9 @@ def measure_floor(
     probes_per_seed: probes that train on each seed's minibatch (targets x
     grid points x folds); num_outputs: C.
     """
-    mesh = _mesh()
+    mesh = mesh_of_devices()
     num_layers, _, dim = features.shape
-    read_seconds, read_bytes = _read_seconds(
+    read_seconds, read_bytes, rates = _read_seconds(
         features, train_rows, val_rows, num_seeds, batch_size, mesh
     )
     steps = -(-len(train_rows) // batch_size)
@@ -186,4 +242,4 @@ def measure_floor(
     per_probe = steps * (4.0 * batch_size * dim * num_outputs + 12.0 * (dim + 1) * num_outputs)
     per_probe += 2.0 * len(val_rows) * dim * num_outputs
     flops = probes * per_probe
-    return Floor(read_seconds, read_bytes, flops / rate, flops, rate)
+    return Floor(read_seconds, read_bytes, flops / rate, flops, rate, rates)

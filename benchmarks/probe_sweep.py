@@ -28,10 +28,11 @@ same values in float32. --skip_baselines times the JAX sweep alone. On CPU
 the sweep shards its layers over one JAX device per core (--cpu_devices):
 XLA runs a single device's sweep on about one core.
 
-The floor (benchmarks/floor.py, measured first, in the same run): the time
-XLA takes to gather every seed's minibatch rows of all layers in its own
-order, plus the probes' FLOPs at this machine's measured matmul rate, per
-epoch x epochs. Printed with the sweep's training time (its progress clock:
+The floor (benchmarks/floor.py, measured first, in the same run): the bytes
+of every seed's minibatch rows of all layers (each seed its own order) and
+the val rows, at the fastest rate this machine reads the features (a plain
+stream or the sweep's two gathers, whichever is fastest), plus the probes'
+FLOPs at this machine's measured matmul rate, per epoch x epochs. Printed with the sweep's training time (its progress clock:
 epochs only, not setup or compilation) and their ratio.
 """
 
@@ -229,8 +230,8 @@ def main(argv):
         ratio = epoch_seconds / (floor.epoch_seconds * epochs)
         print(f"training epochs / floor: {ratio:.2f}x")
         if ratio < 1:
-            # A floor the sweep beats is no floor: its gather timing is off (seen on a
-            # quiet 2-core CPU: 1.5 GB/s), so the ratio must not be read as headroom.
+            # A floor the sweep beats is no floor (as the float32-summing gather of an
+            # earlier floor.py was: 1.5 GB/s on a quiet 2-core CPU): say so, loudly.
             print(
                 "WARNING: the sweep trained faster than the measured floor, so the floor's "
                 "read term is not a lower bound here; do not use this ratio"

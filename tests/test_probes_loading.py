@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+
 import numpy as np
 import pytest
 import tensorstore as ts
 
 from probing.probes import devices
+from probing.probes import sweep as sweep_module
 from probing.probes.data import FeatureReader, load_labels
 from probing.probes.settings import SweepSettings
 from probing.probes.sweep import run_streaming_sweep, run_sweep
@@ -127,10 +131,15 @@ def test_scan_values_on_the_bits(dtype):
 
 
 def test_automatic_group_size_fits_the_budget():
-    # limit = 0.6 x budget; one device pads a group to at least 2 layers.
-    assert devices.auto_layer_group_size(29, 100, None, budget=int(1000 / 0.6) + 1) == 10
-    assert devices.auto_layer_group_size(29, 100, None, budget=int(1500 / 0.6) + 1) == 15
-    assert devices.auto_layer_group_size(29, 100, None, budget=10**9) == 29
+    # limit = 0.6 x budget; one device pads a group to at least 2 layers. All
+    # layers in one group when they fit, else two groups must fit (one trains
+    # while the next is read): 2 x 5 x 100 <= 1000 -> 6 groups of <= 5 layers.
+    assert devices.auto_layer_group_size(29, 100, None, budget=int(1000 / 0.6) + 1) == 5
+    assert devices.auto_layer_group_size(29, 100, None, budget=int(1500 / 0.6) + 1) == 6
+    assert devices.auto_layer_group_size(29, 100, None, budget=int(2900 / 0.6) + 1) == 29
+    assert (
+        devices.auto_layer_group_size(29, 100, None, budget=int(2899 / 0.6) + 1) == 10
+    )  # 14 fit: 10, 10, 9
     assert devices.auto_layer_group_size(29, 100, None, budget=10) == 1
 
 
@@ -149,9 +158,10 @@ def test_grouping_from_a_small_memory_budget_gives_the_same_results(tmp_path, mo
         asked.append(list(group))
         return reader.layers(group)
 
-    # Room for two layers' features: three groups of at most 2 layers.
+    # Room for four layers' features: not all five at once, so two groups of at
+    # most two layers (one training, the next being read): three groups.
     monkeypatch.setattr(
-        devices, "available_memory", lambda: (int(2 * reader.layer_bytes / 0.6) + 1, "test")
+        devices, "available_memory", lambda: (int(4 * reader.layer_bytes / 0.6) + 1, "test")
     )
     grouped = run_streaming_sweep(load, *args, layer_bytes=reader.layer_bytes)
     assert asked == [[0, 1], [2, 3], [4]]
@@ -160,6 +170,41 @@ def test_grouping_from_a_small_memory_budget_gives_the_same_results(tmp_path, mo
         np.testing.assert_array_equal(getattr(grouped, name), getattr(whole, name), err_msg=name)
     for split in whole.logits:
         np.testing.assert_array_equal(grouped.logits[split], whole.logits[split])
+
+
+def test_the_next_group_is_read_while_one_trains_and_no_sooner(tmp_path, monkeypatch):
+    """Group k + 1 loads during group k's training; group k + 2 only after it ends."""
+    workdir, _ = _store(str(tmp_path))
+    labels = load_labels(workdir)
+    reader = FeatureReader(workdir, "mean", labels)
+    events, loaded = [], {}
+    train = sweep_module.run_sweep
+
+    def load(group):
+        group = tuple(group)
+        events.append(("load", group))
+        loaded.setdefault(group, threading.Event()).set()
+        return reader.layers(group)
+
+    def training(features, *args, layer_ids, **kwargs):
+        group = tuple(layer_ids)
+        events.append(("train", group))
+        following = {(0, 1): (2, 3), (2, 3): (4,)}.get(group)
+        if following:  # the next group's read starts while this one trains
+            assert loaded.setdefault(following, threading.Event()).wait(60), following
+        result = train(features, *args, layer_ids=layer_ids, **kwargs)
+        events.append(("trained", group))
+        return result
+
+    monkeypatch.setattr(sweep_module, "run_sweep", training)
+    settings = dataclasses.replace(SETTINGS, layer_group_size=2)
+    run_streaming_sweep(load, range(LAYERS), labels.labels, labels.mask, labels.split, settings)
+    at = {event: events.index(event) for event in events}
+    assert len(at) == len(events) == 9
+    # Reading (2, 3) started before (0, 1) finished training (the wait above
+    # proves it overlapped); (4,) not before (0, 1) was done: two groups at most.
+    assert at["load", (2, 3)] < at["trained", (0, 1)] < at["load", (4,)]
+    assert at["trained", (0, 1)] < at["train", (2, 3)] < at["trained", (2, 3)] < at["train", (4,)]
 
 
 def test_integrity_check_features_still_agrees_with_the_reader(tmp_path):

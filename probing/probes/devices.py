@@ -33,6 +33,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from probing.probes.settings import FEATURE_DTYPES
+
 # On CPU, a minibatch's rows of all of a device's layers are gathered in one
 # block when it is at most this big (a quarter of a 32 MB last-level cache):
 # about a quarter faster than a gather per layer at batch 16, and a third
@@ -99,14 +101,16 @@ def _device_memory(mesh: Mesh | None) -> int | None:
 def auto_layer_group_size(
     num_layers: int, layer_bytes: int, mesh: Mesh | None, budget: int | None = None
 ) -> int:
-    """Layers per group (layer_group_size = 0) so that a group's features fit in memory.
+    """Layers per group (layer_group_size = 0) so that the groups in memory fit.
 
     A group takes its padded layer count (_padded_layer_index) times
     `layer_bytes` of host memory on CPU, where the device buffers are host
     memory, and of device memory on an accelerator (spread over the mesh).
     The budget is MEMORY_FRACTION of the available memory (`budget` bytes when
-    given). Groups are balanced (29 layers in two groups: 15 and 14, not 26
-    and 3); results do not depend on the grouping. Logs the choice.
+    given). All layers form one group when they fit; otherwise two groups must
+    fit, since the next group is read while one trains (run_streaming_sweep).
+    Groups are balanced (29 layers in three groups: 10, 10 and 9, not 14, 14
+    and 1); results do not depend on the grouping. Logs the choice.
     """
     available, source = (budget, "the budget given") if budget else available_memory()
     limit = int(MEMORY_FRACTION * available)
@@ -116,26 +120,32 @@ def auto_layer_group_size(
         limit = int(MEMORY_FRACTION * per_device) * num_devices
         source = f"memory of {num_devices} {jax.devices()[0].platform} device(s)"
         available = per_device * num_devices
+
+    def group_bytes(size: int) -> int:
+        return len(_padded_layer_index(size, mesh)) * layer_bytes
+
     fits = 1
-    for size in range(num_layers, 0, -1):
-        if len(_padded_layer_index(size, mesh)) * layer_bytes <= limit:
-            fits = size
-            break
+    if group_bytes(num_layers) <= limit:
+        fits = num_layers
+    else:  # two groups in memory at once: one training, the next being read
+        for size in range(num_layers - 1, 0, -1):
+            if 2 * group_bytes(size) <= limit:
+                fits = size
+                break
     groups = -(-num_layers // fits)
     size = -(-num_layers // groups)
     logging.info(
-        "layer groups: %d of <= %d layers (%.3g GB of features per layer; budget %.3g GB = "
+        "layer groups: %d of <= %d layers (%.3g GB of features per layer%s; budget %.3g GB = "
         "%d%% of %.3g GB %s)%s",
         groups,
         size,
         layer_bytes / 1e9,
+        "; two groups in memory while the next one is read" if groups > 1 else "",
         limit / 1e9,
         round(100 * MEMORY_FRACTION),
         available / 1e9,
         source,
-        "; even one layer exceeds it"
-        if len(_padded_layer_index(1, mesh)) * layer_bytes > limit
-        else "",
+        "; even one layer exceeds it" if (1 + (groups > 1)) * group_bytes(1) > limit else "",
     )
     return size
 
@@ -248,6 +258,39 @@ class HostFeatures:
             out[:, j] = self.features[position, self.rows]
 
 
+class PlacedFeatures:
+    """A feature source already placed on the device(s): `place_ahead`'s result.
+
+    place_features hands back its array instead of filling new buffers, so a
+    layer group can be read and placed on another thread while the previous
+    group trains (sweep.run_streaming_sweep).
+    """
+
+    def __init__(self, source: Any, mesh: Mesh | None):
+        self.num_layers, self.num_rows = source.num_layers, source.num_rows
+        self.dim, self.dtype = source.dim, source.dtype
+        self.mesh = mesh
+        self.layer_index = _padded_layer_index(source.num_layers, mesh)
+        self.array = place_features(source, self.layer_index, mesh)
+
+
+def as_feature_source(features: Any) -> Any:
+    """A feature source (HostFeatures, data.StoreFeatures, PlacedFeatures) as it is; a host
+    array [L, N, D] wrapped in HostFeatures, in a FEATURE_DTYPES dtype (others: float32)."""
+    if hasattr(features, "num_layers"):
+        return features
+    features = np.asarray(features)
+    if features.dtype not in FEATURE_DTYPES:
+        features = features.astype(np.float32)
+    return HostFeatures(features)
+
+
+def place_ahead(features: Any, mesh: Mesh | None) -> PlacedFeatures:
+    """Reads (if from the store) and places `features` on the mesh now, as the sweep of
+    these layers would; run_sweep then starts from the placed array."""
+    return PlacedFeatures(as_feature_source(features), mesh)
+
+
 def place_features(source: Any, layer_index: np.ndarray, mesh: Mesh | None) -> jax.Array:
     """Layers `layer_index` of a feature source (see HostFeatures) as a device array [n, L', D].
 
@@ -260,6 +303,10 @@ def place_features(source: Any, layer_index: np.ndarray, mesh: Mesh | None) -> j
     buffer itself; fresh memory is slow to fault in on small VMs, about a
     second per GB, so every copy of them counts.
     """
+    if isinstance(source, PlacedFeatures):
+        if source.mesh is not mesh or not np.array_equal(source.layer_index, layer_index):
+            raise ValueError("features placed ahead for another mesh or layer order")
+        return source.array
     shape = (source.num_rows, len(layer_index), source.dim)
 
     def block(layers: slice) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import numpy as np
@@ -26,16 +27,17 @@ from probing.probes import stopping
 from probing.probes.devices import (
     _BY_LAYER,
     _REPLICATED,
-    HostFeatures,
     _padded_layer_index,
     _place,
     _to_host,
+    as_feature_source,
     auto_layer_group_size,
+    place_ahead,
     probe_mesh,
 )
 from probing.probes.folds import FoldSet, fold_targets, make_folds
 from probing.probes.programs import _compile_and_place, _DeviceInputs, _programs
-from probing.probes.settings import FEATURE_DTYPES, SweepSettings
+from probing.probes.settings import SweepSettings
 from probing.progress import Progress
 from probing.store.layout import SPLIT_NAMES, TRAIN, VAL
 
@@ -373,11 +375,7 @@ def run_sweep(
       fold_ids: positions of the folds to train (default all); each trains as
         in the full set.
     """
-    if not hasattr(features, "num_layers"):  # a host array, not a feature source
-        features = np.asarray(features)
-        if features.dtype not in FEATURE_DTYPES:
-            features = features.astype(np.float32)
-        features = HostFeatures(features)
+    features = as_feature_source(features)
     num_layers, dim = features.num_layers, features.dim
     layer_ids = np.arange(num_layers) if layer_ids is None else np.asarray(layer_ids)
     seed_ids = np.arange(settings.num_seeds) if seed_ids is None else np.asarray(seed_ids)
@@ -433,6 +431,11 @@ def run_sweep(
     )
 
 
+def _read_and_place(load_layers: Callable, group: Sequence[int], mesh: Mesh | None):
+    """Layers `group` from `load_layers`, read and placed on the mesh (devices.place_ahead)."""
+    return place_ahead(load_layers(group), mesh)
+
+
 def run_streaming_sweep(
     load_layers: Callable[[Sequence[int]], np.ndarray],
     layers: Sequence[int],
@@ -451,8 +454,9 @@ def run_streaming_sweep(
     (devices.auto_layer_group_size) given `layer_bytes`, the bytes of one
     layer's features; without them (0), all layers form one group.
     `load_layers(group)` returns [len(group), N, D] or a feature source
-    (dtypes: see run_sweep); only one group is in memory at a time. Each group is sharded over settings.devices devices
-    (probe_mesh). Results equal those of a single sweep over all layers on
+    (dtypes: see run_sweep), called on a reading thread: the next group is read and
+    placed while the current one trains, so at most two groups are in memory at
+    once. Each group is sharded over settings.devices devices (probe_mesh). Results equal those of a single sweep over all layers on
     one device. `groups` (image ids) are needed for folds (settings.folds).
     `what` names the sweep in progress lines (e.g. "probe sweep (mean)").
     """
@@ -473,25 +477,36 @@ def run_streaming_sweep(
         * settings.epochs,
         what,
     )
+    layer_groups = [
+        layers[start : start + group_size] for start in range(0, len(layers), group_size)
+    ]
     parts = []
-    for start in range(0, len(layers), group_size):
-        group = layers[start : start + group_size]
-        with progress.paused():  # reading features is not training time
-            features = load_layers(group)
-        parts.append(
-            run_sweep(
-                features,
-                labels,
-                mask,
-                split,
-                settings,
-                layer_ids=group,
-                seed_ids=seed_ids,
-                progress=progress,
-                mesh=mesh,
-                folds=folds,
+    # The next group is read and placed on another thread while this one trains
+    # (TensorStore's reads and the copies release the GIL), so at most two
+    # groups' features are in memory at once; auto_layer_group_size allows for it.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="place_ahead") as reading:
+        placing = reading.submit(_read_and_place, load_layers, layer_groups[0], mesh)
+        for index, group in enumerate(layer_groups):
+            with progress.paused():  # waiting for features is not training time
+                features = placing.result()
+            if index + 1 < len(layer_groups):
+                placing = reading.submit(
+                    _read_and_place, load_layers, layer_groups[index + 1], mesh
+                )
+            parts.append(
+                run_sweep(
+                    features,
+                    labels,
+                    mask,
+                    split,
+                    settings,
+                    layer_ids=group,
+                    seed_ids=seed_ids,
+                    progress=progress,
+                    mesh=mesh,
+                    folds=folds,
+                )
             )
-        )
-        del features  # a host array of this group is not kept while the next one loads
+            del features  # this group's buffers go before the one after next is read
     progress.close()
     return parts[0] if len(parts) == 1 else SweepResult.concatenate(parts)

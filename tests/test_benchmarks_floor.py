@@ -1,0 +1,56 @@
+"""benchmarks/floor.py: each read it times reads exactly the rows it claims, and the floor
+adds up (bytes of every seed's minibatches and the val rows, at the fastest rate measured).
+
+The floor's timings themselves are not asserted (no timed assertions in tests);
+benchmarks/probe_sweep.py prints them beside the sweep's.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.floor import measure_floor, mesh_of_devices, place_example_major, read_programs
+
+LAYERS, ROWS, DIM = 5, 64, 8
+
+
+def test_each_read_reads_exactly_the_rows_it_times():
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((LAYERS, ROWS, DIM)).astype(np.float16)
+    features[:, 40:50] = 100  # rows no minibatch or val row names: a wrong gather sees them
+    features[:, 55:] = 100
+    mesh = mesh_of_devices()
+    devices = 1 if mesh is None else mesh.size
+    x = place_example_major(features, mesh)
+    orders = rng.integers(0, 40, (3, 2, 4)).astype(np.int32)  # [steps, seeds, batch]
+    val = np.arange(50, 55)
+    # Each device holds its share of the layers, the last layer repeated as padding.
+    padded = -(-LAYERS // devices) * devices
+    per_device = np.split(np.minimum(np.arange(padded), LAYERS - 1), devices)
+    read = np.union1d(orders.ravel(), val)
+    gathered = np.concatenate([features[ls][:, read].max(axis=(0, 1)) for ls in per_device])
+    streamed = np.concatenate([features[ls].max(axis=(0, 1)) for ls in per_device])
+    assert (streamed == 100).all() and (gathered < 100).all()
+    programs = read_programs(mesh)
+    assert set(programs) == {"stream", "rows", "layer"}
+    for name, (program, takes_orders) in programs.items():
+        if takes_orders:
+            out = program(x, jnp.asarray(orders), jnp.asarray(val, jnp.int32))
+        else:
+            out = program(x)
+        expected = gathered if takes_orders else streamed
+        np.testing.assert_array_equal(np.asarray(out), expected[None], err_msg=name)
+
+
+def test_the_floor_adds_up():
+    features = np.zeros((LAYERS, 600, DIM), np.float16)
+    train, val = np.arange(500), np.arange(500, 560)
+    floor = measure_floor(features, train, val, num_seeds=3, batch_size=64)
+    steps = -(-500 // 64)  # the last minibatch is filled up to a whole batch, as the sweep's
+    assert floor.read_bytes == (steps * 3 * 64 + 60) * LAYERS * DIM * 2
+    assert floor.read_seconds == floor.read_bytes / max(floor.read_rates.values())
+    per_probe = steps * (4.0 * 64 * DIM + 12.0 * (DIM + 1)) + 2.0 * 60 * DIM
+    assert floor.flops == LAYERS * 3 * per_probe
+    assert floor.compute_seconds == floor.flops / floor.matmul_flops_per_s
+    assert "the fastest of stream" in floor.line(10)
