@@ -220,8 +220,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Train the shuffled-label control probe alongside (control_* metrics and
     # selectivity in metrics.csv); doubles the work.
     config.controls = defaults.controls
-    # Layers trained per group; 0 trains all layers at once. Set it when the
-    # features of all layers do not fit in device memory: results are identical.
+    # Layers trained per group; 0 chooses from the memory available (all layers at
+    # once when they fit). The next group is read while one trains, so two groups'
+    # features are in memory at once. Results are identical for any grouping.
     config.layer_group_size = defaults.layer_group_size
     # Start every probe's kernel at zero (the loss is convex; a random start only
     # adds seed-dependent optimisation noise). False: Flax's LeCun-normal start.
