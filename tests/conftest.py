@@ -25,6 +25,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject.toml): a worker per core, at most 4. Most of a test's time is
+    single-threaded (XLA compiling, Python), so two workers on 2 cores finish the suite
+    in a little over half the time; more than 4 would mostly multiply memory."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory):
     """Tiny checkpoints, generated datasets and embeddings go to a fresh cache.
