@@ -28,6 +28,7 @@ from probing.extraction.runner import extract
 from probing.extraction.settings import ExtractionError
 from probing.models import default_model_config, load_model
 from probing.models.tiny import tiny_families
+from probing.provenance import process_command
 from probing.store.workdir import Workdir
 
 POOLINGS = ("mean", "max", "last", "first", "index:1", "index:-2", "image_mean", "text_mean")
@@ -244,7 +245,8 @@ def test_workdir_follows_the_contract(reference_run) -> None:
     ):
         assert field in on_disk, field
     # Where and when it ran, outside the fingerprint.
-    assert "probing" in on_disk["command"] or "pytest" in on_disk["command"]
+    # (this process's command line: pytest's, or an xdist worker's)
+    assert on_disk["command"] == process_command()
     assert on_disk["date"].endswith("+00:00")
     assert "cpu" in on_disk["hardware"] and on_disk["hardware"]["gpu_count"] >= 0
     assert not {"command", "date", "hardware"} & set(on_disk["fingerprint"])
