@@ -207,6 +207,19 @@ def test_the_next_group_is_read_while_one_trains_and_no_sooner(tmp_path, monkeyp
     assert at["trained", (0, 1)] < at["train", (2, 3)] < at["trained", (2, 3)] < at["train", (4,)]
 
 
+def test_a_bad_value_in_a_group_read_ahead_stops_the_sweep_naming_it(tmp_path):
+    """The reading thread's error reaches the caller, with the reader's own message."""
+    workdir, _ = _store(str(tmp_path))
+    workdir.open_array(features_array("mean"))[21, 4, 0].write(np.nan).result()
+    labels = load_labels(workdir)
+    reader = FeatureReader(workdir, "mean", labels)
+    settings = dataclasses.replace(SETTINGS, layer_group_size=2)
+    with pytest.raises(FeatureError, match=r"layer\(s\) 4 hold NaN or Inf in rows 21;"):
+        run_streaming_sweep(
+            reader.layers, range(LAYERS), labels.labels, labels.mask, labels.split, settings
+        )
+
+
 def test_integrity_check_features_still_agrees_with_the_reader(tmp_path):
     workdir, _ = _store(str(tmp_path))
     workdir.open_array(features_array("mean"))[11, 1, 0].write(np.inf).result()
