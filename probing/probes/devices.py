@@ -23,6 +23,7 @@ import math
 import mmap
 import os
 from collections.abc import Callable
+from concurrent.futures import Executor
 from functools import cache, partial
 from typing import Any
 
@@ -259,19 +260,23 @@ class HostFeatures:
 
 
 class PlacedFeatures:
-    """A feature source already placed on the device(s): `place_ahead`'s result.
+    """A feature source being placed on the device(s) on another thread: `place_ahead`'s result.
 
-    place_features hands back its array instead of filling new buffers, so a
-    layer group can be read and placed on another thread while the previous
-    group trains (sweep.run_streaming_sweep).
+    place_features waits for its array instead of filling new buffers. The
+    sweep of the group compiles its programs meanwhile, and the next layer
+    group is read while this one trains (sweep.run_streaming_sweep).
     """
 
-    def __init__(self, source: Any, mesh: Mesh | None):
+    def __init__(self, source: Any, mesh: Mesh | None, placing: Executor):
         self.num_layers, self.num_rows = source.num_layers, source.num_rows
         self.dim, self.dtype = source.dim, source.dtype
         self.mesh = mesh
         self.layer_index = _padded_layer_index(source.num_layers, mesh)
-        self.array = place_features(source, self.layer_index, mesh)
+        self._array = placing.submit(place_features, source, self.layer_index, mesh)
+
+    def array(self) -> jax.Array:
+        """The placed features, once read (re-raises the reader's error, e.g. a NaN)."""
+        return self._array.result()
 
 
 def as_feature_source(features: Any) -> Any:
@@ -285,10 +290,10 @@ def as_feature_source(features: Any) -> Any:
     return HostFeatures(features)
 
 
-def place_ahead(features: Any, mesh: Mesh | None) -> PlacedFeatures:
-    """Reads (if from the store) and places `features` on the mesh now, as the sweep of
-    these layers would; run_sweep then starts from the placed array."""
-    return PlacedFeatures(as_feature_source(features), mesh)
+def place_ahead(features: Any, mesh: Mesh | None, placing: Executor) -> PlacedFeatures:
+    """Starts reading (from the store) and placing `features` on the mesh on `placing`'s
+    thread, as the sweep of these layers would; run_sweep then takes the placed array."""
+    return PlacedFeatures(as_feature_source(features), mesh, placing)
 
 
 def place_features(source: Any, layer_index: np.ndarray, mesh: Mesh | None) -> jax.Array:
@@ -306,7 +311,7 @@ def place_features(source: Any, layer_index: np.ndarray, mesh: Mesh | None) -> j
     if isinstance(source, PlacedFeatures):
         if source.mesh is not mesh or not np.array_equal(source.layer_index, layer_index):
             raise ValueError("features placed ahead for another mesh or layer order")
-        return source.array
+        return source.array()
     shape = (source.num_rows, len(layer_index), source.dim)
 
     def block(layers: slice) -> np.ndarray:

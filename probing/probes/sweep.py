@@ -431,11 +431,6 @@ def run_sweep(
     )
 
 
-def _read_and_place(load_layers: Callable, group: Sequence[int], mesh: Mesh | None):
-    """Layers `group` from `load_layers`, read and placed on the mesh (devices.place_ahead)."""
-    return place_ahead(load_layers(group), mesh)
-
-
 def run_streaming_sweep(
     load_layers: Callable[[Sequence[int]], np.ndarray],
     layers: Sequence[int],
@@ -454,9 +449,11 @@ def run_streaming_sweep(
     (devices.auto_layer_group_size) given `layer_bytes`, the bytes of one
     layer's features; without them (0), all layers form one group.
     `load_layers(group)` returns [len(group), N, D] or a feature source
-    (dtypes: see run_sweep), called on a reading thread: the next group is read and
-    placed while the current one trains, so at most two groups are in memory at
-    once. Each group is sharded over settings.devices devices (probe_mesh). Results equal those of a single sweep over all layers on
+    (dtypes: see run_sweep); a source's rows are read on another thread (a host
+    array is already read), each group's while its programs compile and the
+    next group's while the current one trains, so at most two groups are in
+    memory at once. Each group is sharded over settings.devices devices
+    (probe_mesh). Results equal those of a single sweep over all layers on
     one device. `groups` (image ids) are needed for folds (settings.folds).
     `what` names the sweep in progress lines (e.g. "probe sweep (mean)").
     """
@@ -481,18 +478,17 @@ def run_streaming_sweep(
         layers[start : start + group_size] for start in range(0, len(layers), group_size)
     ]
     parts = []
-    # The next group is read and placed on another thread while this one trains
-    # (TensorStore's reads and the copies release the GIL), so at most two
-    # groups' features are in memory at once; auto_layer_group_size allows for it.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="place_ahead") as reading:
-        placing = reading.submit(_read_and_place, load_layers, layer_groups[0], mesh)
+    # Features are read and placed on a thread of their own (TensorStore's reads
+    # and the copies release the GIL): a group's while its programs compile, the
+    # next group's while it trains. The next group is queued as a group starts, and
+    # the one after only once it has trained, so at most two groups' features are
+    # in memory at once; auto_layer_group_size allows for that.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="place_ahead") as placing:
+        following = place_ahead(load_layers(layer_groups[0]), mesh, placing)
         for index, group in enumerate(layer_groups):
-            with progress.paused():  # waiting for features is not training time
-                features = placing.result()
+            features = following
             if index + 1 < len(layer_groups):
-                placing = reading.submit(
-                    _read_and_place, load_layers, layer_groups[index + 1], mesh
-                )
+                following = place_ahead(load_layers(layer_groups[index + 1]), mesh, placing)
             parts.append(
                 run_sweep(
                     features,
