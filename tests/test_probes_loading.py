@@ -10,6 +10,7 @@ import pytest
 import tensorstore as ts
 
 from probing.probes import devices
+from probing.probes import programs as programs_module
 from probing.probes import sweep as sweep_module
 from probing.probes.data import FeatureReader, load_labels
 from probing.probes.settings import SweepSettings
@@ -252,3 +253,29 @@ def test_big_feature_buffers_are_mapped_aligned_and_adopted_without_a_copy():
     if jax.default_backend() == "cpu":
         assert placed.unsafe_buffer_pointer() == buffer.ctypes.data
     assert float(placed[-1, -1, -1]) == 1.5
+
+
+def test_layer_groups_of_one_shape_compile_once(tmp_path, monkeypatch):
+    """Groups whose padded shapes agree reuse the compiled programs (devices._compile)."""
+    workdir, _ = _store(str(tmp_path))
+    labels = load_labels(workdir)
+    reader = FeatureReader(workdir, "mean", labels)
+    monkeypatch.setattr(devices, "_compiled", {})
+    lowered = []
+    compile_program = devices._compile
+
+    def counting(program, *like):
+        before = len(devices._compiled)
+        compiled = compile_program(program, *like)
+        lowered.append(len(devices._compiled) > before)
+        return compiled
+
+    monkeypatch.setattr(programs_module, "_compile", counting)
+    args = (labels.labels, labels.mask, labels.split)
+    settings = dataclasses.replace(SETTINGS, layer_group_size=2)
+    grouped = run_streaming_sweep(reader.layers, range(4), *args, settings)
+    # Three programs compiled per group's shapes ((0, 1) and (2, 3) agree): 3, not 6.
+    assert len(lowered) == 6 and sum(lowered) == 3, lowered
+    whole = run_sweep(reader.layers(range(4)), *args, SETTINGS)
+    np.testing.assert_array_equal(grouped.kernel, whole.kernel)
+    np.testing.assert_array_equal(grouped.logits["test"], whole.logits["test"])

@@ -338,9 +338,33 @@ def _shapes_of(tree: Any) -> Any:
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
 
 
+# Compiled programs by (program, argument shapes): the layer groups of a sweep
+# (and sweeps of the same shapes in one process) reuse them. Programs come from
+# _program's cache, one object per set of static arguments, so the key is
+# everything the compilation depends on. The oldest go beyond this many.
+_COMPILED_KEPT = 32
+_compiled: dict[Any, Callable] = {}
+
+
+def _shape_key(leaf: Any) -> tuple:
+    """What compiling sees of an argument: shape, dtype, sharding, weak type (or a value)."""
+    if not hasattr(leaf, "shape"):
+        return (type(leaf), leaf)
+    return (leaf.shape, leaf.dtype, leaf.sharding, getattr(leaf, "weak_type", False))
+
+
 def _compile(program: Callable, *like: Any) -> Callable:
-    """`program` compiled for arguments shaped like `like` (arrays or ShapeDtypeStructs)."""
-    return program.lower(*like).compile()
+    """`program` compiled for arguments shaped like `like` (arrays or ShapeDtypeStructs),
+    or the program compiled earlier for the same shapes, dtypes and shardings."""
+    leaves, tree = jax.tree.flatten(like)
+    key = (program, tree, *(_shape_key(leaf) for leaf in leaves))
+    compiled = _compiled.get(key)
+    if compiled is None:
+        compiled = program.lower(*like).compile()
+        _compiled[key] = compiled
+        while len(_compiled) > _COMPILED_KEPT:
+            _compiled.pop(next(iter(_compiled)), None)
+    return compiled
 
 
 def _to_host(value: jax.Array) -> np.ndarray:
