@@ -123,11 +123,37 @@ def test_word_truths_and_near_miss_negatives():
             assert not all(truth for _, _, truth in world.word_truths(near_miss, scene))
 
 
-def test_training_is_deterministic(single_thread):
+def test_object_coverage_is_what_each_cell_shows():
+    scene = world.scene(world.TRAIN_SPLIT_INDEX, 5)
+    size, grid = (112, 112), (4, 4)
+    coverage = world.object_coverage(scene, size, grid)
+    assert coverage.shape == (len(scene.objects), 16)
+    # Objects occlude one another: a cell's shares add up to at most all of it.
+    assert (coverage >= 0).all() and (coverage.sum(0) <= 1 + 1e-6).all()
+    assert (coverage.sum(1) > 0).any()
+    cells = world.cell_targets(scene, size, grid)
+    for k, obj in enumerate(scene.objects):
+        covered = coverage[k] >= 0.15
+        assert (cells[covered, obj.category_index] == 1).all()
+
+
+# The recipe, and the shape options it leaves off (TrainSettings' comments).
+SHAPE_OPTIONS = {"object_weight": 2.0, "image_mean_weight": 1.0, "fresh_images_a": True}
+
+
+@pytest.mark.parametrize("options", [{}, SHAPE_OPTIONS], ids=["recipe", "shape_options"])
+def test_training_is_deterministic(options, single_thread):
     from probing.models.trained.train import TrainSettings, train_model
 
     settings = TrainSettings(
-        train_images=24, monitor_images=4, steps_a=2, steps_b=2, batch_size=4, log_every=2
+        train_images=24,
+        monitor_images=4,
+        steps_a=2,
+        steps_b=2,
+        batch_size=4,
+        log_every=2,
+        **family("qwen2_vl").settings,
+        **options,
     )
     first, _, _ = train_model(family("qwen2_vl"), settings)
     second, _, _ = train_model(family("qwen2_vl"), settings)

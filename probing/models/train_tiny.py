@@ -46,7 +46,9 @@ def train_checkpoint(
     from probing.models.trained.train import TrainSettings, train_model
 
     spec = family(family_name)  # unknown names fail here, before any work
-    settings = TrainSettings(seed=seed, steps_a=spec.steps_a if steps_a is None else steps_a)
+    settings = TrainSettings(
+        seed=seed, steps_a=spec.steps_a if steps_a is None else steps_a, **spec.settings
+    )
     if steps_b is not None:
         settings.steps_b = steps_b
     threads = torch.get_num_threads()

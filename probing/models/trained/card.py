@@ -23,6 +23,40 @@ def _naming_note(scores: dict) -> str:
     )
 
 
+def _stage_a(settings: dict, seconds: dict) -> str:
+    """The stage-A bullet of the card, as the settings ran it."""
+    text = (
+        f"* Stage A, vision proxy ({settings['steps_a']} steps, {seconds['stage_a']:.0f} s): the "
+        "vision\n  tower and projector learn which shapes and colours cover every image-token "
+        "cell, and the\n  background"
+    )
+    extra = []
+    if settings.get("object_weight"):
+        extra.append(
+            "every drawn object's\n  category from the image tokens averaged by how much of "
+            "each token's cell it covers\n  (softmax, weight "
+            f"{settings['object_weight']:g})"
+        )
+    if settings.get("image_mean_weight"):
+        extra.append(
+            "which categories, colours and\n  background the image holds from the mean of "
+            "its image tokens (the read-out a probe\n  of pooling image_mean makes, weight "
+            f"{settings['image_mean_weight']:g})"
+        )
+    if extra:
+        text += ", " + ", and ".join(extra) + ", through linear heads that are then discarded."
+    else:
+        text += ", through a linear head that is then discarded."
+    if settings.get("fresh_images_a"):
+        text += (
+            f"\n  Every step draws {settings['batch_size']} world images never drawn before "
+            f"(from image {settings['train_images']}\n  of the training split on): trained on "
+            f"a fixed {settings['train_images']}, the tower memorised them\n  and learnt no shape that carried over to "
+            "new images."
+        )
+    return text
+
+
 def write_card(out_dir: str, family: str, record: dict) -> str:
     """Writes README.md and training.json into ``out_dir``; returns the README path."""
     with open(os.path.join(out_dir, "training.json"), "w") as f:
@@ -52,9 +86,7 @@ probe was seen in training.
 
 ## Training
 
-* Stage A, vision proxy ({settings["steps_a"]} steps, {seconds["stage_a"]:.0f} s): the vision
-  tower and projector learn which shapes and colours cover every image-token cell, and the
-  background, through a linear head that is then discarded.
+{_stage_a(settings, seconds)}
 * Stage B, language ({settings["steps_b"]} steps, {seconds["stage_b"]:.0f} s): tower frozen,
   decoder trained with next-token loss on the answer to
   `{world.CAPTION_TEMPLATE!r}` (Yes for one of the image's captions; No for another

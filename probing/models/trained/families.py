@@ -59,6 +59,8 @@ class TrainedFamily:
     name = ""
     # Stage-A (vision proxy) steps of the recipe.
     steps_a = 600
+    # Further TrainSettings of the recipe (train_tiny applies them).
+    settings: ClassVar[dict] = {}
     padding_side = "left"
     extra_special_tokens: tuple[str, ...] = ()
 
@@ -113,6 +115,8 @@ class Qwen2VL(TrainedFamily):
 
     name = "qwen2_vl"
     # The ViT: real patching (14-pixel patches, 2×2 merge, 2 frames), narrow blocks.
+    # Any patch_size × spatial_merge_size of 28 keeps the 28-pixel cells (7 × 4:
+    # 16 patches per token; measured in TrainSettings' comments).
     vision: ClassVar[dict] = {
         "depth": 2,
         "embed_dim": 32,
@@ -153,9 +157,14 @@ class Qwen2VL(TrainedFamily):
             tie_word_embeddings=True,
         )
         # 28×28-pixel cells become one token each: 4 to max_image_tokens per image.
-        pixels = {"shortest_edge": 4 * 28 * 28, "longest_edge": self.max_image_tokens * 28 * 28}
+        cell = self.vision["patch_size"] * self.vision["spatial_merge_size"]
+        pixels = {"shortest_edge": 4 * cell * cell, "longest_edge": self.max_image_tokens * cell**2}
         processor = Qwen2VLProcessor(
-            image_processor=Qwen2VLImageProcessor(size=pixels),
+            image_processor=Qwen2VLImageProcessor(
+                size=pixels,
+                patch_size=self.vision["patch_size"],
+                merge_size=self.vision["spatial_merge_size"],
+            ),
             tokenizer=tokenizer,
             video_processor=Qwen2VLVideoProcessor(size=pixels),
             chat_template=QWEN2_VL_CHAT_TEMPLATE,
@@ -170,8 +179,9 @@ class Qwen2VL(TrainedFamily):
         grid = out["image_grid_thw"][0]
         _, rows, cols = (int(v) for v in grid)
         patch = processor.image_processor.patch_size
+        merge = processor.image_processor.merge_size
         return PreparedImage(
-            out["pixel_values"], grid, (rows // 2, cols // 2), (cols * patch, rows * patch)
+            out["pixel_values"], grid, (rows // merge, cols // merge), (cols * patch, rows * patch)
         )
 
     def frozen_a(self, model, images):
@@ -196,7 +206,9 @@ class Qwen2VL(TrainedFamily):
 
     def model_inputs(self, model, input_ids, cached, images):
         merged = self.projector(model)(torch.cat(cached))
-        sizes = [int(image.grid_thw.prod()) // 4 for image in images]
+        sizes = [
+            int(image.grid_thw.prod()) // self.vision["spatial_merge_size"] ** 2 for image in images
+        ]
         features = BaseModelOutputWithPooling(pooler_output=list(merged.split(sizes)))
         image_token = model.config.image_token_id
         return {
@@ -221,6 +233,8 @@ class FastVlm(TrainedFamily):
     name = "fast_vlm"
     # Its tower learns more slowly than Qwen2-VL's ViT (and its steps are cheaper).
     steps_a = 1200
+    # FastViT stages run once, frozen, in stage A after the stem (0: only the stem).
+    frozen_stages = _FAST_VLM_FROZEN_STAGES
     padding_side = "right"
     extra_special_tokens = ("<image>",)
 
@@ -295,14 +309,14 @@ class FastVlm(TrainedFamily):
         timm_model = self._timm(model)
         with torch.no_grad():
             x = timm_model.stem(torch.cat([image.pixels for image in images]))
-            for stage in timm_model.stages[:_FAST_VLM_FROZEN_STAGES]:
+            for stage in timm_model.stages[: self.frozen_stages]:
                 x = stage(x)
         return list(x.unbind(0))
 
     def params_a(self, model):
         timm_model = self._timm(model)
         return [
-            *(p for s in timm_model.stages[_FAST_VLM_FROZEN_STAGES:] for p in s.parameters()),
+            *(p for s in timm_model.stages[self.frozen_stages :] for p in s.parameters()),
             *timm_model.final_conv.parameters(),
             *model.model.multi_modal_projector.parameters(),
         ]
@@ -310,7 +324,7 @@ class FastVlm(TrainedFamily):
     def tokens_a(self, model, cached, images):
         timm_model = self._timm(model)
         x = torch.stack(cached)
-        for stage in timm_model.stages[_FAST_VLM_FROZEN_STAGES:]:
+        for stage in timm_model.stages[self.frozen_stages :]:
             x = stage(x)
         x = timm_model.final_conv(x).flatten(2).transpose(1, 2)
         return model.model.multi_modal_projector(x).flatten(0, 1)

@@ -157,6 +157,20 @@ def cell_targets(item: Scene, size: tuple[int, int], grid: tuple[int, int]) -> n
     order (row-major). Objects are rasterised in drawing order, so later ones
     occlude earlier ones as in the image.
     """
+    coverage = object_coverage(item, size, grid)
+    targets = np.zeros((coverage.shape[1], CELL_TARGET_SIZE), np.float32)
+    for k, obj in enumerate(item.objects):
+        covered = coverage[k] >= _CELL_COVERAGE
+        targets[covered, obj.category_index] = 1
+        targets[covered, len(CATEGORY_NAMES) + COLOURS.index(obj.colour)] = 1
+    return targets
+
+
+def object_coverage(item: Scene, size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    """[objects, rows * cols]: the share of each image-token cell each object covers.
+
+    Arguments as :func:`cell_targets`; later objects occlude earlier ones.
+    """
     width, height = size
     rows, cols = grid
     sx, sy = width / item.image.width, height / item.image.height
@@ -172,12 +186,9 @@ def cell_targets(item: Scene, size: tuple[int, int], grid: tuple[int, int]) -> n
     cell_h, cell_w = height // rows, width // cols
     owner = owner[: rows * cell_h, : cols * cell_w].reshape(rows, cell_h, cols, cell_w)
     owner = owner.transpose(0, 2, 1, 3).reshape(rows * cols, cell_h * cell_w)
-    targets = np.zeros((rows * cols, CELL_TARGET_SIZE), np.float32)
-    for k, obj in enumerate(item.objects):
-        covered = (owner == k + 1).mean(axis=1) >= _CELL_COVERAGE
-        targets[covered, obj.category_index] = 1
-        targets[covered, len(CATEGORY_NAMES) + COLOURS.index(obj.colour)] = 1
-    return targets
+    return np.stack([(owner == k + 1).mean(axis=1) for k in range(len(item.objects))]).astype(
+        np.float32
+    )
 
 
 def tokenizer_corpus(texts: Sequence[str]) -> Iterator[str]:
