@@ -125,32 +125,35 @@ def read_programs(mesh: Mesh | None) -> dict:
     def stream(x):
         return x.max(axis=(0, 1))[None]
 
-    def rows(x, orders, val):
-        def body(total, step_rows):
-            return jnp.maximum(total, x[step_rows].max(axis=(1, 2))), None
+    def over_steps(step_max):
+        """A program reducing step_max(x, rows [S, B]) -> [S, D] over the steps, plus val."""
 
-        # Derived from x: under shard_map the carry must vary over the mesh as x does.
-        start = jnp.broadcast_to(x[0, 0], (orders.shape[1], x.shape[2]))
-        total, _ = jax.lax.scan(body, start, orders)
-        return jnp.maximum(total.max(0), x[val].max((0, 1)))[None]
+        def program(x, orders, val):
+            def body(total, step_rows):
+                return jnp.maximum(total, step_max(x, step_rows)), None
 
-    def layer(x, orders, val):
-        def body(total, step_rows):
-            def one_layer(index, total):
-                return jnp.maximum(total, x[step_rows, index].max(axis=1))
+            # Derived from x: under shard_map the carry must vary over the mesh as x does.
+            start = jnp.broadcast_to(x[0, 0], (orders.shape[1], x.shape[2]))
+            total, _ = jax.lax.scan(body, start, orders)
+            return jnp.maximum(total.max(0), x[val].max((0, 1)))[None]
 
-            return jax.lax.fori_loop(0, x.shape[1], one_layer, total), None
+        return program
 
-        start = jnp.broadcast_to(x[0, 0], (orders.shape[1], x.shape[2]))
-        total, _ = jax.lax.scan(body, start, orders)
-        return jnp.maximum(total.max(0), x[val].max((0, 1)))[None]
+    def rows(x, step_rows):
+        return x[step_rows].max(axis=(1, 2))
+
+    def layer(x, step_rows):
+        def one_layer(index, total):
+            return jnp.maximum(total, x[step_rows, index].max(axis=1))
+
+        return jax.lax.fori_loop(1, x.shape[1], one_layer, x[step_rows, 0].max(axis=1))
 
     out = PartitionSpec(None, _AXIS)
     gather_specs = (by_layer, replicated, replicated)
     return {
         "stream": (_sharded(stream, mesh, (by_layer,), out), False),
-        "rows": (_sharded(rows, mesh, gather_specs, out), True),
-        "layer": (_sharded(layer, mesh, gather_specs, out), True),
+        "rows": (_sharded(over_steps(rows), mesh, gather_specs, out), True),
+        "layer": (_sharded(over_steps(layer), mesh, gather_specs, out), True),
     }
 
 
