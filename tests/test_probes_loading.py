@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
+from probing.probes import data as data_module
 from probing.probes import devices
 from probing.probes import programs as programs_module
 from probing.probes import sweep as sweep_module
@@ -53,6 +54,33 @@ def test_reader_fills_buffers_bitwise_as_the_old_load(tmp_path, sharded, partial
         expected = _reference(values, labels.rows, layers)
         np.testing.assert_array_equal(np.moveaxis(out, 1, 0), expected)
     assert reader.max_abs == float(np.abs(values[labels.rows].astype(np.float32)).max())
+
+
+def test_all_targets_are_read_in_one_pass_and_passes_alternate_direction(tmp_path, monkeypatch):
+    """Two devices' layers of a group are read in one sweep over the rows (a shard file is
+    cached whole by read-ahead), backwards first, then forwards, then backwards (the
+    multi-device placement is tested in test_probes_devices)."""
+    monkeypatch.setattr(data_module, "_BLOCK_VALUES", 1)  # a block per chunk: 3 per pass
+    workdir, values = _store(str(tmp_path))
+    labels = load_labels(workdir)
+    reader = FeatureReader(workdir, "mean", labels)
+    starts = []
+    start_read = reader._start_read
+
+    def recording(run, block, out):
+        starts.append((block[0], run[1]))  # (first row of the block, first layer)
+        return start_read(run, block, out)
+
+    reader._start_read = recording
+    for backwards in (True, False, True):
+        starts.clear()
+        targets = [np.empty((labels.rows.size, k, DIM), values.dtype) for k in (2, 3)]
+        reader.read_all([(targets[0], [0, 1]), (targets[1], [2, 3, 4])])
+        rows = [row for row, _ in starts]
+        assert len(set(rows)) == 3 and rows == sorted(rows, reverse=backwards), starts
+        assert {layer for _, layer in starts} == {0, 2}  # both devices' runs, in one pass
+        np.testing.assert_array_equal(targets[0], values[labels.rows][:, [0, 1]])
+        np.testing.assert_array_equal(targets[1], values[labels.rows][:, [2, 3, 4]])
 
 
 def _bytes_read():

@@ -266,6 +266,7 @@ class FeatureReader:
         self._chunk_rows = int(self._array.chunk_layout.write_chunk.shape[0] or num_rows)
         self._num_store_rows = num_rows
         self._scratch: np.ndarray | None = None  # scan_values' working memory, reused
+        self._passes = 0  # read_all calls so far: the direction of the next pass
 
     @property
     def layer_bytes(self) -> int:
@@ -295,6 +296,51 @@ class FeatureReader:
             message names the layer(s) and rows.
           ValueError: `out` has the wrong shape or dtype, or a layer does not exist.
         """
+        self.read_all([(out, layers)])
+
+    def read_all(self, targets: Sequence[tuple[np.ndarray, Sequence[int]]]) -> None:
+        """read_into for several (out, layers) at once (one per device), in one pass over
+        the store's rows.
+
+        One pass, not one per target: a shard file is read whole by the page
+        cache's read-ahead even when only some of its layers are asked for, so
+        the layers of all devices are read from it while it is cached. Passes
+        alternate direction, the first one backwards: a store bigger than the
+        page cache keeps only the rows read (or written, by extraction) last,
+        and a pass that starts where the previous one ended finds them there,
+        where a pass in the same direction would evict each row just before
+        it is needed. The values read do not depend on the order.
+
+        Raises: as read_into.
+        """
+        bad: dict[str, list[tuple[int, int]]] = {"nonfinite": [], "huge": []}
+        missing: list[int] = []
+        tasks, repeats = [], []
+        for out, layers in targets:
+            runs, repeated = self._runs(out, layers)
+            tasks.extend((run, block, out) for run in runs for block in self._blocks(run[2]))
+            repeats.append((out, repeated))
+        backwards = self._passes % 2 == 0
+        self._passes += 1
+        # By first row (stable: a block's layers stay in order), in this pass's direction.
+        tasks.sort(key=lambda task: -task[1][0] if backwards else task[1][0])
+        pending: collections.deque = collections.deque()
+        for index in range(len(tasks) + _READS_IN_FLIGHT):
+            if index < len(tasks):
+                pending.append((tasks[index], self._start_read(*tasks[index])))
+            if len(pending) > _READS_IN_FLIGHT or (index >= len(tasks) and pending):
+                (run, block, out), read = pending.popleft()
+                self._place((run, block), read, out, bad, missing)
+        for out, repeated in repeats:
+            for position, source in repeated:
+                out[:, position] = out[:, source]
+        if missing:
+            raise integrity.missing_chunks_error(self.where, sorted(set(missing)))
+        integrity.raise_bad_values(self.where, bad, self.limit)
+
+    def _runs(self, out: np.ndarray, layers: Sequence[int]):
+        """Checks one target; returns its runs [position, first layer, count] of distinct
+        consecutive layers, and (position, first position) of each repeated layer."""
         layers = [int(x) for x in layers]
         if out.shape != (self.rows.size, len(layers), self.dim) or out.dtype != self.dtype:
             raise ValueError(
@@ -308,7 +354,7 @@ class FeatureReader:
                 f"(it has layers 0..{self.num_layers - 1})"
             )
         first: dict[int, int] = {}
-        runs: list[list[int]] = []  # [position, first layer, count] of distinct consecutive layers
+        runs: list[list[int]] = []
         for position, layer in enumerate(layers):
             if layer in first:
                 continue
@@ -321,29 +367,14 @@ class FeatureReader:
                 runs[-1][2] += 1
             else:
                 runs.append([position, layer, 1])
+        repeated = [(p, first[x]) for p, x in enumerate(layers) if first[x] != p]
+        return runs, repeated
 
-        bad: dict[str, list[tuple[int, int]]] = {"nonfinite": [], "huge": []}
-        missing: list[int] = []
-        tasks = [(run, block) for run in runs for block in self._blocks(run[2])]
-        pending: collections.deque = collections.deque()
-        for index in range(len(tasks) + _READS_IN_FLIGHT):
-            if index < len(tasks):
-                pending.append((tasks[index], self._start_read(tasks[index], out)))
-            if len(pending) > _READS_IN_FLIGHT or (index >= len(tasks) and pending):
-                task, read = pending.popleft()
-                self._place(task, read, out, bad, missing)
-        for position, layer in enumerate(layers):
-            if first[layer] != position:
-                out[:, position] = out[:, first[layer]]
-        if missing:
-            raise integrity.missing_chunks_error(self.where, sorted(set(missing)))
-        integrity.raise_bad_values(self.where, bad, self.limit)
-
-    def _start_read(self, task, out: np.ndarray) -> ts.Future:
+    def _start_read(self, run, block, out: np.ndarray) -> ts.Future:
         """Starts reading one block: straight into its place in `out` when every row of it
         is written (TensorStore writes into the numpy view, no temporary), else into a
         temporary that `_place` gathers the written rows from."""
-        (position, layer, count), (start, stop, keep, at) = task
+        (position, layer, count), (start, stop, keep, at) = run, block
         source = self._array[start:stop, layer : layer + count]
         if keep is not None:
             return source.read()
@@ -416,7 +447,11 @@ class StoreFeatures:
 
     def fill(self, out: np.ndarray, positions: Sequence[int]) -> None:
         """out[:, j] = layer layer_ids[positions[j]] of the written rows."""
-        self.reader.read_into(out, [self.layer_ids[p] for p in positions])
+        self.fill_all([(out, positions)])
+
+    def fill_all(self, targets: Sequence[tuple[np.ndarray, Sequence[int]]]) -> None:
+        """fill for every (out, positions), in one pass over the store (FeatureReader.read_all)."""
+        self.reader.read_all([(out, [self.layer_ids[p] for p in pos]) for out, pos in targets])
 
 
 def load_features(

@@ -241,7 +241,9 @@ class HostFeatures:
     from a workdir) has num_layers, num_rows, dim, dtype and
     fill(out, positions), which writes layer positions[j] of every row into
     out[:, j] of an [n, len(positions), D] buffer: the sweep hands it the
-    buffers it keeps on its devices.
+    buffers it keeps on its devices. A source may also have
+    fill_all([(out, positions), ...]) to fill every device's buffer at once
+    (StoreFeatures: one pass over the store).
     """
 
     def __init__(self, features: np.ndarray, rows: np.ndarray | None = None):
@@ -314,16 +316,29 @@ def place_features(source: Any, layer_index: np.ndarray, mesh: Mesh | None) -> j
         return source.array()
     shape = (source.num_rows, len(layer_index), source.dim)
 
-    def block(layers: slice) -> np.ndarray:
-        positions = layer_index[layers]
-        out = _aligned_empty((shape[0], len(positions), shape[2]), source.dtype)
-        source.fill(out, positions)
+    def blocks(slices: list[slice]) -> list[np.ndarray]:
+        out = [
+            _aligned_empty((shape[0], len(layer_index[s]), shape[2]), source.dtype) for s in slices
+        ]
+        targets = [(block, layer_index[s]) for block, s in zip(out, slices, strict=True)]
+        fill_all = getattr(source, "fill_all", None)
+        if fill_all is None:
+            for block, positions in targets:
+                source.fill(block, positions)
+        else:
+            fill_all(targets)  # every device's layers in one pass over a store
         return out
 
     if mesh is None:
-        return jax.device_put(block(slice(None)))
+        return jax.device_put(blocks([slice(None)])[0])
     sharding = NamedSharding(mesh, _FEATURES_BY_LAYER)
-    return jax.make_array_from_callback(shape, sharding, lambda index: block(index[1]))
+    slices = {}
+    for index in sharding.addressable_devices_indices_map(shape).values():
+        slices.setdefault(index[1].indices(shape[1]), index[1])
+    filled = dict(zip(slices, blocks(list(slices.values())), strict=True))
+    return jax.make_array_from_callback(
+        shape, sharding, lambda index: filled[index[1].indices(shape[1])]
+    )
 
 
 def _place_features(
