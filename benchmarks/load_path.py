@@ -3,6 +3,8 @@
   python benchmarks/load_path.py                      # N = 10,000 and 40,000
   python benchmarks/load_path.py --n=160000           # 14.3 GB store: needs ~15 GB of disk
   python benchmarks/load_path.py --n=40000 --layouts=plain,sharded --read_only
+  python benchmarks/load_path.py --n=160000 --keep           # then, on the kept store:
+  python benchmarks/load_path.py --n=160000 --keep --reuse --skip_read_times --cold
 
 For each N it writes a planted float16 workdir of N x 29 x 1,536 (signal in
 layer 20, binary labels) under --dir, chunk by chunk as extraction does
@@ -16,7 +18,11 @@ epochs (the sweep's "trained in" log lines), the rest (reading, placing,
 compiling, writing), peak RSS of the subprocess (getrusage of children),
 feature bytes, RSS / feature bytes and wall / training time.
 
-The store is removed afterwards unless --keep. Timings on a shared machine
+--cold evicts the store from the page cache first (posix_fadvise), so
+that training reads it from disk: what the cache holds otherwise (the rows
+written or read last, as much as memory leaves room for) changes the time of
+the first group's read by a factor of two or more. The store is removed
+afterwards unless --keep. Timings on a shared machine
 vary with its load: the load average is printed next to each figure.
 """
 
@@ -103,6 +109,23 @@ def write_store(location: str, num_rows: int, sharded: bool) -> Workdir:
     return workdir
 
 
+def evict(location: str) -> int:
+    """Drops the store's files from the page cache (after writing dirty pages back), so
+    that training reads them from disk: a reproducible start, where whatever the cache
+    holds after writing or an earlier run is not. Returns the bytes evicted."""
+    os.sync()
+    total = 0
+    for folder, _, names in os.walk(location):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                total += os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+    return total
+
+
 def time_reads(workdir: Workdir) -> tuple[float, float]:
     """Seconds to read layer 0 and all layers of every row (in 4,096-row blocks, so that
     the 160k store is not held in memory at once)."""
@@ -156,6 +179,12 @@ def main() -> None:
     parser.add_argument("--read_only", action="store_true", help="time reads, do not train")
     parser.add_argument("--keep", action="store_true", help="keep the stores")
     parser.add_argument("--reuse", action="store_true", help="train on a kept store if present")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="evict the store from the page cache before training (reads from disk)",
+    )
+    parser.add_argument("--skip_read_times", action="store_true", help="do not time raw reads")
     args = parser.parse_args()
     for num_rows in [int(n) for n in args.n.split(",")]:
         for layout_name in args.layouts.split(","):
@@ -174,12 +203,17 @@ def main() -> None:
                 workdir = write_store(location, num_rows, layout_name == "sharded")
                 seconds = time.perf_counter() - start
                 print(f"N={num_rows} {layout_name}: store written in {seconds:.1f}s")
-            one, every = time_reads(workdir)
-            print(
-                f"N={num_rows} {layout_name}: read 1 layer {one:.2f}s, all {LAYERS} layers "
-                f"{every:.2f}s (ratio {every / one:.1f}; {load_average()})"
-            )
+            if not args.skip_read_times:
+                one, every = time_reads(workdir)
+                print(
+                    f"N={num_rows} {layout_name}: read 1 layer {one:.2f}s, all {LAYERS} layers "
+                    f"{every:.2f}s (ratio {every / one:.1f}; {load_average()})"
+                )
             if not args.read_only:
+                if args.cold:
+                    print(
+                        f"evicted {evict(location) / 1e9:.1f} GB of the store from the page cache"
+                    )
                 result = train(location, args.epochs)
                 print(
                     f"N={num_rows} {layout_name}: wall {result['wall']:.1f}s, training epochs "

@@ -266,7 +266,6 @@ class FeatureReader:
         self._chunk_rows = int(self._array.chunk_layout.write_chunk.shape[0] or num_rows)
         self._num_store_rows = num_rows
         self._scratch: np.ndarray | None = None  # scan_values' working memory, reused
-        self._passes = 0  # read_all calls so far: the direction of the next pass
 
     @property
     def layer_bytes(self) -> int:
@@ -300,16 +299,13 @@ class FeatureReader:
 
     def read_all(self, targets: Sequence[tuple[np.ndarray, Sequence[int]]]) -> None:
         """read_into for several (out, layers) at once (one per device), in one pass over
-        the store's rows.
+        the store's rows, in row order.
 
-        One pass, not one per target: a shard file is read whole by the page
-        cache's read-ahead even when only some of its layers are asked for, so
-        the layers of all devices are read from it while it is cached. Passes
-        alternate direction, the first one backwards: a store bigger than the
-        page cache keeps only the rows read (or written, by extraction) last,
-        and a pass that starts where the previous one ended finds them there,
-        where a pass in the same direction would evict each row just before
-        it is needed. The values read do not depend on the order.
+        One pass, not one per target: each shard file is visited once, its
+        layers for every device read together. Measured on the 14.3 GB store of
+        benchmarks/load_path.py (N = 160,000) with the page cache emptied
+        first, 10 layers for two devices: 7.1 s in one pass, 9.0 s in two
+        (and 9.7 s in one pass backwards, files in reverse order).
 
         Raises: as read_into.
         """
@@ -320,10 +316,7 @@ class FeatureReader:
             runs, repeated = self._runs(out, layers)
             tasks.extend((run, block, out) for run in runs for block in self._blocks(run[2]))
             repeats.append((out, repeated))
-        backwards = self._passes % 2 == 0
-        self._passes += 1
-        # By first row (stable: a block's layers stay in order), in this pass's direction.
-        tasks.sort(key=lambda task: -task[1][0] if backwards else task[1][0])
+        tasks.sort(key=lambda task: task[1][0])  # by first row; stable: runs stay in order
         pending: collections.deque = collections.deque()
         for index in range(len(tasks) + _READS_IN_FLIGHT):
             if index < len(tasks):
