@@ -307,13 +307,7 @@ def step(what: str) -> Iterator[None]:
     logging.info("%s: done in %.1fs", what, time.monotonic() - start)
 
 
-def quiet_libraries() -> None:
-    """Silences the bars and INFO chatter of the Hugging Face libraries.
-
-    Their download / "Loading weights" bars redraw with carriage returns,
-    which turns into pages of fragments in a log file; their warnings still
-    reach the log (WARNING and above, through Python logging).
-    """
+def _quiet_hugging_face() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     with contextlib.suppress(ImportError):
@@ -325,6 +319,19 @@ def quiet_libraries() -> None:
         import huggingface_hub.utils
 
         huggingface_hub.utils.disable_progress_bars()
+
+
+def quiet_libraries(hugging_face: bool = True) -> None:
+    """Silences the bars and INFO chatter of the Hugging Face libraries.
+
+    Their download / "Loading weights" bars redraw with carriage returns,
+    which turns into pages of fragments in a log file; their warnings still
+    reach the log (WARNING and above, through Python logging).
+    `hugging_face=False` is for commands that never load them (training,
+    reports): importing transformers only to quiet it costs 1-3 s of start-up.
+    """
+    if hugging_face:
+        _quiet_hugging_face()
     # jax._src.xla_bridge: "Unable to initialize backend 'tpu'" on every machine without one.
     for name in ("sentence_transformers", "httpx", "urllib3", "filelock", "jax._src.xla_bridge"):
         std_logging.getLogger(name).setLevel(std_logging.WARNING)

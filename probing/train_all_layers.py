@@ -44,7 +44,7 @@ def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = _CONFIG.value
-    quiet_libraries()
+    quiet_libraries(hugging_face=False)  # training never loads them
     logging.info("probe config:\n%s", compact(config))
     start = time.monotonic()
     start_jax(distributed=bool(config.get("distributed")))

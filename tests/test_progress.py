@@ -243,3 +243,32 @@ def test_sweep_eta_low_end_follows_the_stopping_rule():
     assert _earliest_end(state, 5, num_epochs=300, patience=0) == 300  # no early stopping
     state["active"] = jnp.zeros(3, bool)
     assert _earliest_end(state, 5, num_epochs=300, patience=5) == 6  # all stopped: this epoch
+
+
+_IMPORTS_AT_EXIT = (
+    "import atexit, runpy, sys\n"
+    "atexit.register(lambda: print('transformers imported:', 'transformers' in sys.modules))\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_module(sys.argv[0], run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize(
+    "module, arguments",
+    [
+        ("probing.train_all_layers", ["--workdir=/nonexistent/wd"]),
+        ("probing.report", ["--workdirs=/nonexistent/wd", "--out=/nonexistent/out"]),
+    ],
+)
+def test_training_and_report_commands_do_not_import_transformers(module, arguments):
+    """Quieting Hugging Face's bars imported transformers (1-3 s) in commands that never use it."""
+    run = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_AT_EXIT, module, *arguments],
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0  # the workdir does not exist: quieted, then refused
+    assert "transformers imported: False" in run.stdout, run.stdout + run.stderr[-2000:]
