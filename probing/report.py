@@ -43,9 +43,9 @@ flags.mark_flags_as_required(["workdirs", "out"])
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_libraries(
-        hugging_face=False
-    )  # JAX's note about an absent TPU backend, as the other commands
+    # JAX's note about an absent TPU backend, as the other commands; reports never
+    # load a Hugging Face library, so it is not imported to be quieted.
+    quiet_libraries(hugging_face=False)
     path = build_report(
         _WORKDIRS.value,
         _OUT.value,

@@ -302,8 +302,9 @@ def place_features(source: Any, layer_index: np.ndarray, mesh: Mesh | None) -> j
     """Layers `layer_index` of a feature source (see HostFeatures) as a device array [n, L', D].
 
     Example-major (see the module docstring: Placement), sharded over the layer axis.
-    Each device's block is allocated here and filled by the source in that
-    order, then handed over whole: a fresh numpy array aligned to 64 bytes,
+    Every device's block is allocated here and filled by the source (all in
+    one call where it has fill_all: one pass over a store), then handed over
+    whole: a fresh numpy array aligned to 64 bytes,
     which the CPU backend adopts as the device buffer without copying it
     (numpy's own arrays are 16-byte aligned, and those it copies). A source
     reading from the store thus writes the features once, into the device
