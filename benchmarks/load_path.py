@@ -20,8 +20,8 @@ feature bytes, RSS / feature bytes and wall / training time.
 
 --cold evicts the store from the page cache first (posix_fadvise), so
 that training reads it from disk: what the cache holds otherwise (the rows
-written or read last, as much as memory leaves room for) changes the time of
-the first group's read by a factor of two or more. The store is removed
+written or read last, as much as memory leaves room for) is one reason the
+first layer group's set-up took anywhere from 17 s to 35 s at N = 160,000. The store is removed
 afterwards unless --keep. Timings on a shared machine
 vary with its load: the load average is printed next to each figure.
 """

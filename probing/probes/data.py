@@ -323,7 +323,7 @@ class FeatureReader:
                 pending.append((tasks[index], self._start_read(*tasks[index])))
             if len(pending) > _READS_IN_FLIGHT or (index >= len(tasks) and pending):
                 (run, block, out), read = pending.popleft()
-                self._place((run, block), read, out, bad, missing)
+                self._place(run, block, read, out, bad, missing)
         for out, repeated in repeats:
             for position, source in repeated:
                 out[:, position] = out[:, source]
@@ -374,11 +374,11 @@ class FeatureReader:
         target = out[at : at + stop - start, position : position + count]
         return ts.array(target, copy=False, write=True).write(source.translate_to[0, 0, 0])
 
-    def _place(self, task, read, out, bad, missing) -> None:
+    def _place(self, run, block, read, out, bad, missing) -> None:
         """Finishes one block read (into `out`) and scans its values."""
-        (position, layer, count), (start, stop, keep, at) = task
+        (position, layer, count), (start, stop, keep, at) = run, block
         try:
-            block = read.result()
+            values = read.result()
         except ValueError as error:
             if "NOT_FOUND" not in str(error) and "missing" not in str(error):
                 raise
@@ -391,7 +391,7 @@ class FeatureReader:
         if keep is None:
             written = out[at : at + stop - start, position : position + count]
         else:
-            written = np.asarray(block)[keep]
+            written = np.asarray(values)[keep]
             out[at : at + written.shape[0], position : position + count] = written
         if self._scratch is None or self._scratch.nbytes < written.nbytes:
             self._scratch = np.empty(written.nbytes, np.uint8)
