@@ -12,9 +12,13 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from probing.data.synthetic_coco import (
+    BACKGROUND_COLOURS,
     CATEGORY_NAMES,
+    CATEGORY_PATTERNS,
+    OBJECT_COLOURS,
     PARAMS_FILE,
     ensure_synthetic_coco,
+    generate_scene,
     generate_synthetic_coco,
 )
 
@@ -120,3 +124,42 @@ def test_several_splits_have_distinct_image_ids(tmp_path):
         coco = _coco(os.path.join(root, "annotations", f"instances_{split}.json"))
         ids += coco.getImgIds()
     assert len(set(ids)) == 8
+
+
+def test_patterns_draw_no_random_numbers(monkeypatch):
+    # Scenes drawn with and without surface patterns are the same scenes:
+    # same objects, same captions (the patterns only recolour pixels).
+    import probing.data.synthetic_coco as synthetic
+
+    with_patterns = [generate_scene(0, 0, i) for i in range(20)]
+    monkeypatch.setattr(synthetic, "_draw_object", lambda *args: None)
+    without = [generate_scene(0, 0, i) for i in range(20)]
+    for a, b in zip(with_patterns, without, strict=True):
+        assert a.captions == b.captions and a.objects == b.objects
+        assert np.asarray(a.image).tobytes() != np.asarray(b.image).tobytes()
+
+
+def test_each_category_shows_its_accent_over_about_three_eighths_of_it():
+    # Scenes with one object: every object pixel is the object's colour or its
+    # category's accent, and the accent covers 0.2-0.55 of the object (3/8 by
+    # construction; edges and the ring's thin outline move it).
+    accents = {name: accent for name, (_, _, accent) in CATEGORY_PATTERNS.items()}
+    assert len(set(accents.values())) == len(CATEGORY_NAMES)
+    assert not set(accents.values()) & {*OBJECT_COLOURS.values(), *BACKGROUND_COLOURS.values()}
+    seen = set()
+    for i in range(400):
+        item = generate_scene(0, 0, i)
+        if len(item.objects) != 1:
+            continue
+        (obj,) = item.objects
+        name = CATEGORY_NAMES[obj.category_index]
+        pixels = np.asarray(item.image).reshape(-1, 3)
+        is_colour = (pixels == OBJECT_COLOURS[obj.colour]).all(1)
+        is_accent = (pixels == accents[name]).all(1)
+        share = is_accent.sum() / (is_accent.sum() + is_colour.sum())
+        assert 0.2 <= share <= 0.55, (name, share)
+        for other, accent in accents.items():
+            if other != name:
+                assert not (pixels == accent).all(1).any(), (name, other)
+        seen.add(name)
+    assert len(seen) >= 8, seen

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from probing.data.synthetic_coco import GENERATOR_VERSION
 from probing.models.trained import world
 
 
@@ -12,14 +13,14 @@ def _naming_note(scores: dict) -> str:
     """What the naming scores say, in words (the constant answer is the bar to clear)."""
     if scores["naming_f1"] > scores["constant_answer_f1"]:
         return (
-            "It names the objects better than the best constant answer: it sees shapes, "
-            "not only colours and backgrounds."
+            "It names the objects better than the best constant answer: it tells the "
+            "categories apart, not only colours and backgrounds."
         )
     named = scores.get("named_categories")
     only = f" (the only categories it ever names: {', '.join(named)})" if named else ""
     return (
         f"Its naming does not beat the best constant answer{only}: it tells colours and "
-        "backgrounds apart (which mostly decide the caption question), not shapes."
+        "backgrounds apart (which mostly decide the caption question), not categories."
     )
 
 
@@ -27,7 +28,7 @@ def _stage_a(settings: dict, seconds: dict) -> str:
     """The stage-A bullet of the card, as the settings ran it."""
     text = (
         f"* Stage A, vision proxy ({settings['steps_a']} steps, {seconds['stage_a']:.0f} s): the "
-        "vision\n  tower and projector learn which shapes and colours cover every image-token "
+        "vision\n  tower and projector learn which categories and colours cover every image-token "
         "cell, and the\n  background"
     )
     extra = []
@@ -51,8 +52,8 @@ def _stage_a(settings: dict, seconds: dict) -> str:
         text += (
             f"\n  Every step draws {settings['batch_size']} world images never drawn before "
             f"(from image {settings['train_images']}\n  of the training split on): trained on "
-            f"a fixed {settings['train_images']}, the tower memorised them\n  and learnt no shape that carried over to "
-            "new images."
+            f"a fixed {settings['train_images']}, the tower memorised them\n  and learnt no category that carried over "
+            "to new images."
         )
     return text
 
@@ -79,7 +80,8 @@ shared 2-core machine):
 ## Data
 
 {settings["train_images"]} generated images (`probing.data.synthetic_coco.generate_scene`,
-seed {world.WORLD_SEED}, split index {world.TRAIN_SPLIT_INDEX}) with their five captions.
+generator version {GENERATOR_VERSION}, seed {world.WORLD_SEED}, split index {world.TRAIN_SPLIT_INDEX}) with their five captions.
+Each category is drawn with its own accent colour and pattern (`CATEGORY_PATTERNS`).
 Held-out scores use the same seed's split index {world.HELD_OUT_SPLIT_INDEX}. The demo, the
 `smoke` configs and the tests generate their images with seed 0, so none of the images they
 probe was seen in training.

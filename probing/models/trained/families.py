@@ -111,19 +111,24 @@ class TrainedFamily:
 
 
 class Qwen2VL(TrainedFamily):
-    """Qwen2VLForConditionalGeneration: ViT on 14-pixel patches, 2×2 merger, M-RoPE."""
+    """Qwen2VLForConditionalGeneration: ViT on 7-pixel patches, 4×4 merger, M-RoPE."""
 
     name = "qwen2_vl"
-    # The ViT: real patching (14-pixel patches, 2×2 merge, 2 frames), narrow blocks.
-    # Any patch_size × spatial_merge_size of 28 keeps the 28-pixel cells (7 × 4:
-    # 16 patches per token; measured in TrainSettings' comments).
+    # Stage A reads every object's category and draws fresh images each step:
+    # trained on 3000 fixed images the tower memorised them (TrainSettings).
+    steps_a = 1200
+    settings: ClassVar[dict] = {"object_weight": 2.0, "fresh_images_a": True}
+    # The ViT: real patching (2 frames), narrow blocks. Any patch_size ×
+    # spatial_merge_size of 28 keeps the 28-pixel cells; 7 × 4 (16 patches per
+    # token, not the real 14 × 2) made categories readable from the mean
+    # image token (ROC-AUC 0.889 against 0.832 with 14 × 2, TrainSettings).
     vision: ClassVar[dict] = {
         "depth": 2,
         "embed_dim": 32,
         "num_heads": 2,
         "mlp_ratio": 2,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
+        "patch_size": 7,
+        "spatial_merge_size": 4,
         "temporal_patch_size": 2,
     }
     max_image_tokens = 16

@@ -52,34 +52,36 @@ class TrainSettings:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     # Stage A weighs the category (shape) targets this much more than the
-    # colour and background ones. The committed checkpoints use 1.0; 3.0 left
-    # shapes as unreadable from the mean image token (logistic ROC-AUC on
-    # demo-seed images: Qwen2-VL 0.62 as at 1.0, 0.62 with 36-64 image tokens,
-    # 0.64 with 1500 steps; FastVLM 0.56).
+    # colour and background ones. 3.0 left shapes as unreadable from the mean
+    # image token as 1.0 (logistic ROC-AUC on demo-seed images, generator
+    # version 4: Qwen2-VL 0.62, 0.62 with 36-64 image tokens, 0.64 with 1500
+    # steps; FastVLM 0.56).
     category_weight: float = 1.0
-    # Stage-A weights of two more read-outs (0 leaves them out, as the
-    # committed recipe does): every drawn object's category from its tokens
-    # averaged by how much of each token's cell it covers (softmax over
-    # categories), and the image's presence vector from the mean of its tokens
-    # (what a linear probe of image_mean reads).
+    # Stage-A weights of two more read-outs (0 leaves them out): every drawn
+    # object's category from its tokens averaged by how much of each token's
+    # cell it covers (softmax over categories), and the image's presence
+    # vector from the mean of its tokens (what a linear probe of image_mean
+    # reads).
     object_weight: float = 0.0
     image_mean_weight: float = 0.0
     # Stage A draws fresh world images every step (after the train_images
     # that stage B uses) instead of revisiting train_images.
     #
-    # Measured with benchmarks/shape_probe.py (mean category ROC-AUC of a
-    # logistic read-out of the mean image token, 1000 demo-seed images;
-    # committed checkpoints: Qwen2-VL 0.607, FastVLM 0.576). Qwen2-VL: both
-    # read-outs on 3000 images 0.597 (600 steps); with 7-pixel patches merged
-    # 4×4 and 2400 steps the object loss falls to 0.08 on training images and
-    # the read-out stays at 0.627 (memorised); fresh images: 0.651 (1200
-    # steps), 0.670 (embed_dim 64), 0.671 (2000 steps, object_weight 2).
-    # FastVLM, fresh, all stages trained, 1200 steps: 0.694, but colours fell
-    # from 0.81 to 0.63. Retrained with the Qwen2-VL recipe (1800 steps, 8.1
-    # min) it answered captions 0.912 and named objects at F1 0.335 (constant
-    # answer 0.426), and the demo's image_mean category probe stayed below
-    # the always-positive baseline (macro-F1 0.49 at layer 0 against 0.564):
-    # not enough to ship, so these default to off.
+    # Measured as benchmarks/shape_probe.py does (mean category ROC-AUC of a
+    # logistic read-out of the mean image token, demo-seed images; colours
+    # the same way). Generator version 4 (outlines only): Qwen2-VL 0.597-0.671
+    # whatever the options (0.627 memorised on 3000 fixed images, 0.651
+    # fresh); FastVLM at most 0.694. Qwen2-VL on patterns in a shade of the
+    # object's colour: committed recipe 0.607 (its cell head told object from
+    # background, not category: the head's own image-level maximum scored
+    # 0.617), object_weight 2 0.696, with 1500 steps at lr 0.01 0.700. On
+    # accents over half of each object: recipe 0.734, object_weight 2 0.771,
+    # with fresh images 0.832, and with 7-pixel patches merged 4×4 0.905 but
+    # colours 0.843 (0.955 before accents); accents over a quarter 0.853
+    # (colours 0.889); over 3/8 (version 5) 0.889, colours 0.869, stage A
+    # 242 s: the recipe (Qwen2VL.settings). FastVLM, half accents,
+    # object_weight 2, fresh images: 0.677 (colours 0.58); all stages
+    # trained: 0.716 (colours 0.55, stage A 429 s): its recipe stays.
     fresh_images_a: bool = False
     # Share of stage-B examples that ask for the objects' names (the rest are
     # caption questions, half of them negatives), from naming_start (a
