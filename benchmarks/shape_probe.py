@@ -1,11 +1,11 @@
-"""Do a trained checkpoint's image tokens encode object shape? A quick linear read-out.
+"""Do a trained checkpoint's image tokens encode object categories? A quick linear read-out.
 
   python benchmarks/shape_probe.py --family=qwen2_vl                  # the committed checkpoint
   python benchmarks/shape_probe.py --family=qwen2_vl --checkpoint=DIR # another one
-  python benchmarks/shape_probe.py --family=qwen2_vl --train_a        # a fresh stage A only
-  python benchmarks/shape_probe.py --family=qwen2_vl --train_a --set steps_a=1200 \
-      --set object_weight=2 --set image_mean_weight=1 --set fresh_images_a=true \
-      --vision patch_size=7 --vision spatial_merge_size=4
+  python benchmarks/shape_probe.py --family=qwen2_vl --train_a        # the recipe's stage A only (4 min)
+  python benchmarks/shape_probe.py --family=qwen2_vl --train_a --set steps_a=600 \
+      --set object_weight=0 --set fresh_images_a=false \
+      --vision patch_size=14 --vision spatial_merge_size=2            # the recipe before version 5
   python benchmarks/shape_probe.py --family=fast_vlm --train_a --frozen_stages=0 ...
 
 For N images of the demo's generator seed (0, never trained on), the mean of
