@@ -15,7 +15,7 @@ Every image shows 1-4 flat shapes (the categories: circle, square, star, ...)
 in one of several colours, of varying size and position, possibly
 overlapping, on a plain background with a few distractor strokes. Each
 category also has its own surface pattern (stripes, dots or a grid in a
-second colour of its own over a quarter of the object; `CATEGORY_PATTERNS`),
+second colour of its own over about 3/8 of the object; `CATEGORY_PATTERNS`),
 so that, as with COCO's objects, what an object is can be seen in any small
 part of it and not only in its outline. Categories
 are drawn with a skewed frequency, like COCO's, so they overlap between
@@ -85,10 +85,10 @@ BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
 # the object or background colours) over about 3/8 of its pixels, in a pattern
 # of its own (period in pixels of the drawn image). Why: tiny vision towers
 # trained for minutes on CPU did not learn to tell the outlines apart (image
-# token ROC-AUC 0.56-0.69, README), so categories also differ locally, as
-# COCO's objects do (fur, wheels, text); the object's colour still covers most
-# of it (a quarter of accent left categories less readable, a half left colours
-# less readable: README). The pattern is fixed to the image axes (it does not
+# token ROC-AUC 0.56-0.69), so categories also differ locally, as COCO's
+# objects do (fur, wheels, text); the object's colour still covers most of it
+# (a quarter of accent left categories less readable, a half left colours less
+# readable; measurements in probing/models/trained/train.py, TrainSettings). The pattern is fixed to the image axes (it does not
 # turn with the shape) and draws no random numbers, so captions and
 # annotations are those of generator version 4.
 CATEGORY_PATTERNS: dict[str, tuple[str, int, tuple[int, int, int]]] = {
