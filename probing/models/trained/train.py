@@ -83,7 +83,9 @@ class TrainSettings:
     # object_weight 2, fresh images: 0.677 (colours 0.58); all stages
     # trained: 0.716 (colours 0.55, stage A 429 s); version 5, object_weight
     # 1, fresh images, one frozen stage: 0.748 (colours 0.59, 370 s); twice
-    # the FastViT widths: 0.724 (colours 0.67, 425 s): its recipe stays.
+    # the FastViT widths: 0.724 (colours 0.67, 425 s); object_weight 2
+    # alone: 0.641 (colours 0.57). Its recipe stays (committed: 0.631,
+    # colours 0.703; trained:qwen2_vl 0.889, colours 0.869).
     fresh_images_a: bool = False
     # Share of stage-B examples that ask for the objects' names (the rest are
     # caption questions, half of them negatives), from naming_start (a
