@@ -262,10 +262,12 @@ def test_multilabel_chance_loss_is_the_train_prevalence_entropy(tmp_path, drawn)
     assert "log 2" in figure.caption and "could not be read" in figure.caption
 
 
-def test_category_panel_titles_do_not_run_into_each_other(tmp_path, drawn):
-    # Six runs with long labels, as in the demo: the figure goes to page width
-    # and each panel is about an inch wide.
-    runs = _runs(tmp_path, "category", (6, 6, 6))
+@pytest.mark.parametrize("workdirs", [2, 3])
+def test_category_panel_titles_do_not_run_into_each_other(tmp_path, drawn, workdirs):
+    # Six or nine runs with long labels (the demo has nine): the figure goes to
+    # page width and each panel is an inch wide or less. Neighbouring titles
+    # keep a visible gap (2 points), not merely touch.
+    runs = _runs(tmp_path, "category", (6,) * workdirs, ("mean", "last", "image_mean"))
     for run in runs:
         run.label = f"trained:qwen2_vl · WithCat · {run.pooling} · a long label"
     heatmaps.category_heatmaps(runs, _context(tmp_path, "category"))
@@ -273,10 +275,11 @@ def test_category_panel_titles_do_not_run_into_each_other(tmp_path, drawn):
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     panels = [ax for ax in fig.axes if ax.get_images()]
-    assert len(panels) == 6
+    assert len(panels) == 3 * workdirs
     boxes = [ax.title.get_window_extent(renderer) for ax in panels]
+    gap = 2 * fig.dpi / 72
     for left, right in itertools.pairwise(boxes):
-        assert left.x1 <= right.x0, (left, right)
+        assert left.x1 + gap <= right.x0, (left, right)
 
 
 def test_no_run_is_drawn_in_the_baselines_black():

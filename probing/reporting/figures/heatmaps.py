@@ -156,10 +156,13 @@ def category_heatmaps(runs: Sequence[ProbeRun], context: FigureContext) -> list[
             if best:
                 columns, rows = zip(*best, strict=True)
                 ax.plot(columns, rows, "|", color="white", markersize=3, mew=0.8)
-            # Wrapped to the panel's width (about 0.6 em per character), so that
-            # the titles of neighbouring panels never run into each other.
+            # Wrapped to 85% of the panel's width (about 0.6 em per character),
+            # so that neighbouring titles keep a gap; smaller type below an inch
+            # per panel (the demo's nine runs), so that words still fit a line.
             panel_pt = width / len(runs) * 72
-            ax.set_title(textwrap.fill(run.label, max(12, int(panel_pt / (0.6 * 7)))), fontsize=7)
+            size = 7 if panel_pt >= 72 else 6
+            chars = max(10, int(0.85 * panel_pt / (0.6 * size)))
+            ax.set_title(textwrap.fill(run.label, chars), fontsize=size)
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_xlabel("layer")
         axes[0, 0].set_yticks(
