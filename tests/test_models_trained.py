@@ -219,22 +219,34 @@ def test_first_token_pooling_loses_the_signal(caption_workdir):
     assert max(_test_accuracy(workdir, "first")) <= CHANCE_MAX
 
 
-@pytest.mark.slow
-def test_feature_rows_shuffled_against_labels_lose_the_signal(caption_workdir, tmp_path):
-    from probing.store.workdir import Workdir
-    from probing.train_all_layers import train_workdir
+def _shuffled_copy(workdir: str, copy: str, names: list[str]) -> str:
+    """``workdir`` copied without probes, arrays ``names`` permuted together within each split.
 
-    workdir, _ = caption_workdir
-    shuffled = str(tmp_path / "shuffled")
-    shutil.copytree(workdir, shuffled, ignore=shutil.ignore_patterns("probes"))
-    store = Workdir(shuffled)
-    labels = store.read_array("arrays/labels")
+    The rows keep their features and split; only what they are labelled with
+    moves, so a probe of the copy has no signal left to find.
+    """
+    from probing.store.workdir import Workdir
+
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("probes"))
+    store = Workdir(copy)
+    arrays = {name: store.read_array(name) for name in names}
     split = store.read_array("arrays/split")
     rng = np.random.default_rng(0)
     for part in np.unique(split):
         rows = np.flatnonzero(split == part)
-        labels[rows] = labels[rng.permutation(rows)]
-    store.write_array("arrays/labels", labels)
+        moved = rng.permutation(rows)
+        for values in arrays.values():
+            values[rows] = values[moved]
+    for name, values in arrays.items():
+        store.write_array(name, values)
+    return copy
+
+
+@pytest.mark.slow
+def test_feature_rows_shuffled_against_labels_lose_the_signal(caption_workdir, tmp_path):
+    from probing.train_all_layers import train_workdir
+
+    shuffled = _shuffled_copy(caption_workdir[0], str(tmp_path / "shuffled"), ["arrays/labels"])
     train_workdir(shuffled, load_config("configs/probe.py"), poolings=["last"])
     assert max(_test_accuracy(shuffled, "last")) <= SHUFFLED_MAX
 
@@ -335,24 +347,12 @@ def test_categories_are_readable_from_the_image_tokens(category_workdir):
 
 @pytest.mark.slow
 def test_category_rows_shuffled_against_labels_lose_the_signal(category_workdir, tmp_path):
-    from probing.store.workdir import Workdir
     from probing.train_all_layers import train_workdir
 
-    shuffled = str(tmp_path / "shuffled")
-    shutil.copytree(category_workdir, shuffled, ignore=shutil.ignore_patterns("probes"))
-    store = Workdir(shuffled)
-    labels = store.read_array("arrays/labels")
-    mask = store.read_array("arrays/label_mask")
-    split = store.read_array("arrays/split")
-    rng = np.random.default_rng(0)
-    for part in np.unique(split):
-        rows = np.flatnonzero(split == part)
-        moved = rng.permutation(rows)
-        # Labels and their mask move together: each row keeps a valid set of
-        # scored candidates, only no longer the one of its image.
-        labels[rows], mask[rows] = labels[moved], mask[moved]
-    store.write_array("arrays/labels", labels)
-    store.write_array("arrays/label_mask", mask)
+    # Labels and their mask move together: each row keeps a valid set of
+    # scored candidates, only no longer the one of its image.
+    arrays = ["arrays/labels", "arrays/label_mask"]
+    shuffled = _shuffled_copy(category_workdir, str(tmp_path / "shuffled"), arrays)
     train_workdir(shuffled, load_config("configs/probe.py"))
     f1, baseline = _category_scores(shuffled)
     assert max(f1) <= baseline + CATEGORY_SHUFFLED_SLACK
