@@ -52,8 +52,9 @@ def _stage_a(settings: dict, seconds: dict) -> str:
         text += (
             f"\n  Every step draws {settings['batch_size']} world images never drawn before "
             f"(from image {settings['train_images']}\n  of the training split on): trained on "
-            f"a fixed {settings['train_images']}, the tower memorised them\n  and learnt no category that carried over "
-            "to new images."
+            f"a fixed {settings['train_images']}, the tower carried less of what it learnt\n  over "
+            "to new images (category ROC-AUC 0.771 against 0.832 with fresh images, measured\n  "
+            "as in TrainSettings' comments)."
         )
     return text
 

@@ -115,7 +115,8 @@ class Qwen2VL(TrainedFamily):
 
     name = "qwen2_vl"
     # Stage A reads every object's category and draws fresh images each step:
-    # trained on 3000 fixed images the tower memorised them (TrainSettings).
+    # on 3000 fixed images the tower carried less over to new ones (ROC-AUC
+    # 0.771 against 0.832, TrainSettings).
     steps_a = 1200
     settings: ClassVar[dict] = {"object_weight": 2.0, "fresh_images_a": True}
     # The ViT: real patching (2 frames), narrow blocks. Any patch_size ×
