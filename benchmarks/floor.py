@@ -19,8 +19,14 @@ sharded over one JAX CPU device per core):
            weight gradient (2·B·D·C) per probe and step, Adam (about 12
            operations per parameter and step), and the val logits (2·n·D·C
            per probe); divided by the machine's matmul rate, measured with a
-           jitted loop of the same [S, B, D] x [S, D, C] products on data
-           that stays in cache.
+           jitted loop of the same [S, B, D] x [S, D, C] products, whole or
+           in parts of b rows ([S, b, D], the same FLOPs), on data that stays
+           in cache: the fastest of the whole minibatch and parts of 16, 32,
+           64 rows and the sweep's own part size (kernels.part_rows). A
+           whole minibatch at the full size (7.9 MB) does not fit a core's
+           L2 cache; its products ran at a third of the rate of 32-row parts
+           on the development VM, so an earlier floor that timed only whole
+           minibatches counted cache misses as compute.
 
 floor = (reads + compute) per epoch x epochs. It is a floor, not a
 prediction: it assumes the arithmetic overlaps nothing and costs no more than
@@ -37,6 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from probing.probes.devices import PART_MAX_BYTES
+from probing.probes.kernels import part_rows
+
 _AXIS = "floor"
 
 
@@ -50,6 +59,7 @@ class Floor:
     flops: float  # per epoch
     matmul_flops_per_s: float
     read_rates: dict[str, float]  # bytes/s: stream, rows and layer (see _read_rates)
+    matmul_rows: int = 0  # the part size (rows) the matmul rate was reached at
 
     @property
     def epoch_seconds(self) -> float:
@@ -62,7 +72,7 @@ class Floor:
             f"({self.read_seconds:.3f} s reads, {self.read_bytes / 1e9:.2f} GB at "
             f"{self.read_bytes / self.read_seconds / 1e9:.1f} GB/s, the fastest of {rates} GB/s; "
             f"+ {self.compute_seconds:.3f} s compute, {self.flops / 1e9:.1f} GFLOP at "
-            f"{self.matmul_flops_per_s / 1e9:.1f} GFLOP/s)"
+            f"{self.matmul_flops_per_s / 1e9:.1f} GFLOP/s in parts of {self.matmul_rows} rows)"
         )
 
 
@@ -186,15 +196,14 @@ def _read_seconds(features, train_rows, val_rows, num_seeds, batch_size, mesh):
     return read_bytes / max(rates.values()), read_bytes, rates
 
 
-def _matmul_rate(num_layers, num_seeds, batch_size, dim, probes_per_seed, steps, mesh):
-    """FLOP/s of the sweep's products ([S, B, D] x [S, D, P] forward, its transpose backward),
-    over all devices at once, on one layer's minibatch held in cache."""
+def _matmul_rate(num_seeds, rows, dim, probes_per_seed, products, mesh):
+    """FLOP/s of the sweep's products ([S, b, D] x [S, D, P] forward, its transpose backward)
+    on b = `rows` rows, `products` times per device, over all devices at once, on data held
+    in cache."""
     num_devices = 1 if mesh is None else mesh.size
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.standard_normal((num_devices, num_seeds, batch_size, dim), np.float32))
-    y = jnp.asarray(rng.random((num_devices, num_seeds, batch_size, probes_per_seed)) < 0.5)
-    layers_per_device = -(-num_layers // num_devices)
-    iterations = steps * layers_per_device
+    x = jnp.asarray(rng.standard_normal((num_devices, num_seeds, rows, dim), np.float32))
+    y = jnp.asarray(rng.random((num_devices, num_seeds, rows, probes_per_seed)) < 0.5)
 
     def loop(x, y):
         x, y = x[0], y[0].astype(jnp.float32)
@@ -205,7 +214,7 @@ def _matmul_rate(num_layers, num_seeds, batch_size, dim, probes_per_seed, steps,
             return w - 1e-6 * grad  # a dependency chain: no iteration can be hoisted
 
         zeros = jnp.zeros((num_seeds, dim, probes_per_seed)) * x[0, 0, 0]  # varies like x
-        w = jax.lax.fori_loop(0, iterations, body, zeros)
+        w = jax.lax.fori_loop(0, products, body, zeros)
         return w[None]
 
     if mesh is not None:
@@ -214,8 +223,31 @@ def _matmul_rate(num_layers, num_seeds, batch_size, dim, probes_per_seed, steps,
     spec = PartitionSpec(_AXIS)
     fn = _sharded(loop, mesh, (spec, spec), spec) if mesh is not None else jax.jit(loop)
     seconds = _best_of(fn, x, y, repeats=2)
-    flops = 4.0 * num_seeds * batch_size * dim * probes_per_seed * iterations * num_devices
+    flops = 4.0 * num_seeds * rows * dim * probes_per_seed * products * num_devices
     return flops / seconds
+
+
+def _part_sizes(batch_size: int, dim: int) -> list[int]:
+    """Row counts the products are timed at: the whole minibatch, the sweep's parts, and
+    parts of 16, 32 and 64 rows where they divide it."""
+    sizes = {batch_size, part_rows(batch_size, dim, PART_MAX_BYTES)}
+    sizes |= {rows for rows in (16, 32, 64) if rows < batch_size and batch_size % rows == 0}
+    return sorted(sizes, reverse=True)
+
+
+def _best_matmul_rate(num_layers, num_seeds, batch_size, dim, probes_per_seed, steps, mesh):
+    """(FLOP/s, rows): the fastest _matmul_rate over _part_sizes, for the products of `steps`
+    minibatches of each device's layers, and the part size it was reached at."""
+    num_devices = 1 if mesh is None else mesh.size
+    minibatches = steps * -(-num_layers // num_devices)
+    rates = {
+        rows: _matmul_rate(
+            num_seeds, rows, dim, probes_per_seed, minibatches * batch_size // rows, mesh
+        )
+        for rows in _part_sizes(batch_size, dim)
+    }
+    rows = max(rates, key=rates.get)
+    return rates[rows], rows
 
 
 def measure_floor(
@@ -240,9 +272,9 @@ def measure_floor(
     )
     steps = -(-len(train_rows) // batch_size)
     columns = probes_per_seed * num_outputs
-    rate = _matmul_rate(num_layers, num_seeds, batch_size, dim, columns, steps, mesh)
+    rate, rows = _best_matmul_rate(num_layers, num_seeds, batch_size, dim, columns, steps, mesh)
     probes = num_layers * num_seeds * probes_per_seed
     per_probe = steps * (4.0 * batch_size * dim * num_outputs + 12.0 * (dim + 1) * num_outputs)
     per_probe += 2.0 * len(val_rows) * dim * num_outputs
     flops = probes * per_probe
-    return Floor(read_seconds, read_bytes, flops / rate, flops, rate, rates)
+    return Floor(read_seconds, read_bytes, flops / rate, flops, rate, rates, rows)

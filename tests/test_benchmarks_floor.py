@@ -54,3 +54,17 @@ def test_the_floor_adds_up():
     assert floor.flops == LAYERS * 3 * per_probe
     assert floor.compute_seconds == floor.flops / floor.matmul_flops_per_s
     assert "the fastest of stream" in floor.line(10)
+
+
+def test_the_matmul_rate_is_timed_whole_and_in_the_sweeps_parts():
+    # The floor's compute takes the fastest of the whole minibatch's products and
+    # of parts of it, the sweep's own part size among them (kernels.part_rows).
+    from benchmarks.floor import _part_sizes
+    from probing.probes.devices import PART_MAX_BYTES
+    from probing.probes.kernels import part_rows
+
+    sizes = _part_sizes(256, 1536)
+    assert sizes == [256, 64, 32, 16]
+    assert part_rows(256, 1536, PART_MAX_BYTES) in sizes
+    assert _part_sizes(16, 8) == [16]
+    assert _part_sizes(48, 1536) == [48, 24, 16]

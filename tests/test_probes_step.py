@@ -26,6 +26,7 @@ from probing.probes.kernels import (
     _init_state,
     _stream_key,
     _train_epoch,
+    part_rows,
 )
 from probing.probes.model import hash_bits
 
@@ -99,8 +100,20 @@ def _reference(state, x, mean, inverse, train_rows, y, m, epoch):
     return kernel, bias
 
 
-@pytest.mark.parametrize("layer_loop, fold_loop", [(False, False), (True, False), (True, True)])
-def test_epoch_kernel_equals_per_probe_reference(layer_loop, fold_loop):
+# part_bytes 128: minibatches of 16 rows stepped through in 4 parts of 4 rows (D = 8);
+# whole_rows 0: each layer's rows gathered where it is trained, not in one block.
+@pytest.mark.parametrize(
+    "layer_loop, fold_loop, part_bytes, whole_rows",
+    [
+        (False, False, 8 << 20, 8 << 20),
+        (True, False, 8 << 20, 8 << 20),
+        (True, False, 128, 8 << 20),
+        (True, False, 128, 0),
+        (True, True, 8 << 20, 8 << 20),
+        (True, True, 128, 0),
+    ],
+)
+def test_epoch_kernel_equals_per_probe_reference(layer_loop, fold_loop, part_bytes, whole_rows):
     x, mean, inverse, train_rows, y, m = _inputs()
     n = len(train_rows)
     hp = {k: jnp.asarray(v) for k, v in HP.items()}
@@ -126,7 +139,8 @@ def test_epoch_kernel_equals_per_probe_reference(layer_loop, fold_loop):
             layer_loop=layer_loop,
             fold_loop=fold_loop,
             chunk_sizes=(n,),
-            whole_rows_max_bytes=8 << 20,
+            whole_rows_max_bytes=whole_rows,
+            part_max_bytes=part_bytes,
         )
     )
     expected_kernel, expected_bias = _reference(state, x, mean, inverse, train_rows, y, m, 0)
@@ -149,3 +163,12 @@ def test_epoch_kernel_equals_per_probe_reference(layer_loop, fold_loop):
     assert np.median(np.abs(kernel - np.asarray(state["params"]["dense"]["kernel"]))) > 5e-3
     np.testing.assert_allclose(kernel, expected_kernel, rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(bias, expected_bias, rtol=1e-4, atol=2e-5)
+
+
+def test_part_rows_divide_the_minibatch_within_the_byte_budget():
+    # The largest divisor of the batch size whose float32 rows fit the budget.
+    assert part_rows(256, 1536, 192 << 10) == 32
+    assert part_rows(16, D, 128) == 4
+    assert part_rows(24, D, 96) == 3
+    assert part_rows(16, D, 8 << 20) == 16
+    assert part_rows(256, 10**6, 1) == 1

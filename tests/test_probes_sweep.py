@@ -284,3 +284,33 @@ def test_gathering_each_layer_rows_equals_gathering_whole_rows(binary_sweep, mon
         np.testing.assert_array_equal(
             getattr(per_layer, name), getattr(whole_rows, name), err_msg=name
         )
+
+
+@pytest.mark.slow
+def test_minibatches_stepped_through_in_parts_train_the_same_probes(binary_sweep, monkeypatch):
+    # On CPU each minibatch is stepped through in parts that stay in cache
+    # (devices.PART_MAX_BYTES; here 4 parts of 4 rows of D = 8). Each probe's
+    # gradient is then summed in another order: the probes agree with the
+    # whole-minibatch sweep to float32 rounding, and a probe trained alone
+    # equals the same probe inside the parted sweep bit for bit.
+    inputs, whole = binary_sweep
+    features, labels, mask, split = inputs
+    monkeypatch.setattr(devices, "PART_MAX_BYTES", 4 * 8 * 4)
+    parted = run_sweep(*inputs, SETTINGS)
+    np.testing.assert_allclose(parted.kernel, whole.kernel, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(parted.train_loss, whole.train_loss, rtol=1e-5)
+    for split_name, logits in whole.logits.items():
+        np.testing.assert_allclose(parted.logits[split_name], logits, rtol=1e-3, atol=1e-4)
+    alone = run_sweep(
+        features[SIGNAL_LAYER : SIGNAL_LAYER + 1],
+        labels,
+        mask,
+        split,
+        SETTINGS,
+        layer_ids=[SIGNAL_LAYER],
+        seed_ids=[1],
+    )
+    np.testing.assert_array_equal(alone.kernel[0, :, 0], parted.kernel[SIGNAL_LAYER, :, 1])
+    np.testing.assert_array_equal(
+        alone.train_loss[:, 0, :, 0], parted.train_loss[:, SIGNAL_LAYER, :, 1]
+    )

@@ -40,9 +40,10 @@ fixed pairwise order (scoring._weighted_sum), divisions by a broadcast value
 are written as products with its reciprocal (XLA rewrites them so in some
 programs only), train-loss sums are added on the host in step order, the
 shared train index and the padded val / test index arrays come from the
-full fold set whatever folds are trained, and the
-layer axis is padded to at least two layers per device (XLA compiles a
-size-1 axis differently). The two forms of a minibatch step
+full fold set whatever folds are trained, the parts a CPU minibatch is
+stepped through in (part_rows) depend on the batch size and feature width
+only, and the layer axis is padded to at least two layers per device (XLA
+compiles a size-1 axis differently). The two forms of a minibatch step
 (settings.layer_update: layers one after another, fast on CPU, or all
 together, for accelerators) are each deterministic but differ from each
 other in the last bits.
@@ -187,6 +188,60 @@ def _probe_step(
     )
 
 
+def _probe_gradients(
+    params, x, labels, mask, keep, rate_index, rate, inverse_count, *, num_outputs
+):
+    """One probe's loss terms [b, C] and gradient on b rows of its minibatch (a part of it).
+
+    The gradient of the probe's mean loss (loss_sum / count, as _probe_step)
+    restricted to these rows: summed over the parts of a minibatch it is the
+    minibatch's gradient, so a minibatch can be stepped through in parts
+    that stay in cache (_train_epoch's `part_rows`). inverse_count: 1 / the
+    number of the minibatch's scored entries, max 1.
+    """
+    probe_keep = None if keep is None else keep[rate_index]
+    logits, backward = jax.vjp(
+        lambda p: LinearProbe(num_outputs).apply({"params": p}, x, probe_keep, rate), params
+    )
+    terms, loss_gradient = jax.vmap(
+        jax.vmap(jax.value_and_grad(optax.sigmoid_binary_cross_entropy))
+    )(logits, labels)
+    (grads,) = backward(loss_gradient * mask * inverse_count)
+    return terms, grads
+
+
+def _probe_update(params, opt_state, live, grads, terms, mask, lr, wd):
+    """One probe's optimizer step from its minibatch gradient; returns the summed loss too.
+
+    As _probe_step: a probe that is not `live` keeps its parameters and
+    optimizer state exactly.
+    """
+    updates, new_opt_state = _optimizer(lr, wd).update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+
+    def keep(new, old):
+        return jnp.where(live, new, old)
+
+    return (
+        jax.tree.map(keep, new_params, params),
+        jax.tree.map(keep, new_opt_state, opt_state),
+        _weighted_sum(terms, mask, 2),
+    )
+
+
+def part_rows(batch_size: int, dim: int, max_bytes: int) -> int:
+    """Rows per part of a minibatch for the layer-by-layer step: the largest divisor of
+    batch_size whose float32 rows take at most max_bytes (at least one row).
+
+    Depends on the batch size and feature width only, never on how many
+    probes share the sweep: the parts fix the order in which a probe's
+    gradient is summed, and a sweep restricted to some seeds, folds or layers
+    must sum it as the full sweep does.
+    """
+    fitting = [rows for rows in range(1, batch_size + 1) if batch_size % rows == 0]
+    return max([rows for rows in fitting if rows * dim * 4 <= max_bytes] or [1])
+
+
 def _epoch_order(seed, seed_index, epoch, chunk_sizes, batch_size):
     """Positions into the shared train index in this epoch's order, [steps * B], and their
     weights (0 for padding).
@@ -244,6 +299,7 @@ def _train_epoch(
     fold_loop,
     chunk_sizes,
     whole_rows_max_bytes,
+    part_max_bytes,
 ):
     """One epoch of every active probe. x [N, L, D] raw; train_rows [n] the shared train index,
     laid out in chunks of `chunk_sizes` rows, train_weight [F, n] each fold's rows of it;
@@ -305,21 +361,74 @@ def _train_epoch(
     step = _vmap_probes(
         probe_step, **in_axes, layer_axes=(0, 0, 0, 0, None, None, None, None, None, None, None)
     )
-    layer_step = _vmap_probes(probe_step, **in_axes)  # x then [F, S, B, D]
-    # One fold of one layer: x [S, B, D], labels and mask [T, S, B, C].
-    fold_step = _vmap_probes(probe_step, **{k: v for k, v in in_axes.items() if k != "fold_axes"})
+    # The layer-by-layer step (layer_loop): gradients part by part, then one update.
+    # _probe_gradients(params, x, labels, mask, keep, rate_index, rate, inverse_count),
+    # x [F, S, b, D] (with fold_loop [S, b, D]), keep [R, S, b, D], inverse_count [F, T, S].
+    gradient_axes = dict(
+        grid_axes=(0, None, None, None, None, 0, 0, None),
+        seed_axes=(0, 0, 0, 0, 1 if use_dropout else None, None, None, 0),
+        target_axes=(0, None, 0, 0, None, None, None, 0),
+        fold_axes=(0, 0, 0, 0, None, None, None, 0),
+    )
+    # _probe_update(params, opt_state, live, grads, terms, mask, lr, wd), mask [F, T, S, B, C].
+    update_axes = dict(
+        grid_axes=(0, 0, 0, 0, 0, None, 0, 0),
+        seed_axes=(0, 0, 0, 0, 0, 0, None, None),
+        target_axes=(0, 0, 0, 0, 0, 0, None, None),
+        fold_axes=(0, 0, 0, 0, 0, 0, None, None),
+    )
 
-    def one_fold(raw, keep, per_grid, fold_state):
-        params, opt_state, live, mean, inverse, labels, mask = fold_state
+    def without_folds(axes):
+        return {k: v for k, v in axes.items() if k != "fold_axes"}
 
-        def update(_):
-            xs = _standardized(raw, mean, inverse)
-            return fold_step(params, opt_state, live, xs, labels, mask, keep, *per_grid)
+    gradients = partial(_probe_gradients, num_outputs=num_outputs)
+    layer_gradients = _vmap_probes(gradients, **gradient_axes)
+    layer_update = _vmap_probes(_probe_update, **update_axes)
+    fold_gradients = _vmap_probes(gradients, **without_folds(gradient_axes))
+    fold_update = _vmap_probes(_probe_update, **without_folds(update_axes))
+    part_size = part_rows(batch_size, dim, part_max_bytes)
+    num_parts = batch_size // part_size
 
-        def skip(_):
-            return params, opt_state, live * jnp.float32(0)
+    def by_part(a, axis):
+        """[..., B, ...] -> [parts, ..., b, ...]: the minibatch axis cut into its parts."""
+        shape = (*a.shape[:axis], num_parts, part_size, *a.shape[axis + 1 :])
+        return jnp.moveaxis(a.reshape(shape), axis, 0)
 
-        return jax.lax.cond(live.any(), update, skip, None)
+    def whole(terms):
+        """Loss terms [parts, ..., b, C] -> [..., B, C]."""
+        terms = jnp.moveaxis(terms, 0, -3)
+        return terms.reshape(*terms.shape[:-3], batch_size, terms.shape[-1])
+
+    def stepped_in_parts(
+        params, opt_state, live, read, standardize, parts, mask, gradients, update
+    ):
+        """A minibatch step of the probes of a layer (or of one fold of it), part by part.
+
+        read(part index, part's rows) -> raw rows [S, b, D]; standardize(raw) ->
+        what `gradients` takes. Each part is read, standardised, dropped out and
+        used by the forward and backward products while it is in cache; the
+        parts' gradients add up to the minibatch's, then each probe steps once.
+        """
+        inverse_count = 1.0 / jnp.maximum(mask.sum(axis=(-2, -1)), 1.0)  # [(F,) T, S]
+
+        def one_part(total, part):
+            index, rows, labels, part_mask, keep = part
+            terms, grads = gradients(
+                params,
+                standardize(read(index, rows)),
+                labels,
+                part_mask,
+                keep,
+                rate_index,
+                hp["dropout"],
+                inverse_count,
+            )
+            return jax.tree.map(jnp.add, total, grads), terms
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, terms = jax.lax.scan(one_part, zeros, (jnp.arange(num_parts), *parts))
+        lr, wd = hp["learning_rate"], hp["weight_decay"]
+        return update(params, opt_state, live, grads, whole(terms), mask, lr, wd)
 
     def body(carry, batch):
         params, opt_state = carry
@@ -343,25 +452,71 @@ def _train_epoch(
             # cache would be read from memory twice). The values are the same.
             block_bytes = rows.size * num_layers * dim * x.dtype.itemsize
             block = x[rows] if block_bytes <= whole_rows_max_bytes else None
+            # The minibatch cut into parts once per step, for every layer.
+            keep_parts = None if keep is None else by_part(keep, 2)  # [parts, R, S, b, D]
+            parts = (by_part(rows, 1), by_part(labels, 3), by_part(mask, 3), keep_parts)
+            if fold_loop:  # fold-major: the folds of a layer are mapped over
+                parts = (parts[0], *(jnp.moveaxis(p, 1, 0) for p in parts[1:3]), keep_parts)
 
             def one_layer(layer_state):
                 layer_params, layer_opt_state, layer_live, layer = layer_state
 
-                def update(_):
+                def read_part(index, part_rows):
                     if block is None:
-                        raw = x[rows, layer]
+                        return x[part_rows, layer]  # [S, b, D]
+                    part = jax.lax.dynamic_slice_in_dim(block, index * part_size, part_size, 1)
+                    return jax.lax.dynamic_index_in_dim(part, layer, axis=2, keepdims=False)
+
+                def update(_):
+                    if not fold_loop:
+                        return stepped_in_parts(
+                            layer_params,
+                            layer_opt_state,
+                            layer_live,
+                            read_part,
+                            lambda raw: _standardized(
+                                raw[None], mean[layer][:, None, None], inverse[layer][:, None, None]
+                            ),
+                            parts,
+                            mask,
+                            layer_gradients,
+                            layer_update,
+                        )
+                    # Folds: each fold trains on a minibatch whole or skips it (lax.cond),
+                    # so the minibatch is read once for all folds, then cut into parts.
+                    if block is None:
+                        raw = x[rows, layer]  # [S, B, D]
                     else:
                         raw = jax.lax.dynamic_index_in_dim(block, layer, axis=2, keepdims=False)
-                    if fold_loop:
-                        per_fold = (layer_params, layer_opt_state, layer_live, mean[layer])
-                        per_fold = (*per_fold, inverse[layer], labels, mask)
-                        return jax.lax.map(partial(one_fold, raw, keep, per_grid), per_fold)
-                    xs = _standardized(
-                        raw[None], mean[layer][:, None, None], inverse[layer][:, None, None]
-                    )
-                    return layer_step(
-                        layer_params, layer_opt_state, layer_live, xs, labels, mask, keep, *per_grid
-                    )
+
+                    def read_raw(index, _):
+                        return jax.lax.dynamic_slice_in_dim(raw, index * part_size, part_size, 1)
+
+                    def one_fold(fold_state):
+                        params, opt_state, live, fold_mean, fold_inverse, *fold_parts = fold_state
+                        fold_labels, fold_mask = fold_parts[0], fold_parts[1]
+
+                        def fold_step(_):
+                            return stepped_in_parts(
+                                params,
+                                opt_state,
+                                live,
+                                read_raw,
+                                lambda part: _standardized(part, fold_mean, fold_inverse),
+                                (parts[0], fold_labels, fold_mask, keep_parts),
+                                fold_parts[2],
+                                fold_gradients,
+                                fold_update,
+                            )
+
+                        def skip(_):
+                            return params, opt_state, live * jnp.float32(0)
+
+                        return jax.lax.cond(live.any(), fold_step, skip, None)
+
+                    per_fold = (layer_params, layer_opt_state, layer_live, mean[layer])
+                    per_fold = (*per_fold, inverse[layer], parts[1], parts[2], mask)
+                    return jax.lax.map(one_fold, per_fold)
 
                 def skip(_):
                     # Zeros derived from a per-device input: under shard_map both

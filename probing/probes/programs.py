@@ -115,6 +115,7 @@ def _programs(settings: SweepSettings, mesh: Mesh | None, *, folds, num_outputs,
             chunk_sizes=folds.chunk_sizes,
             # Read here, at call time, so that tests can lower it.
             whole_rows_max_bytes=devices.WHOLE_ROWS_MAX_BYTES,
+            part_max_bytes=devices.PART_MAX_BYTES,
             num_outputs=num_outputs,
         ),
         select_epoch=program(
