@@ -382,10 +382,17 @@ def _train_epoch(
         return {k: v for k, v in axes.items() if k != "fold_axes"}
 
     gradients = partial(_probe_gradients, num_outputs=num_outputs)
-    layer_gradients = _vmap_probes(gradients, **gradient_axes)
-    layer_update = _vmap_probes(_probe_update, **update_axes)
-    fold_gradients = _vmap_probes(gradients, **without_folds(gradient_axes))
-    fold_update = _vmap_probes(_probe_update, **without_folds(update_axes))
+    # (whole-minibatch step, part gradients, update) of a layer's probes, and of a fold's.
+    layer_programs = (
+        _vmap_probes(probe_step, **in_axes),
+        _vmap_probes(gradients, **gradient_axes),
+        _vmap_probes(_probe_update, **update_axes),
+    )
+    fold_programs = (
+        _vmap_probes(probe_step, **without_folds(in_axes)),
+        _vmap_probes(gradients, **without_folds(gradient_axes)),
+        _vmap_probes(_probe_update, **without_folds(update_axes)),
+    )
     part_size = part_rows(batch_size, dim, part_max_bytes)
     num_parts = batch_size // part_size
 
@@ -399,16 +406,22 @@ def _train_epoch(
         terms = jnp.moveaxis(terms, 0, -3)
         return terms.reshape(*terms.shape[:-3], batch_size, terms.shape[-1])
 
-    def stepped_in_parts(
-        params, opt_state, live, read, standardize, parts, mask, gradients, update
-    ):
+    def stepped_in_parts(params, opt_state, live, read, standardize, parts, mask, programs):
         """A minibatch step of the probes of a layer (or of one fold of it), part by part.
 
         read(part index, part's rows) -> raw rows [S, b, D]; standardize(raw) ->
-        what `gradients` takes. Each part is read, standardised, dropped out and
+        what the programs take. Each part is read, standardised, dropped out and
         used by the forward and backward products while it is in cache; the
         parts' gradients add up to the minibatch's, then each probe steps once.
+        A minibatch of one part takes the whole-minibatch step (_probe_step),
+        exactly as before parts existed (small batches, or narrow features).
         """
+        whole_step, gradients, update = programs
+        if num_parts == 1:
+            rows, labels, part_mask, keep = jax.tree.map(lambda a: a[0], parts)
+            xs = standardize(read(0, rows))
+            per_grid = (rate_index, hp["learning_rate"], hp["weight_decay"], hp["dropout"])
+            return whole_step(params, opt_state, live, xs, labels, part_mask, keep, *per_grid)
         inverse_count = 1.0 / jnp.maximum(mask.sum(axis=(-2, -1)), 1.0)  # [(F,) T, S]
 
         def one_part(total, part):
@@ -479,8 +492,7 @@ def _train_epoch(
                             ),
                             parts,
                             mask,
-                            layer_gradients,
-                            layer_update,
+                            layer_programs,
                         )
                     # Folds: each fold trains on a minibatch whole or skips it (lax.cond),
                     # so the minibatch is read once for all folds, then cut into parts.
@@ -505,8 +517,7 @@ def _train_epoch(
                                 lambda part: _standardized(part, fold_mean, fold_inverse),
                                 (parts[0], fold_labels, fold_mask, keep_parts),
                                 fold_parts[2],
-                                fold_gradients,
-                                fold_update,
+                                fold_programs,
                             )
 
                         def skip(_):
