@@ -33,6 +33,20 @@ def _as_sweep_inputs(arrays):
     return features, labels.astype(np.float32), mask, arrays["split"]
 
 
+def _signal_layer_seed_1_alone(inputs):
+    """A sweep of the signal layer and seed 1 only, with SETTINGS."""
+    features, labels, mask, split = inputs
+    return run_sweep(
+        features[SIGNAL_LAYER : SIGNAL_LAYER + 1],
+        labels,
+        mask,
+        split,
+        SETTINGS,
+        layer_ids=[SIGNAL_LAYER],
+        seed_ids=[1],
+    )
+
+
 @pytest.fixture(scope="module")
 def binary_sweep():
     arrays = planted_arrays(300, 4, 8, [SIGNAL_LAYER], strength=5.0, seed=1)
@@ -104,16 +118,7 @@ def test_outputs_have_documented_shapes(binary_sweep):
 @pytest.mark.slow
 def test_probe_trained_alone_equals_the_same_probe_inside_the_sweep(binary_sweep):
     inputs, full = binary_sweep
-    features, labels, mask, split = inputs
-    alone = run_sweep(
-        features[SIGNAL_LAYER : SIGNAL_LAYER + 1],
-        labels,
-        mask,
-        split,
-        SETTINGS,
-        layer_ids=[SIGNAL_LAYER],
-        seed_ids=[1],
-    )
+    alone = _signal_layer_seed_1_alone(inputs)
     np.testing.assert_array_equal(alone.kernel[0, :, 0], full.kernel[SIGNAL_LAYER, :, 1])
     np.testing.assert_array_equal(alone.bias[0, :, 0], full.bias[SIGNAL_LAYER, :, 1])
     np.testing.assert_array_equal(alone.best_epoch[0, :, 0], full.best_epoch[SIGNAL_LAYER, :, 1])
@@ -294,22 +299,13 @@ def test_minibatches_stepped_through_in_parts_train_the_same_probes(binary_sweep
     # whole-minibatch sweep to float32 rounding, and a probe trained alone
     # equals the same probe inside the parted sweep bit for bit.
     inputs, whole = binary_sweep
-    features, labels, mask, split = inputs
     monkeypatch.setattr(devices, "PART_MAX_BYTES", 4 * 8 * 4)
     parted = run_sweep(*inputs, SETTINGS)
     np.testing.assert_allclose(parted.kernel, whole.kernel, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(parted.train_loss, whole.train_loss, rtol=1e-5)
     for split_name, logits in whole.logits.items():
         np.testing.assert_allclose(parted.logits[split_name], logits, rtol=1e-3, atol=1e-4)
-    alone = run_sweep(
-        features[SIGNAL_LAYER : SIGNAL_LAYER + 1],
-        labels,
-        mask,
-        split,
-        SETTINGS,
-        layer_ids=[SIGNAL_LAYER],
-        seed_ids=[1],
-    )
+    alone = _signal_layer_seed_1_alone(inputs)
     np.testing.assert_array_equal(alone.kernel[0, :, 0], parted.kernel[SIGNAL_LAYER, :, 1])
     np.testing.assert_array_equal(
         alone.train_loss[:, 0, :, 0], parted.train_loss[:, SIGNAL_LAYER, :, 1]

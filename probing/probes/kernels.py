@@ -175,17 +175,19 @@ def _probe_step(
         return loss_sum / jnp.maximum(mask.sum(), 1.0), loss_sum
 
     (_, loss_sum), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return (*_adam_step(params, opt_state, live, grads, lr, wd), loss_sum)
+
+
+def _adam_step(params, opt_state, live, grads, lr, wd):
+    """One probe's optimizer step from its gradient: (parameters, optimizer state), both
+    kept exactly as they were where the probe is not `live`."""
     updates, new_opt_state = _optimizer(lr, wd).update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
 
     def keep(new, old):
         return jnp.where(live, new, old)
 
-    return (
-        jax.tree.map(keep, new_params, params),
-        jax.tree.map(keep, new_opt_state, opt_state),
-        loss_sum,
-    )
+    return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state)
 
 
 def _probe_gradients(
@@ -216,17 +218,7 @@ def _probe_update(params, opt_state, live, grads, terms, mask, lr, wd):
     As _probe_step: a probe that is not `live` keeps its parameters and
     optimizer state exactly.
     """
-    updates, new_opt_state = _optimizer(lr, wd).update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-
-    def keep(new, old):
-        return jnp.where(live, new, old)
-
-    return (
-        jax.tree.map(keep, new_params, params),
-        jax.tree.map(keep, new_opt_state, opt_state),
-        _weighted_sum(terms, mask, 2),
-    )
+    return (*_adam_step(params, opt_state, live, grads, lr, wd), _weighted_sum(terms, mask, 2))
 
 
 def part_rows(batch_size: int, dim: int, max_bytes: int) -> int:
