@@ -387,6 +387,7 @@ def _train_epoch(
     )
     part_size = part_rows(batch_size, dim, part_max_bytes)
     num_parts = batch_size // part_size
+    per_grid = (rate_index, hp["learning_rate"], hp["weight_decay"], hp["dropout"])
 
     def by_part(a, axis):
         """[..., B, ...] -> [parts, ..., b, ...]: the minibatch axis cut into its parts."""
@@ -412,7 +413,6 @@ def _train_epoch(
         if num_parts == 1:
             rows, labels, part_mask, keep = jax.tree.map(lambda a: a[0], parts)
             xs = standardize(read(0, rows))
-            per_grid = (rate_index, hp["learning_rate"], hp["weight_decay"], hp["dropout"])
             return whole_step(params, opt_state, live, xs, labels, part_mask, keep, *per_grid)
         inverse_count = 1.0 / jnp.maximum(mask.sum(axis=(-2, -1)), 1.0)  # [(F,) T, S]
 
@@ -449,7 +449,6 @@ def _train_epoch(
             # [R, S, B, D]: thresholded here, once per step, for all layers.
             bits = jax.vmap(lambda w: hash_bits(w, (batch_size, dim)))(key_words)
             keep = keep_masks(bits, rates)
-        per_grid = (rate_index, hp["learning_rate"], hp["weight_decay"], hp["dropout"])
         if layer_loop:
             # [S, B, L, D]: each row of every layer in one contiguous read, when
             # that block fits in cache; bigger minibatches read each layer's
@@ -497,8 +496,8 @@ def _train_epoch(
                         return jax.lax.dynamic_slice_in_dim(raw, index * part_size, part_size, 1)
 
                     def one_fold(fold_state):
-                        params, opt_state, live, fold_mean, fold_inverse, *fold_parts = fold_state
-                        fold_labels, fold_mask = fold_parts[0], fold_parts[1]
+                        params, opt_state, live, fold_mean, fold_inverse, *rest = fold_state
+                        labels_by_part, mask_by_part, fold_mask = rest
 
                         def fold_step(_):
                             return stepped_in_parts(
@@ -507,8 +506,8 @@ def _train_epoch(
                                 live,
                                 read_raw,
                                 lambda part: _standardized(part, fold_mean, fold_inverse),
-                                (parts[0], fold_labels, fold_mask, keep_parts),
-                                fold_parts[2],
+                                (parts[0], labels_by_part, mask_by_part, keep_parts),
+                                fold_mask,
                                 fold_programs,
                             )
 
