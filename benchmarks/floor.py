@@ -43,10 +43,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from probing.probes.devices import PART_MAX_BYTES
+from probing.probes.devices import (
+    PART_MAX_BYTES,
+    PROBE_AXIS,
+    HostFeatures,
+    _padded_layer_index,
+    place_features,
+)
 from probing.probes.kernels import part_rows
 
-_AXIS = "floor"
+_AXIS = PROBE_AXIS  # the sweep's own, so that place_features shards the features alike
 
 
 @dataclasses.dataclass
@@ -99,19 +105,11 @@ def _best_of(fn, *args, repeats: int = 3) -> float:
 
 
 def place_example_major(features, mesh):
-    """Layer-major host [L, N, D] as the sweep's device layout [N, L', D], sharded by layer."""
-    num_layers = features.shape[0]
-    num_devices = 1 if mesh is None else mesh.size
-    padded = -(-num_layers // num_devices) * num_devices
-    layer_index = np.minimum(np.arange(padded), num_layers - 1)
-    shape = (features.shape[1], padded, features.shape[2])
-    if mesh is None:
-        return jax.device_put(np.ascontiguousarray(np.swapaxes(features, 0, 1)))
-    return jax.make_array_from_callback(
-        shape,
-        NamedSharding(mesh, PartitionSpec(None, _AXIS)),
-        lambda index: np.ascontiguousarray(np.swapaxes(features[layer_index[index[1]]], 0, 1)),
-    )
+    """Layer-major host [L, N, D] as the sweep's device layout [N, L', D], sharded by layer,
+    in buffers placed as the sweep places its own (devices.place_features: aligned, on
+    huge pages where Linux gives them), so that the reads are timed on the same memory."""
+    layer_index = _padded_layer_index(features.shape[0], mesh)
+    return place_features(HostFeatures(features), layer_index, mesh)
 
 
 def read_programs(mesh: Mesh | None) -> dict:

@@ -282,6 +282,44 @@ def test_big_feature_buffers_are_mapped_aligned_and_adopted_without_a_copy():
     assert float(placed[-1, -1, -1]) == 1.5
 
 
+def _huge_page_bytes(address: int) -> int | None:
+    """AnonHugePages of the mapping holding `address` (/proc/self/smaps), None off Linux."""
+    try:
+        with open("/proc/self/smaps") as smaps:
+            lines = smaps.read().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for line in lines:
+        head = line.split()[0]
+        if "-" in head and ":" not in head:  # a mapping's first line: "start-end perms ..."
+            start, end = (int(bound, 16) for bound in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def test_big_feature_buffers_are_backed_by_huge_pages_where_linux_offers_them():
+    """The sweep reads feature rows at random: 2 MB pages spare it a TLB miss per row."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as policy:
+            offered = "[never]" not in policy.read()
+    except OSError:
+        offered = False
+    if not offered:
+        pytest.skip("no transparent huge pages on this machine")
+    shape = (4 * devices._POPULATE_MIN_BYTES // 4096, 1024, 2)
+    buffer = devices._aligned_empty(shape, np.float16)
+    assert buffer.ctypes.data % devices._HUGE_PAGE == 0
+    buffer[:] = 0.5
+    huge = _huge_page_bytes(buffer.ctypes.data)
+    if huge is None:
+        pytest.skip("/proc/self/smaps does not say")
+    # Most of it: the kernel may fall short of free 2 MB pages on a busy machine.
+    assert huge >= buffer.nbytes // 2, f"{huge} of {buffer.nbytes} bytes on huge pages"
+
+
 def test_layer_groups_of_one_shape_compile_once(tmp_path, monkeypatch):
     """Groups whose padded shapes agree reuse the compiled programs (devices._compile)."""
     workdir, _ = _store(str(tmp_path))
