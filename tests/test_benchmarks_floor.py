@@ -49,11 +49,33 @@ def test_the_floor_adds_up():
     floor = measure_floor(features, train, val, num_seeds=3, batch_size=64)
     steps = -(-500 // 64)  # the last minibatch is filled up to a whole batch, as the sweep's
     assert floor.read_bytes == (steps * 3 * 64 + 60) * LAYERS * DIM * 2
-    assert floor.read_seconds == floor.read_bytes / max(floor.read_rates.values())
+    assert set(floor.read_rates) == {"stream", "rows", "layer"}
+    gather = max(floor.read_rates["rows"], floor.read_rates["layer"])
+    assert floor.read_seconds == floor.read_bytes / gather
+    assert floor.strict_read_seconds == floor.read_bytes / max(floor.read_rates.values())
+    assert floor.strict_read_seconds <= floor.read_seconds
     per_probe = steps * (4.0 * 64 * DIM + 12.0 * (DIM + 1)) + 2.0 * 60 * DIM
     assert floor.flops == LAYERS * 3 * per_probe
     assert floor.compute_seconds == floor.flops / floor.matmul_flops_per_s
-    assert "the fastest of stream" in floor.line(10)
+    assert floor.epoch_seconds == floor.read_seconds + floor.compute_seconds
+    assert floor.strict_epoch_seconds == floor.strict_read_seconds + floor.compute_seconds
+    line = floor.line(10)
+    assert f"{floor.epoch_seconds * 10:8.2f} s" in line.splitlines()[0]
+    assert f"{floor.strict_epoch_seconds * 10:8.2f} s" in line.splitlines()[1]
+
+
+def test_the_floor_reads_at_the_gathers_rate_and_the_strict_floor_at_the_fastest():
+    # Random rows cannot be read at a stream's rate: the floor takes the faster of the
+    # two gathers, the strict floor the fastest read of all (here the stream).
+    from benchmarks.floor import Floor
+
+    rates = {"stream": 16e9, "rows": 6e9, "layer": 8e9}
+    floor = Floor(12e9, 0.5, 30e9, 60e9, rates, 32)
+    assert floor.read_seconds == 12e9 / 8e9 and floor.strict_read_seconds == 12e9 / 16e9
+    assert floor.epoch_seconds == 1.5 + 0.5 and floor.strict_epoch_seconds == 0.75 + 0.5
+    first, second = floor.line(10).splitlines()
+    assert first.startswith("floor:") and "20.00 s" in first and "8.0 GB/s" in first
+    assert second.startswith("strict floor:") and "12.50 s" in second and "16.0 GB/s" in second
 
 
 def test_the_matmul_rate_is_timed_whole_and_in_the_sweeps_parts():
