@@ -86,8 +86,8 @@ class Floor:
 
     @property
     def strict_read_seconds(self) -> float:
-        """Per epoch: the same bytes at the fastest rate of any read, the stream included
-        (a bound for any access pattern, below what random rows can reach)."""
+        """Per epoch: the same bytes at the fastest rate of any read, the stream included (a
+        bound for any access pattern; random rows did not reach it on the development VM)."""
         return self.read_bytes / max(self.read_rates.values())
 
     @property
@@ -198,7 +198,7 @@ def read_programs(mesh: Mesh | None) -> dict:
 
 def _read_rates(x, orders, val_rows, mesh) -> dict[str, float]:
     """Bytes per second of each of read_programs on device features x; the floor takes the
-    fastest."""
+    fastest gather (GATHERS), the strict floor the fastest of all."""
     gathered = (orders.size + len(val_rows)) * x.nbytes // x.shape[0]
     orders, val_rows = jnp.asarray(orders), jnp.asarray(val_rows, jnp.int32)
     rates = {}

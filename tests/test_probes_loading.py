@@ -200,6 +200,30 @@ def test_grouping_from_a_small_memory_budget_gives_the_same_results(tmp_path, mo
         np.testing.assert_array_equal(grouped.logits[split], whole.logits[split])
 
 
+def test_layer_groups_take_ordinary_pages_and_one_group_huge_pages(tmp_path, monkeypatch):
+    """Huge pages cost compaction where groups fill the memory (run_streaming_sweep)."""
+    workdir, _ = _store(str(tmp_path))
+    labels = load_labels(workdir)
+    reader = FeatureReader(workdir, "mean", labels)
+    args = (list(range(LAYERS)), labels.labels, labels.mask, labels.split, SETTINGS)
+    asked = []
+    allocate = devices._aligned_empty
+
+    def recorded(shape, dtype, alignment=64, huge_pages=True):
+        asked.append(huge_pages)
+        return allocate(shape, dtype, alignment, huge_pages)
+
+    monkeypatch.setattr(devices, "_aligned_empty", recorded)
+    run_streaming_sweep(reader.layers, *args, layer_bytes=reader.layer_bytes)
+    assert asked and all(asked)  # all five layers in one group
+    asked.clear()
+    monkeypatch.setattr(
+        devices, "available_memory", lambda: (int(4 * reader.layer_bytes / 0.6) + 1, "test")
+    )
+    run_streaming_sweep(reader.layers, *args, layer_bytes=reader.layer_bytes)
+    assert asked and not any(asked)  # three groups
+
+
 def test_the_next_group_is_read_while_one_trains_and_no_sooner(tmp_path, monkeypatch):
     """Group k + 1's rows are read during group k's training; group k + 2's only after it."""
     workdir, _ = _store(str(tmp_path))
@@ -304,9 +328,10 @@ def test_big_feature_buffers_are_backed_by_huge_pages_where_linux_offers_them():
     """The sweep reads feature rows at random: 2 MB pages spare it a TLB miss per row."""
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as policy:
-            offered = "[never]" not in policy.read()
+            policy_text = policy.read()
     except OSError:
-        offered = False
+        policy_text = "[never]"
+    offered = "[never]" not in policy_text
     if not offered:
         pytest.skip("no transparent huge pages on this machine")
     shape = (4 * devices._POPULATE_MIN_BYTES // 4096, 1024, 2)
@@ -318,6 +343,10 @@ def test_big_feature_buffers_are_backed_by_huge_pages_where_linux_offers_them():
         pytest.skip("/proc/self/smaps does not say")
     # Most of it: the kernel may fall short of free 2 MB pages on a busy machine.
     assert huge >= buffer.nbytes // 2, f"{huge} of {buffer.nbytes} bytes on huge pages"
+    if "[madvise]" in policy_text:  # only asked-for mappings get them
+        ordinary = devices._aligned_empty(shape, np.float16, huge_pages=False)
+        ordinary[:] = 0.5
+        assert _huge_page_bytes(ordinary.ctypes.data) == 0
 
 
 def test_layer_groups_of_one_shape_compile_once(tmp_path, monkeypatch):

@@ -231,7 +231,9 @@ _HUGE_PAGE = 2 << 20
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 
 
-def _aligned_empty(shape: tuple[int, ...], dtype: Any, alignment: int = 64) -> np.ndarray:
+def _aligned_empty(
+    shape: tuple[int, ...], dtype: Any, alignment: int = 64, huge_pages: bool = True
+) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts at a multiple of `alignment` bytes.
 
     A big one (the features of a device) is an anonymous mapping whose pages
@@ -244,17 +246,21 @@ def _aligned_empty(shape: tuple[int, ...], dtype: Any, alignment: int = 64) -> n
     read missed the TLB; with 2 MB pages a layer step took 5-11% less time at
     the full benchmark size (one device per core, both busy). Where the
     kernel has no huge page to give, the pages are ordinary ones: the values
-    are the same either way.
+    are the same either way. `huge_pages=False` does not ask for them (see
+    place_features).
     """
     dtype = np.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize
     if size >= _POPULATE_MIN_BYTES and hasattr(mmap, "MAP_POPULATE"):
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
         mapping = mmap.mmap(-1, size + _HUGE_PAGE, flags=flags)
-        for advice in (getattr(mmap, "MADV_HUGEPAGE", None), _MADV_POPULATE_WRITE):
+        advice = [_MADV_POPULATE_WRITE]
+        if huge_pages and hasattr(mmap, "MADV_HUGEPAGE"):
+            advice.insert(0, mmap.MADV_HUGEPAGE)
+        for one in advice:
             # Advice not offered here: pages then fault in as they are filled.
-            with contextlib.suppress(TypeError, OSError):
-                mapping.madvise(advice)
+            with contextlib.suppress(OSError):
+                mapping.madvise(one)
         raw = np.frombuffer(mapping, np.uint8)
         offset = -raw.ctypes.data % _HUGE_PAGE
         return raw[offset : offset + size].view(dtype).reshape(shape)
@@ -298,12 +304,14 @@ class PlacedFeatures:
     group is read while this one trains (sweep.run_streaming_sweep).
     """
 
-    def __init__(self, source: Any, mesh: Mesh | None, placing: Executor):
+    def __init__(self, source: Any, mesh: Mesh | None, placing: Executor, huge_pages: bool = True):
         self.num_layers, self.num_rows = source.num_layers, source.num_rows
         self.dim, self.dtype = source.dim, source.dtype
         self.mesh = mesh
         self.layer_index = _padded_layer_index(source.num_layers, mesh)
-        self._array = placing.submit(place_features, source, self.layer_index, mesh)
+        self._array = placing.submit(
+            place_features, source, self.layer_index, mesh, huge_pages=huge_pages
+        )
 
     def array(self) -> jax.Array:
         """The placed features, once read (re-raises the reader's error, e.g. a NaN)."""
@@ -321,13 +329,17 @@ def as_feature_source(features: Any) -> Any:
     return HostFeatures(features)
 
 
-def place_ahead(features: Any, mesh: Mesh | None, placing: Executor) -> PlacedFeatures:
+def place_ahead(
+    features: Any, mesh: Mesh | None, placing: Executor, huge_pages: bool = True
+) -> PlacedFeatures:
     """Starts reading (from the store) and placing `features` on the mesh on `placing`'s
     thread, as the sweep of these layers would; run_sweep then takes the placed array."""
-    return PlacedFeatures(as_feature_source(features), mesh, placing)
+    return PlacedFeatures(as_feature_source(features), mesh, placing, huge_pages)
 
 
-def place_features(source: Any, layer_index: np.ndarray, mesh: Mesh | None) -> jax.Array:
+def place_features(
+    source: Any, layer_index: np.ndarray, mesh: Mesh | None, huge_pages: bool = True
+) -> jax.Array:
     """Layers `layer_index` of a feature source (see HostFeatures) as a device array [n, L', D].
 
     Example-major (see the module docstring: Placement), sharded over the layer axis.
@@ -339,6 +351,9 @@ def place_features(source: Any, layer_index: np.ndarray, mesh: Mesh | None) -> j
     reading from the store thus writes the features once, into the device
     buffer itself; fresh memory is slow to fault in on small VMs, about a
     second per GB, so every copy of them counts.
+    With `huge_pages` (the default) the
+    buffers ask for 2 MB pages (_aligned_empty); run_streaming_sweep asks for
+    them only when all layers form one group.
     """
     if isinstance(source, PlacedFeatures):
         if source.mesh is not mesh or not np.array_equal(source.layer_index, layer_index):
@@ -348,7 +363,10 @@ def place_features(source: Any, layer_index: np.ndarray, mesh: Mesh | None) -> j
 
     def blocks(slices: list[slice]) -> list[np.ndarray]:
         out = [
-            _aligned_empty((shape[0], len(layer_index[s]), shape[2]), source.dtype) for s in slices
+            _aligned_empty(
+                (shape[0], len(layer_index[s]), shape[2]), source.dtype, huge_pages=huge_pages
+            )
+            for s in slices
         ]
         targets = [(block, layer_index[s]) for block, s in zip(out, slices, strict=True)]
         fill_all = getattr(source, "fill_all", None)
