@@ -237,9 +237,11 @@ def _aligned_empty(
     """An uninitialised C-contiguous array whose data starts at a multiple of `alignment` bytes.
 
     A big one (the features of a device) is an anonymous mapping whose pages
-    the kernel faults in all at once (MADV_POPULATE_WRITE, Linux 5.14+): on a loaded 2-core VM that made filling
-    1 GB about 2-3x faster than touching fresh numpy memory page by page (8 s
-    vs 3 s per GB, benchmarks/load_path.py). It is asked for transparent huge
+    the kernel faults in all at once (MADV_POPULATE_WRITE, Linux 5.14+; older
+    kernels fault them in as they are filled). Faulting them in at once (then
+    with MAP_POPULATE) made filling 1 GB about 2-3x faster on a loaded 2-core
+    VM than touching fresh numpy memory page by page (8 s vs 3 s per GB,
+    benchmarks/load_path.py). It is asked for transparent huge
     pages first (MADV_HUGEPAGE, Linux's default "madvise" policy then grants
     them) and starts on a 2 MB boundary: the sweep reads its minibatch rows at
     random, each 3 KB row on its own 4 KB page otherwise, so nearly every row
@@ -350,10 +352,9 @@ def place_features(
     (numpy's own arrays are 16-byte aligned, and those it copies). A source
     reading from the store thus writes the features once, into the device
     buffer itself; fresh memory is slow to fault in on small VMs, about a
-    second per GB, so every copy of them counts.
-    With `huge_pages` (the default) the
-    buffers ask for 2 MB pages (_aligned_empty); run_streaming_sweep asks for
-    them only when all layers form one group.
+    second per GB, so every copy of them counts. With `huge_pages` (the
+    default) the buffers ask for 2 MB pages (_aligned_empty);
+    run_streaming_sweep asks for them only when all layers form one group.
     """
     if isinstance(source, PlacedFeatures):
         if source.mesh is not mesh or not np.array_equal(source.layer_index, layer_index):
