@@ -350,21 +350,26 @@ def test_big_feature_buffers_are_backed_by_huge_pages_where_linux_offers_them():
 
 
 def test_layer_groups_of_one_shape_compile_once(tmp_path, monkeypatch):
-    """Groups whose padded shapes agree reuse the compiled programs (devices._compile)."""
+    """Groups whose padded shapes agree reuse the compiled programs (devices._lower)."""
     workdir, _ = _store(str(tmp_path))
     labels = load_labels(workdir)
     reader = FeatureReader(workdir, "mean", labels)
     monkeypatch.setattr(devices, "_compiled", {})
     lowered = []
-    compile_program = devices._compile
+    lower_program = devices._lower
 
     def counting(program, *like):
-        before = len(devices._compiled)
-        compiled = compile_program(program, *like)
-        lowered.append(len(devices._compiled) > before)
-        return compiled
+        cached = {id(compiled) for compiled in devices._compiled.values()}
+        compile_program = lower_program(program, *like)
 
-    monkeypatch.setattr(programs_module, "_compile", counting)
+        def compiling():
+            compiled = compile_program()
+            lowered.append(id(compiled) not in cached)
+            return compiled
+
+        return compiling
+
+    monkeypatch.setattr(programs_module, "_lower", counting)
     args = (labels.labels, labels.mask, labels.split)
     settings = dataclasses.replace(SETTINGS, layer_group_size=2)
     grouped = run_streaming_sweep(reader.layers, range(4), *args, settings)

@@ -13,8 +13,9 @@ on the device, example-major, [n, L, D] per split: a minibatch row of every
 layer is one contiguous read (L x D values), which on CPU makes a batch-16
 epoch about a quarter faster than reading L scattered rows of a layer-major
 [L, n, D] array (the gather is the sweep's dominant cost; see
-WHOLE_ROWS_MAX_BYTES for big minibatches). The programs compile on other
-threads (_compile) while the features are being placed.
+WHOLE_ROWS_MAX_BYTES for big minibatches). The programs are lowered on the
+caller's thread and compile on others (_lower) while the features are being
+placed; on CPU with CPU_COMPILER_OPTIONS.
 """
 
 from __future__ import annotations
@@ -417,18 +418,78 @@ def _shape_key(leaf: Any) -> tuple:
     return (leaf.shape, leaf.dtype, leaf.sharding, getattr(leaf, "weak_type", False))
 
 
+# Options of XLA's CPU compiler for the sweep's programs. Compiling them is on
+# the critical path of a sweep's set-up (they compile while the features are
+# placed, and both take CPU), and the epoch program is big (about 4,500 HLO
+# lines). XLA's older loop emitters compile it in about 70% of the CPU time of
+# its default fusion emitters (3.2 against 4.4 core-seconds at the full
+# benchmark size, batch 16; the four programs 4.8 against 7.2), and the
+# programs run as fast (0.12 ms per layer step either way). A jaxlib that no
+# longer has the option compiles with its defaults (_compile warns once).
+CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+def _platform(leaves: list[Any]) -> str:
+    """The platform the arguments `leaves` live on (the default backend's when unplaced)."""
+    for leaf in leaves:
+        sharding = getattr(leaf, "sharding", None)
+        if sharding is not None:
+            return next(iter(sharding.device_set)).platform
+    return jax.devices()[0].platform
+
+
+@cache
+def _warn_options_refused(error: str) -> None:
+    logging.warning(
+        "XLA refused the sweep's CPU compiler options %s (%s); compiling with its "
+        "defaults, which takes longer",
+        CPU_COMPILER_OPTIONS,
+        error,
+    )
+
+
+def _compile_lowered(lowered: Any, platform: str) -> Callable:
+    """A lowered program compiled, with CPU_COMPILER_OPTIONS on CPU."""
+    if platform != "cpu" or not CPU_COMPILER_OPTIONS:
+        return lowered.compile()
+    try:
+        return lowered.compile(compiler_options=CPU_COMPILER_OPTIONS)
+    except jax.errors.JaxRuntimeError as error:
+        if "compile option" not in str(error):
+            raise
+        _warn_options_refused(str(error).splitlines()[0])
+        return lowered.compile()
+
+
 def _compile(program: Callable, *like: Any) -> Callable:
     """`program` compiled for arguments shaped like `like` (arrays or ShapeDtypeStructs),
     or the program compiled earlier for the same shapes, dtypes and shardings."""
+    return _lower(program, *like)()
+
+
+def _lower(program: Callable, *like: Any) -> Callable[[], Callable]:
+    """`program` lowered for arguments shaped like `like`; calling the result compiles it
+    (or returns the program compiled earlier for the same shapes, dtypes and shardings).
+
+    Two steps, so that the caller lowers on its own thread and compiles on
+    another: lowering is Python and holds the GIL, compiling is XLA's and
+    releases it (see programs._compile_and_place).
+    """
     leaves, tree = jax.tree.flatten(like)
     key = (program, tree, *(_shape_key(leaf) for leaf in leaves))
     compiled = _compiled.get(key)
-    if compiled is None:
-        compiled = program.lower(*like).compile()
+    if compiled is not None:
+        return lambda: compiled
+    lowered, platform = program.lower(*like), _platform(leaves)
+
+    def compile_lowered() -> Callable:
+        compiled = _compile_lowered(lowered, platform)
         _compiled[key] = compiled
         while len(_compiled) > _COMPILED_KEPT:
             _compiled.pop(next(iter(_compiled)), None)
-    return compiled
+        return compiled
+
+    return compile_lowered
 
 
 def _to_host(value: jax.Array) -> np.ndarray:
