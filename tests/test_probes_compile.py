@@ -1,4 +1,4 @@
-"""Compiling the sweep's programs (probing.probes.devices._lower / _compile).
+"""Compiling the sweep's programs (probing.probes.devices._lower).
 
 On CPU they compile with devices.CPU_COMPILER_OPTIONS (XLA's loop emitters,
 which compile the epoch program in less CPU time); other platforms get XLA's
@@ -55,7 +55,7 @@ def test_an_option_xla_refuses_falls_back_to_its_defaults_and_warns_once(monkeyp
 
     with caplog.at_level(logging.WARNING):
         for size in (3, 4):  # two programs, one warning
-            compiled = devices._compile(jax.jit(double), jnp.ones(size))
+            compiled = devices._lower(jax.jit(double), jnp.ones(size))()
             np.testing.assert_array_equal(np.asarray(compiled(jnp.ones(size))), 2 * np.ones(size))
     refused = [r for r in caplog.records if "xla_cpu_no_such_option" in r.getMessage()]
     assert len(refused) == 1, caplog.text

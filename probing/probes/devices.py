@@ -425,7 +425,7 @@ def _shape_key(leaf: Any) -> tuple:
 # its default fusion emitters (3.2 against 4.4 core-seconds at the full
 # benchmark size, batch 16; the four programs 4.8 against 7.2), and the
 # programs run as fast (0.12 ms per layer step either way). A jaxlib that no
-# longer has the option compiles with its defaults (_compile warns once).
+# longer has the option compiles with its defaults (_compile_lowered warns once).
 CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
@@ -461,15 +461,10 @@ def _compile_lowered(lowered: Any, platform: str) -> Callable:
         return lowered.compile()
 
 
-def _compile(program: Callable, *like: Any) -> Callable:
-    """`program` compiled for arguments shaped like `like` (arrays or ShapeDtypeStructs),
-    or the program compiled earlier for the same shapes, dtypes and shardings."""
-    return _lower(program, *like)()
-
-
 def _lower(program: Callable, *like: Any) -> Callable[[], Callable]:
-    """`program` lowered for arguments shaped like `like`; calling the result compiles it
-    (or returns the program compiled earlier for the same shapes, dtypes and shardings).
+    """`program` lowered for arguments shaped like `like` (arrays or ShapeDtypeStructs);
+    calling the result compiles it (or returns the program compiled earlier for the
+    same shapes, dtypes and shardings, without lowering it again).
 
     Two steps, so that the caller lowers on its own thread and compiles on
     another: lowering is Python and holds the GIL, compiling is XLA's and
